@@ -1,0 +1,255 @@
+"""`linehost audit ...`: records and histories for auditors, and `verify`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from linehost.config import LineConfig, load_config
+from linehost.errors import ConfigError
+from linehost.pki.local import load_certificate
+from linehost.pki.profile import check_dac, check_pai, describe
+from linehost.store.audit import Audit
+
+ASSIGNMENT_FIELDS = [
+    "uid",
+    "status",
+    "dac_serial",
+    "dac_sha256",
+    "dac_pem",
+    "pai_sha256",
+    "vid",
+    "pid",
+    "line",
+    "station",
+    "jig",
+    "attempt_id",
+    "issued_at",
+    "confirmed_at",
+    "work_order",
+]
+ATTEMPT_FIELDS = [
+    "attempt_id",
+    "uid",
+    "line",
+    "station",
+    "jig",
+    "outcome",
+    "detail",
+    "device_code",
+    "dac_serial",
+    "started_at",
+    "ended_at",
+    "work_order",
+]
+
+
+def export_assignments(args: argparse.Namespace) -> int:
+    """One record per assignment, as JSON lines or CSV, on stdout."""
+    config = load_config(args.config)
+    since, until = _window(args)
+
+    async def go() -> int:
+        async with _audit(config) as audit:
+            rows = audit.iter_assignment_records(
+                since, until, station=args.station, jig=args.jig, status=args.status
+            )
+            return await _write(rows, args.format, ASSIGNMENT_FIELDS, sys.stdout)
+
+    count = asyncio.run(go())
+    print(f"{count} assignment record(s)", file=sys.stderr)
+    return 0
+
+
+def export_attempts(args: argparse.Namespace) -> int:
+    """One record per attempt, as JSON lines or CSV, on stdout."""
+    config = load_config(args.config)
+    since, until = _window(args)
+
+    async def go() -> int:
+        async with _audit(config) as audit:
+            rows = audit.iter_attempt_records(
+                since, until, station=args.station, jig=args.jig, outcome=args.outcome
+            )
+            return await _write(rows, args.format, ATTEMPT_FIELDS, sys.stdout)
+
+    count = asyncio.run(go())
+    print(f"{count} attempt record(s)", file=sys.stderr)
+    return 0
+
+
+def show_uid(args: argparse.Namespace) -> int:
+    """Human-readable history of one device."""
+    config = load_config(args.config)
+
+    async def go() -> list[dict[str, Any]]:
+        async with _audit(config) as audit:
+            return await audit.uid_history(args.uid)
+
+    items = asyncio.run(go())
+    uid = args.uid.strip().upper()
+    if not items:
+        print(f"no records for UID {uid}")
+        return 1
+    print(f"UID {uid}")
+    for item in items:
+        if item["kind"] == "assignment":
+            print(
+                f"  {item['at']}  assignment {item['status']:<10} DAC serial {item['dac_serial']}"
+                f"  sha256 {item['dac_sha256'][:16]}…  {item['station']}/{item['jig']}"
+                + (f"  confirmed {item['confirmed_at']}" if item["confirmed_at"] else "")
+            )
+        else:
+            code = "" if item["device_code"] is None else f" (device code {item['device_code']})"
+            print(
+                f"  {item['at']}  attempt    {item['outcome'] or 'running':<19}"
+                f" {item['station']}/{item['jig']}  {item['attempt_id']}"
+                f"  {item['detail'] or ''}{code}"
+            )
+    return 0
+
+
+def show_dac(args: argparse.Namespace) -> int:
+    """Human-readable history of one certificate."""
+    config = load_config(args.config)
+
+    async def go() -> dict[str, Any] | None:
+        async with _audit(config) as audit:
+            return await audit.dac_lookup(args.serial_or_sha256)
+
+    found = asyncio.run(go())
+    if found is None:
+        print(f"no DAC with serial or SHA-256 {args.serial_or_sha256}")
+        return 1
+    a = found["assignment"]
+    print(f"DAC serial {a['dac_serial']}")
+    print(f"  sha256      {a['dac_sha256']}")
+    print(f"  device UID  {a['uid']}")
+    print(f"  status      {a['status']}")
+    print(f"  issued      {a['issued_at']} on {a['line']}/{a['station']}/{a['jig']}")
+    print(f"  confirmed   {a['confirmed_at'] or '-'}")
+    print(f"  VID/PID     {a['vid']}/{a['pid']}  PAI sha256 {a['pai_sha256']}")
+    print(f"  work order  {a['work_order'] or '-'}")
+    print("  deliveries")
+    for attempt in found["attempts"]:
+        print(
+            f"    {attempt['started_at']}  {attempt['outcome'] or 'running':<19}"
+            f" {attempt['attempt_id']}  {attempt['detail'] or ''}"
+        )
+    print("  audit events")
+    for event in found["events"]:
+        print(f"    {event['at']}  {event['line']}#{event['seq']}  {event['event']}")
+    return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Check every DAC against the PAI and its recorded fingerprint, and the audit chain."""
+    config = load_config(args.config)
+    pai = load_certificate(config.pki.pai_cert, "pki.pai_cert")
+    paa = load_certificate(config.pki.paa_cert, "pki.paa_cert") if config.pki.paa_cert else None
+    problems: list[str] = []
+    pai_problems = check_pai(pai, paa)
+    if pai_problems:
+        problems.append(f"PAI {config.pki.pai_cert}: {describe(pai_problems)}")
+
+    async def go() -> tuple[int, list[str]]:
+        async with _audit(config) as audit:
+            checked = 0
+            found: list[str] = []
+            async for record in audit.iter_assignment_records():
+                checked += 1
+                found.extend(_check_record(record, pai))
+            found.extend(await audit.verify_audit_chain())
+            return checked, found
+
+    checked, found = asyncio.run(go())
+    problems.extend(found)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems:
+        print(f"audit verify: {len(problems)} problem(s) in {checked} assignment(s)")
+        return 1
+    print(
+        f"audit verify: OK — {checked} DAC(s) chain to the PAI and match their records; "
+        "audit chain intact"
+    )
+    return 0
+
+
+def _check_record(record: dict[str, Any], pai: x509.Certificate) -> list[str]:
+    where = f"DAC serial {record['dac_serial']} (UID {record['uid']})"
+    try:
+        dac = x509.load_pem_x509_certificate(record["dac_pem"].encode())
+    except ValueError:
+        return [f"{where}: recorded PEM does not parse"]
+    problems = []
+    der = dac.public_bytes(serialization.Encoding.DER)
+    if hashlib.sha256(der).hexdigest() != record["dac_sha256"]:
+        problems.append(f"{where}: SHA-256 differs from the recorded fingerprint")
+    if format(dac.serial_number, "X") != record["dac_serial"]:
+        problems.append(f"{where}: serial differs from the recorded serial")
+    pai_sha = hashlib.sha256(pai.public_bytes(serialization.Encoding.DER)).hexdigest()
+    if record["pai_sha256"] != pai_sha:
+        problems.append(f"{where}: issued under another PAI ({record['pai_sha256'][:16]}…)")
+        return problems
+    violations = check_dac(dac, pai)
+    if violations:
+        problems.append(f"{where}: {describe(violations)}")
+    return problems
+
+
+class _audit:
+    """Open the read-only audit view of the configured database."""
+
+    def __init__(self, config: LineConfig) -> None:
+        self._url = config.database.url
+        self._audit: Audit | None = None
+
+    async def __aenter__(self) -> Audit:
+        self._audit = await Audit.open(self._url)
+        return self._audit
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._audit is not None:
+            await self._audit.close()
+
+
+async def _write(
+    rows: AsyncIterator[dict[str, Any]], fmt: str, fields: list[str], out: TextIO
+) -> int:
+    count = 0
+    if fmt == "jsonl":
+        async for row in rows:
+            out.write(json.dumps(row, separators=(",", ":")) + "\n")
+            count += 1
+        return count
+    writer = csv.DictWriter(out, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    async for row in rows:
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        count += 1
+    return count
+
+
+def _window(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
+    return _parse_time(args.since, "--since"), _parse_time(args.until, "--until")
+
+
+def _parse_time(text: str | None, name: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{name}: not an ISO 8601 time: {text!r}") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,200 @@
+"""`linehost demo`: the whole line on this machine with no hardware and no set-up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Final, TextIO
+
+from linehost.app import install_stop_signals, run_line
+from linehost.config import load_config
+from linehost.line.status import JigStatus
+from linehost.logs import configure_logging
+from linehost.pki.devpki import init_dev
+from linehost.protocol.outcomes import JigState, Outcome
+from linehost.sim.harness import SimulatedLine
+from linehost.store.audit import Audit
+
+DEVICES_PER_JIG: Final = 6
+SWAP_SECONDS: Final = 0.8
+TABLE_EVERY: Final = 3.0
+#: Well-behaved firmware with the usual quirks of real boards.
+EVERYDAY_MIX: Final = "good:8,noisy:1,crlf:1"
+#: ...plus the faults a line meets: device errors, bad CSRs, silence, unplugs, clones.
+FAULT_MIX: Final = (
+    "good:6,noisy:2,crlf:1,slow:1,late_sync:1,finish_003:1,finish_FFFE:1,bad_csr_signature:1,"
+    "p384:1,silent_after_delivery:1,unplug:1,cloned_key:1,stays:1"
+)
+
+CONFIG_TEMPLATE: Final = """\
+# Written by `linehost demo`: a line of simulated jigs. Safe to edit and reuse with
+#   linehost run --config {config}
+[line]
+name = "demo-line"
+shutdown_grace = 5
+
+[database]
+url = "sqlite+aiosqlite:///linehost.db"
+
+[pki]
+pai_cert = "pki/pai.pem"
+pai_key = "pki/pai.key"
+paa_cert = "pki/paa.pem"
+vid = "FFF1"
+pid = "8000"
+
+[protocol]
+sync_interval = 0.25
+csr_timeout = 10
+result_timeout = 5
+{jigs}"""
+
+
+class DemoDisplay:
+    """Prints each finished attempt as it happens and a table of every jig now and then."""
+
+    def __init__(self, out: TextIO = sys.stdout) -> None:
+        self.out = out
+        self.jigs: dict[tuple[str, str], JigStatus] = {}
+        self.outcomes: Counter[str] = Counter()
+        self._seen: dict[tuple[str, str], int] = {}
+
+    def jig_changed(self, status: JigStatus) -> None:
+        """StatusListener: called by every runner on every change."""
+        key = (status.station, status.jig)
+        self.jigs[key] = status
+        done = status.ok + status.failed
+        if done > self._seen.get(key, 0):
+            self._seen[key] = done
+            outcome = status.last_outcome.value if status.last_outcome else "?"
+            self.outcomes[outcome] += 1
+            mark = "OK  " if status.last_outcome is Outcome.PROVISIONED else "FAIL"
+            self._print(
+                f"  {mark} {status.station}/{status.jig:<4} {status.last_uid or '-':<18}"
+                f" {outcome:<20} {status.last_detail or ''}"
+            )
+
+    def table(self) -> None:
+        """Every jig's state and counts."""
+        self._print(f"  {'jig':<10} {'state':<20} {'uid':<18} {'ok':>4} {'failed':>6}")
+        for (station, jig), s in sorted(self.jigs.items()):
+            self._print(
+                f"  {station + '/' + jig:<10} {s.state.value:<20} {s.uid or '-':<18}"
+                f" {s.ok:>4} {s.failed:>6}"
+            )
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+async def run_demo(
+    *,
+    workdir: Path,
+    jigs: int = 4,
+    devices: int | None = None,
+    duration: float | None = None,
+    faults: bool = False,
+    out: TextIO = sys.stdout,
+) -> int:
+    """Run the demo; return 0 when the audit verifies afterwards."""
+    workdir = workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    configure_logging("info", "logfmt", file=workdir / "linehost.log")
+    say = _Say(out)
+    pki_dir = workdir / "pki"
+    if not (pki_dir / "pai.pem").exists():
+        init_dev(pki_dir)
+        say(f"made a development PKI (PAA + PAI, VID FFF1 PID 8000) in {pki_dir}")
+    else:
+        say(f"using the development PKI in {pki_dir}")
+    total = devices if devices is not None else jigs * DEVICES_PER_JIG
+    per_jig = math.ceil(total / jigs)
+    sim = SimulatedLine(
+        jigs,
+        devices_per_jig=per_jig,
+        mix=FAULT_MIX if faults else EVERYDAY_MIX,
+        directory=workdir / "jigs",
+        record=workdir / "devices.jsonl",
+        paa=pki_dir / "paa.pem",
+        swap_seconds=SWAP_SECONDS,
+    )
+    config_path = workdir / "line.toml"
+    jig_tables = "".join(
+        f'\n[[jigs]]\nname = "{name}"\nstation = "st{(i // 2) + 1}"\nport = "jigs/{name}"\n'
+        for i, name in enumerate(sim.jig_names)
+    )
+    config_path.write_text(CONFIG_TEMPLATE.format(config=config_path, jigs=jig_tables))
+    config = load_config(config_path)
+    say(
+        f"simulated firmware on {jigs} pseudo-terminal jig(s) in {workdir / 'jigs'}, "
+        f"{per_jig * jigs} device(s){' with faults' if faults else ''}"
+    )
+    say(f"line config {config_path}; database {workdir / 'linehost.db'} (SQLite)")
+    say(f"log {workdir / 'linehost.log'}; Ctrl-C stops")
+    display = DemoDisplay(out)
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    started = time.monotonic()
+    async with sim:
+        line = asyncio.create_task(run_line(config, stop, listener=display), name="demo-line")
+        table = asyncio.create_task(_tables(display), name="demo-table")
+        sim_done = asyncio.create_task(sim.wait(), name="demo-sim")
+        waiters: set[asyncio.Task[object]] = {line, sim_done}  # type: ignore[arg-type]
+        stop_wait = asyncio.create_task(stop.wait(), name="demo-stop")
+        waiters.add(stop_wait)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            if line.done():
+                line.result()  # a start-up failure (bad PKI, database) surfaces here
+            await asyncio.sleep(0.5)  # let the host record the last device's answer
+            stop.set()
+            await line
+        finally:
+            for task in (table, sim_done, stop_wait, line):
+                task.cancel()
+            await asyncio.gather(table, sim_done, stop_wait, line, return_exceptions=True)
+    elapsed = time.monotonic() - started
+    display.table()
+    return await _summary(say, display, config.database.url, elapsed)
+
+
+async def _tables(display: DemoDisplay) -> None:
+    while True:
+        await asyncio.sleep(TABLE_EVERY)
+        display.table()
+
+
+async def _summary(say: _Say, display: DemoDisplay, url: str, elapsed: float) -> int:
+    ok = display.outcomes.get(Outcome.PROVISIONED.value, 0)
+    total = sum(display.outcomes.values())
+    rate = ok / elapsed * 3600 if elapsed > 0 else 0.0
+    say(f"done in {elapsed:.1f} s: {ok} of {total} attempt(s) provisioned ({rate:.0f} devices/hour)")
+    for outcome, count in sorted(display.outcomes.items()):
+        say(f"  {outcome:<20} {count}")
+    offline = [s for s in display.jigs.values() if s.state is JigState.OFFLINE]
+    if offline:
+        say(f"  {len(offline)} jig(s) ended offline")
+    audit = await Audit.open(url)
+    try:
+        problems = await audit.verify_audit_chain()
+    finally:
+        await audit.close()
+    if problems:
+        say(f"audit chain: {len(problems)} problem(s): {problems[0]}")
+        return 1
+    say("audit chain intact; try: linehost audit --config <dir>/line.toml export --format jsonl")
+    return 0
+
+
+class _Say:
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def __call__(self, text: str) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            print(f"linehost demo: {text}", file=self.out, flush=True)

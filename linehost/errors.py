@@ -1,0 +1,51 @@
+"""One exception hierarchy for linehost; str(exc) is always a one-line message for a person."""
+
+from __future__ import annotations
+
+
+class LinehostError(Exception):
+    """Base of every error linehost raises on purpose; the CLI prints it as one line."""
+
+
+class ConfigError(LinehostError):
+    """The station configuration is unreadable or invalid (names file, key and problem)."""
+
+
+class PkiError(LinehostError):
+    """The PKI material (PAI, PAA, key, CD) is unusable; fatal at start-up."""
+
+
+class CsrRejected(LinehostError):
+    """A device's CSR fails a check; the message is the attempt's `detail`."""
+
+
+class IssuerError(LinehostError):
+    """The issuer could not produce a DAC (signer failure, no bundle entry, quota)."""
+
+
+class StoreError(LinehostError):
+    """The database refused or failed an operation."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached right now; the caller may wait and retry."""
+
+
+class TransportError(LinehostError):
+    """A jig port failed; the jig goes offline and reopens with backoff."""
+
+
+class PortMissing(TransportError):
+    """The port path does not exist (unplugged, wrong name)."""
+
+
+class PortBusy(TransportError):
+    """The port exists but cannot be opened (in use, permission denied)."""
+
+
+class PortGone(TransportError):
+    """An open port vanished or closed under us."""
+
+
+class ProtocolViolation(LinehostError):
+    """The device broke jig protocol v1; the message is the attempt's `detail`."""

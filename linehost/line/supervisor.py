@@ -1,0 +1,82 @@
+"""LineSupervisor: one task per jig, crash isolation, and the staged shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Sequence
+from typing import Final
+
+import structlog
+
+from linehost.line.runner import JigRunner
+from linehost.protocol.outcomes import JigState
+
+RESTART_MIN: Final = 1.0
+RESTART_MAX: Final = 30.0
+#: After the grace period, how long aborted attempts get to be recorded before cancellation.
+RECORD_GRACE: Final = 5.0
+
+_log = structlog.get_logger("linehost.line")
+
+
+class LineSupervisor:
+    """Runs every jig of a line until `stop` is set, then shuts down in stages."""
+
+    def __init__(self, runners: Sequence[JigRunner], *, shutdown_grace: float) -> None:
+        self.runners = list(runners)
+        self.shutdown_grace = shutdown_grace
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Return after a clean, staged shutdown once `stop` is set."""
+        tasks = [
+            asyncio.create_task(
+                self._supervise(runner), name=f"jig:{runner.spec.station}/{runner.spec.name}"
+            )
+            for runner in self.runners
+        ]
+        try:
+            stopper = asyncio.create_task(stop.wait(), name="line:stop")
+            # A jig task only ends once stopped, so this waits for the stop signal.
+            await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            await self._shutdown(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        busy = sum(runner.busy for runner in self.runners)
+        _log.info("line_stopping", jigs=len(self.runners), attempts_in_flight=busy)
+        for runner in self.runners:
+            runner.request_stop()
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        if pending:
+            aborted = 0
+            for runner in self.runners:
+                if runner.busy:
+                    aborted += 1
+                runner.request_abort("host shutdown: grace period over")
+            _log.warning("shutdown_grace_over", attempts_aborted=aborted)
+            _done, pending = await asyncio.wait(pending, timeout=RECORD_GRACE)
+            if pending:
+                _log.error("jigs_cancelled", count=len(pending))
+        _log.info("line_stopped")
+
+    async def _supervise(self, runner: JigRunner) -> None:
+        """Restart a runner that crashed, with jittered backoff; its siblings carry on."""
+        delay = RESTART_MIN
+        while True:
+            try:
+                await runner.run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("jig_crashed", station=runner.spec.station, jig=runner.spec.name)
+                runner.status.state = JigState.OFFLINE
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(RESTART_MAX, delay * 2)

@@ -1,0 +1,1 @@
+"""Matter PKI: CSR checks, DAC issuing behind one interface, the attestation profile checker."""

@@ -1,0 +1,151 @@
+"""A development PAA + PAI under the Matter profile, for demos and tests; never for production."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from linehost.errors import PkiError
+from linehost.pki.local import NO_EXPIRY
+from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
+
+README_TEXT = """\
+linehost development PKI -- DEVELOPMENT ONLY, NEVER FOR PRODUCTION.
+
+paa.pem / paa.key   development Product Attestation Authority (self-signed root)
+pai.pem / pai.key   development Product Attestation Intermediate, signed by the PAA
+
+Made by `linehost pki init-dev`. The keys are plain files on this machine and no Matter
+commissioner trusts this PAA: devices provisioned with it are for development only.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DevPki:
+    """Where init_dev wrote the development PAA and PAI."""
+
+    paa_cert: Path
+    paa_key: Path
+    pai_cert: Path
+    pai_key: Path
+
+
+def init_dev(out: Path, vid: str = "FFF1", pid: str = "8000") -> DevPki:
+    """Write a development PAA + PAI into `out`; raise PkiError rather than overwrite a file."""
+    vid, pid = vid.upper(), pid.upper()
+    for name, value in (("vid", vid), ("pid", pid)):
+        if len(value) != 4 or any(c not in "0123456789ABCDEF" for c in value):
+            raise PkiError(f"{name} {value!r}: not 4 hex digits")
+    paths = DevPki(out / "paa.pem", out / "paa.key", out / "pai.pem", out / "pai.key")
+    readme = out / "README.txt"
+    for path in (paths.paa_cert, paths.paa_key, paths.pai_cert, paths.pai_key, readme):
+        if path.exists() or path.is_symlink():
+            raise PkiError(f"{path}: already exists; refusing to overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PkiError(f"{out}: cannot create directory ({exc.strerror or exc})") from None
+
+    not_before = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    paa_key = ec.generate_private_key(ec.SECP256R1())
+    pai_key = ec.generate_private_key(ec.SECP256R1())
+    stamp = not_before.strftime("%Y%m%d%H%M%S")
+    paa_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"linehost Dev PAA {stamp}"),
+            x509.NameAttribute(OID_MATTER_VID, vid),
+        ]
+    )
+    pai_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"linehost Dev PAI {vid} {pid}"),
+            x509.NameAttribute(OID_MATTER_VID, vid),
+            x509.NameAttribute(OID_MATTER_PID, pid),
+        ]
+    )
+    paa_skid = x509.SubjectKeyIdentifier.from_public_key(paa_key.public_key())
+    paa = (
+        _ca_builder(paa_name, paa_name, paa_key.public_key(), not_before, path_length=1)
+        .add_extension(x509.AuthorityKeyIdentifier(paa_skid.key_identifier, None, None), False)
+        .sign(paa_key, hashes.SHA256())
+    )
+    pai = (
+        _ca_builder(pai_name, paa_name, pai_key.public_key(), not_before, path_length=0)
+        .add_extension(x509.AuthorityKeyIdentifier(paa_skid.key_identifier, None, None), False)
+        .sign(paa_key, hashes.SHA256())
+    )
+    try:
+        _write(paths.paa_key, _key_pem(paa_key), 0o600)
+        _write(paths.pai_key, _key_pem(pai_key), 0o600)
+        _write(paths.paa_cert, paa.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(paths.pai_cert, pai.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(readme, README_TEXT.encode("ascii"), 0o644)
+    except FileExistsError as exc:
+        raise PkiError(f"{exc.filename}: already exists; refusing to overwrite") from None
+    except OSError as exc:
+        raise PkiError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
+    return paths
+
+
+def _ca_builder(
+    subject: x509.Name,
+    issuer: x509.Name,
+    key: ec.EllipticCurvePublicKey,
+    not_before: datetime,
+    *,
+    path_length: int,
+) -> x509.CertificateBuilder:
+    return x509.CertificateBuilder(
+        issuer_name=issuer,
+        subject_name=subject,
+        public_key=key,
+        serial_number=x509.random_serial_number(),
+        not_valid_before=not_before,
+        not_valid_after=NO_EXPIRY,
+        extensions=[
+            x509.Extension(
+                x509.BasicConstraints.oid, True, x509.BasicConstraints(True, path_length)
+            ),
+            x509.Extension(
+                x509.KeyUsage.oid,
+                True,
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+            ),
+            x509.Extension(
+                x509.SubjectKeyIdentifier.oid, False, x509.SubjectKeyIdentifier.from_public_key(key)
+            ),
+        ],
+    )
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    # O_EXCL: a file that appeared since the up-front check is still never overwritten.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, mode)  # the umask must not widen or narrow what we asked for

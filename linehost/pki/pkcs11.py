@@ -1,0 +1,242 @@
+"""Pkcs11Signer: the PAI key used in place on a PKCS#11 token (HSM), never exported."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar, cast
+from urllib.parse import unquote, unquote_to_bytes
+
+import pkcs11
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+from pkcs11.exceptions import PKCS11Error
+from pkcs11.types import SignMixin
+from pkcs11.util.ec import encode_ec_public_key
+
+from linehost.errors import IssuerError, PkiError
+
+if TYPE_CHECKING:
+    from pkcs11._pkcs11 import lib as Pkcs11Lib
+
+#: Where Debian and Ubuntu install SoftHSM2's module.
+SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
+
+#: DER of the namedCurve OID prime256v1 (CKA_EC_PARAMS of a P-256 key).
+_P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
+_P256_COORDINATE_BYTES = 32
+
+_PATH_ATTRS = frozenset({"token", "serial", "manufacturer", "model", "object", "id", "type"})
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Pkcs11Uri:
+    """The parts of an RFC 7512 `pkcs11:` URI that select one private key."""
+
+    token: str | None = None
+    serial: str | None = None
+    manufacturer: str | None = None
+    model: str | None = None
+    object: str | None = None
+    id: bytes | None = None
+
+
+def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
+    """Parse `pkcs11:token=...;object=...;id=%01`; raise PkiError (PINs are refused, not echoed)."""
+    if not uri.startswith("pkcs11:"):
+        raise PkiError("pkcs11 URI: must start with 'pkcs11:'")
+    path, _, query = uri[len("pkcs11:") :].partition("?")
+    values: dict[str, str | bytes] = {}
+    for part in (p for p in path.split(";") if p):
+        name, eq, raw = part.partition("=")
+        if name in ("pin-value", "pin-source"):
+            raise PkiError(f"pkcs11 URI: {name} is not allowed; the PIN comes from the config")
+        if not eq:
+            raise PkiError(f"pkcs11 URI: attribute {name!r} has no value")
+        if name not in _PATH_ATTRS:
+            raise PkiError(f"pkcs11 URI: unsupported attribute {name!r}")
+        if name in values:
+            raise PkiError(f"pkcs11 URI: attribute {name!r} given twice")
+        values[name] = unquote_to_bytes(raw) if name == "id" else unquote(raw, errors="strict")
+    for part in (p for p in query.split("&") if p):
+        name = part.partition("=")[0]
+        if name in ("pin-value", "pin-source"):
+            raise PkiError(f"pkcs11 URI: {name} is not allowed; the PIN comes from the config")
+        raise PkiError(f"pkcs11 URI: unsupported query attribute {name!r}")
+    kind = values.pop("type", "private")
+    if kind != "private":
+        raise PkiError(f"pkcs11 URI: type={kind!s} is not a private key")
+    if "object" not in values and "id" not in values:
+        raise PkiError("pkcs11 URI: needs object= or id= to name the key")
+    return Pkcs11Uri(**values)  # type: ignore[arg-type]
+
+
+class Pkcs11Signer:
+    """Signs with ECDSA-SHA256 by a P-256 private key on a PKCS#11 token, in a worker thread."""
+
+    def __init__(
+        self,
+        session: pkcs11.Session,
+        key: SignMixin,
+        public_key: ec.EllipticCurvePublicKey,
+        description: str,
+    ) -> None:
+        """Take over an open, logged-in session and a key in it; Pkcs11Signer.open is the way in."""
+        self._session: pkcs11.Session | None = session
+        self._key = key
+        self._public_key = public_key
+        self._description = description
+        # The module is initialised without OS locking: one thread, one call at a time.
+        self._lock = threading.Lock()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11-signer")
+
+    @classmethod
+    def open(cls, uri: str, module_path: str, pin: str) -> Pkcs11Signer:
+        """Log in to the token and find the key; raise PkiError naming the problem (blocking)."""
+        where = parse_pkcs11_uri(uri)
+        try:
+            lib = pkcs11.lib(module_path)
+        except (PKCS11Error, OSError) as exc:
+            raise PkiError(f"PKCS#11 module {module_path}: cannot load ({exc})") from None
+        token = _find_token(lib, where)
+        label = token.label
+        try:
+            session = token.open(user_pin=pin)
+        except pkcs11.exceptions.PinIncorrect:
+            raise PkiError(f"PKCS#11 token {label!r}: wrong PIN") from None
+        except pkcs11.exceptions.PinLocked:
+            raise PkiError(f"PKCS#11 token {label!r}: PIN locked") from None
+        except pkcs11.exceptions.UserAlreadyLoggedIn:
+            raise PkiError(
+                f"PKCS#11 token {label!r}: already logged in by this process "
+                "(use one Pkcs11Signer per token)"
+            ) from None
+        except PKCS11Error as exc:
+            raise PkiError(f"PKCS#11 token {label!r}: cannot log in ({_name(exc)})") from None
+        try:
+            key, public_key = _find_key(session, where, label)
+        except BaseException:
+            session.close()
+            raise
+        name = where.object or (where.id.hex() if where.id else "?")
+        return cls(session, key, public_key, f"PKCS#11 key {name!r} on token {label!r}")
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The public half of the token's key."""
+        return self._public_key
+
+    async def sign(self, data: bytes) -> bytes:
+        """Return a DER ECDSA-SHA256 signature over `data`; raise IssuerError on any HSM failure."""
+        digest = hashlib.sha256(data).digest()
+        raw = await self._run(lambda: self._key.sign(digest, mechanism=Mechanism.ECDSA))
+        if len(raw) != 2 * _P256_COORDINATE_BYTES:
+            raise IssuerError(f"{self._description}: signature of {len(raw)} bytes, not 64")
+        r = int.from_bytes(raw[:_P256_COORDINATE_BYTES], "big")
+        s = int.from_bytes(raw[_P256_COORDINATE_BYTES:], "big")
+        return encode_dss_signature(r, s)
+
+    async def aclose(self) -> None:
+        """Log out and close the session, then stop the worker thread; idempotent."""
+        if self._session is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._worker, self._close)
+        finally:
+            self._worker.shutdown(wait=False)
+
+    def _close(self) -> None:
+        with self._lock:
+            session, self._session = self._session, None
+            # A token that is gone already has nothing left to release.
+            if session is not None:
+                with contextlib.suppress(PKCS11Error):
+                    session.close()
+
+    async def _run(self, call: Callable[[], _T]) -> _T:
+        def locked() -> _T:
+            with self._lock:
+                if self._session is None:
+                    raise IssuerError(f"{self._description}: signer is closed")
+                try:
+                    return call()
+                except PKCS11Error as exc:
+                    raise IssuerError(f"{self._description}: HSM failed ({_name(exc)})") from exc
+
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._worker, locked)
+        except RuntimeError:  # the worker was shut down by aclose
+            raise IssuerError(f"{self._description}: signer is closed") from None
+        return await future
+
+
+def _find_token(lib: Pkcs11Lib, where: Pkcs11Uri) -> pkcs11.Token:
+    serial = where.serial.encode() if where.serial is not None else None
+    try:
+        tokens = [
+            t
+            for t in lib.get_tokens(token_label=where.token, token_serial=serial)
+            if (where.manufacturer is None or t.manufacturer_id == where.manufacturer)
+            and (where.model is None or t.model == where.model)
+        ]
+    except PKCS11Error as exc:
+        raise PkiError(f"PKCS#11 module {lib.so}: cannot list tokens ({_name(exc)})") from None
+    wanted = where.token if where.token is not None else "(any)"
+    if not tokens:
+        raise PkiError(f"PKCS#11 token {wanted!r}: not found")
+    if len(tokens) > 1:
+        raise PkiError(f"PKCS#11 token {wanted!r}: {len(tokens)} tokens match; be more specific")
+    return tokens[0]
+
+
+def _find_key(
+    session: pkcs11.Session, where: Pkcs11Uri, token: str
+) -> tuple[SignMixin, ec.EllipticCurvePublicKey]:
+    name = where.object or (where.id.hex() if where.id else "")
+    what = f"PKCS#11 key {name!r} on token {token!r}"
+    try:
+        key = session.get_key(ObjectClass.PRIVATE_KEY, label=where.object, id=where.id)
+    except pkcs11.exceptions.NoSuchKey:
+        raise PkiError(f"{what}: no such private key") from None
+    except pkcs11.exceptions.MultipleObjectsReturned:
+        raise PkiError(f"{what}: several private keys match; add id= to the URI") from None
+    except PKCS11Error as exc:
+        raise PkiError(f"{what}: cannot search ({_name(exc)})") from None
+    if key.key_type != KeyType.EC or key[Attribute.EC_PARAMS] != _P256_EC_PARAMS:
+        raise PkiError(f"{what}: not an EC P-256 key")
+    public_key = _public_key(session, key, what)
+    return cast(SignMixin, key), public_key
+
+
+def _public_key(session: pkcs11.Session, key: pkcs11.Key, what: str) -> ec.EllipticCurvePublicKey:
+    label, key_id = key.label, key.id
+    for object_class in (ObjectClass.PUBLIC_KEY, ObjectClass.CERTIFICATE):
+        attrs: dict[Attribute, Any] = {Attribute.CLASS: object_class, Attribute.ID: key_id}
+        if label:
+            attrs[Attribute.LABEL] = label
+        found = list(session.get_objects(attrs))
+        if len(found) != 1:
+            continue
+        if object_class == ObjectClass.PUBLIC_KEY:
+            loaded = serialization.load_der_public_key(
+                encode_ec_public_key(cast(pkcs11.PublicKey, found[0]))
+            )
+        else:
+            loaded = x509.load_der_x509_certificate(found[0][Attribute.VALUE]).public_key()
+        if isinstance(loaded, ec.EllipticCurvePublicKey):
+            return loaded
+    raise PkiError(f"{what}: no public key or certificate object with the same label and id")
+
+
+def _name(exc: PKCS11Error) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

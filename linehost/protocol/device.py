@@ -1,0 +1,295 @@
+"""The device side of jig protocol v1, sans-IO: host lines in, device lines and events out.
+
+Time is passed in (`now`, any monotonic clock in seconds); nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Final
+
+from linehost.protocol.framing import Frame, LineFramer, LineTooLong
+
+#: How long a device stays in one flow (from `Start_provisioning`) before giving up on the host.
+FLOW_TIMEOUT: Final = 90.0
+#: The device's receive buffer for one PEM block; a larger block is answered `finish:002`.
+MAX_PEM_BLOCK: Final = 4096
+#: The device's buffer for the Certification Declaration bytes.
+MAX_CD_BYTES: Final = 2048
+
+INIT: Final = "Init"
+ABORT: Final = "Abort"
+END: Final = "END"
+START_PROVISIONING: Final = "Start_provisioning"
+UID_PREFIX: Final = "UID:"
+CD_PREFIX: Final = "CD:"
+FD_PREFIX: Final = "FD:"
+FINISH_PREFIX: Final = "finish:"
+BEGIN_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
+END_CERTIFICATE: Final = "-----END CERTIFICATE-----"
+
+FINISH_DATA_NOT_FOUND: Final = 0x001
+FINISH_BUFFER_TOO_SMALL: Final = 0x002
+FINISH_PARAMETER_ERROR: Final = 0x003
+FINISH_INTERRUPTED: Final = 0xFFFF
+
+_BASE64_LINE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+def format_finish(code: int, digits: int | None = None) -> str:
+    """The result line for `code`: upper-case hex, 3 digits below 0x1000 else 4, or `digits`."""
+    if not 0 <= code <= 0xFFFF:
+        raise ValueError(f"finish code out of range: {code}")
+    if digits is None:
+        return f"{FINISH_PREFIX}{code:03X}"
+    if digits not in (3, 4) or code >= 16**digits:
+        raise ValueError(f"finish code {code:X} does not fit {digits} hex digits")
+    return f"{FINISH_PREFIX}{code:0{digits}X}"
+
+
+def is_base64_line(line: str) -> bool:
+    """True when `line` may be part of a PEM body (anything else inside a block is a log line)."""
+    return _BASE64_LINE.fullmatch(line) is not None
+
+
+class DeviceState(StrEnum):
+    """Where the device is in its provisioning flow."""
+
+    IDLE = "idle"  # waiting for `Init`
+    AWAITING_DELIVERY = "awaiting_delivery"  # answered Start_provisioning, collecting until END
+    AWAITING_RESULT = "awaiting_result"  # got END; the firmware decides the finish code
+
+
+class FlowEnd(StrEnum):
+    """Why a flow ended."""
+
+    FINISHED = "finished"  # the device sent `finish:<code>`
+    ABORTED = "aborted"  # the host sent `Abort`
+    TIMED_OUT = "timed_out"  # the device's own flow timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Everything the host delivered in one flow, structurally complete."""
+
+    dac_pem: str  # one PEM CERTIFICATE block, LF line ends, trailing LF
+    pai_pem: str
+    cd: bytes | None
+    factory_data: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """A line the device writes (without its terminator)."""
+
+    line: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryComplete:
+    """The host sent `END` after a well-formed delivery: check it and call `finish()`."""
+
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class FlowEnded:
+    """The flow is over and the device waits for `Init` again; `code` is the finish code sent."""
+
+    reason: FlowEnd
+    code: int | None
+
+
+DeviceEvent = Send | DeliveryComplete | FlowEnded
+
+
+class DeviceSession:
+    """One device's side of the conversation; reusable across flows (a device that stays)."""
+
+    def __init__(
+        self,
+        uid: str,
+        csr_pem: str,
+        *,
+        flow_timeout: float = FLOW_TIMEOUT,
+        answer_abort: bool = False,
+    ) -> None:
+        self.uid = uid
+        self.csr_lines: tuple[str, ...] = tuple(ln for ln in csr_pem.splitlines() if ln)
+        self.flow_timeout = flow_timeout
+        self.answer_abort = answer_abort
+        self._framer = LineFramer()
+        self._state = DeviceState.IDLE
+        self._deadline: float | None = None
+        self._flows = 0
+        self._block: list[str] | None = None  # the open PEM block's body lines
+        self._block_size = 0
+        self._blocks: list[str] = []  # closed CERTIFICATE blocks, as PEM
+        self._cd: bytes | None = None
+        self._factory: dict[str, str] = {}
+        self._overflow = False  # answer 002 at END
+        self._malformed = False  # answer 003 at END
+
+    @property
+    def state(self) -> DeviceState:
+        """The current state."""
+        return self._state
+
+    @property
+    def deadline(self) -> float | None:
+        """When the current flow times out (`poll` at or after it), or None when idle."""
+        return self._deadline
+
+    @property
+    def flows(self) -> int:
+        """How many times this device answered `Start_provisioning`."""
+        return self._flows
+
+    def receive_data(self, data: bytes, now: float) -> list[DeviceEvent]:
+        """Consume raw bytes from the host; return the events of every line they complete."""
+        events: list[DeviceEvent] = []
+        for frame in self._framer.feed(data):
+            events += self.receive_line(frame, now)
+        return events
+
+    def receive_line(self, line: Frame, now: float) -> list[DeviceEvent]:
+        """Consume one host line (CR/LF already stripped); return what the device does."""
+        events = self.poll(now)
+        if isinstance(line, LineTooLong):
+            if self._state is DeviceState.AWAITING_DELIVERY:
+                self._overflow = True
+            return events
+        text = line.strip()
+        if text == ABORT:
+            return events + self._abort()
+        if self._state is DeviceState.IDLE:
+            if text == INIT:
+                events += self._start(now)
+            return events
+        if self._state is DeviceState.AWAITING_DELIVERY:
+            events += self._collect(text)
+        return events
+
+    def finish(self, code: int, now: float, *, digits: int | None = None) -> list[DeviceEvent]:
+        """Answer the delivery with `finish:<code>`; [] when no flow awaits a result any more."""
+        events = self.poll(now)
+        if self._state is not DeviceState.AWAITING_RESULT:
+            return events
+        return events + self._end(FlowEnd.FINISHED, code, digits)
+
+    def poll(self, now: float) -> list[DeviceEvent]:
+        """Apply the flow timeout as of `now`."""
+        if self._deadline is not None and now >= self._deadline:
+            return self._end(FlowEnd.TIMED_OUT, None)
+        return []
+
+    def reset(self) -> None:
+        """Back to idle with no output, forgetting any partial line (power cycle)."""
+        self._framer.reset()
+        self._state = DeviceState.IDLE
+        self._deadline = None
+        self._reset_delivery()
+
+    def _start(self, now: float) -> list[DeviceEvent]:
+        self._state = DeviceState.AWAITING_DELIVERY
+        self._deadline = now + self.flow_timeout
+        self._flows += 1
+        self._reset_delivery()
+        out: list[DeviceEvent] = [Send(START_PROVISIONING), Send(UID_PREFIX + self.uid)]
+        out += [Send(ln) for ln in self.csr_lines]
+        return out
+
+    def _collect(self, text: str) -> list[DeviceEvent]:
+        if self._block is not None:
+            if text == END_CERTIFICATE:
+                self._close_block()
+            elif text == BEGIN_CERTIFICATE:
+                self._malformed = True  # the previous block never closed
+                self._block = []
+                self._block_size = 0
+            elif text == END:
+                self._malformed = True
+                return self._complete()
+            elif is_base64_line(text):
+                self._block_size += len(text) + 1
+                if self._block_size > MAX_PEM_BLOCK:
+                    self._overflow = True
+                else:
+                    self._block.append(text)
+            return []
+        if text == BEGIN_CERTIFICATE:
+            if len(self._blocks) >= 2:
+                self._malformed = True
+            self._block = []
+            self._block_size = 0
+        elif text.startswith(CD_PREFIX):
+            self._take_cd(text[len(CD_PREFIX) :])
+        elif text.startswith(FD_PREFIX):
+            name, sep, value = text[len(FD_PREFIX) :].partition("=")
+            if sep and name:
+                self._factory[name] = value
+        elif text == END:
+            return self._complete()
+        return []
+
+    def _close_block(self) -> None:
+        assert self._block is not None
+        body = "\n".join(self._block)
+        self._blocks.append(f"{BEGIN_CERTIFICATE}\n{body}\n{END_CERTIFICATE}\n")
+        self._block = None
+        self._block_size = 0
+
+    def _take_cd(self, value: str) -> None:
+        if len(self._blocks) < 2:
+            self._malformed = True  # the CD comes after the PAI
+        try:
+            cd = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            self._malformed = True
+            return
+        if len(cd) > MAX_CD_BYTES:
+            self._overflow = True
+            return
+        self._cd = cd
+
+    def _complete(self) -> list[DeviceEvent]:
+        if self._overflow:
+            return self._end(FlowEnd.FINISHED, FINISH_BUFFER_TOO_SMALL)
+        if self._malformed:
+            return self._end(FlowEnd.FINISHED, FINISH_PARAMETER_ERROR)
+        if len(self._blocks) < 2:
+            return self._end(FlowEnd.FINISHED, FINISH_DATA_NOT_FOUND)
+        delivery = Delivery(self._blocks[0], self._blocks[1], self._cd, dict(self._factory))
+        self._state = DeviceState.AWAITING_RESULT
+        return [DeliveryComplete(delivery)]
+
+    def _abort(self) -> list[DeviceEvent]:
+        if self._state is DeviceState.IDLE:
+            return []
+        if self.answer_abort:
+            return self._end(FlowEnd.ABORTED, FINISH_INTERRUPTED)
+        return self._end(FlowEnd.ABORTED, None)
+
+    def _end(
+        self, reason: FlowEnd, code: int | None, digits: int | None = None
+    ) -> list[DeviceEvent]:
+        self._state = DeviceState.IDLE
+        self._deadline = None
+        self._reset_delivery()
+        if code is None:
+            return [FlowEnded(reason, None)]
+        return [Send(format_finish(code, digits)), FlowEnded(reason, code)]
+
+    def _reset_delivery(self) -> None:
+        self._block = None
+        self._block_size = 0
+        self._blocks = []
+        self._cd = None
+        self._factory = {}
+        self._overflow = False
+        self._malformed = False

@@ -1,0 +1,413 @@
+"""The host side of jig protocol v1 as a state machine: lines and time in, effects out.
+
+Nothing here does I/O or reads a clock. The jig runner feeds received lines (`on_line`),
+overflow markers (`on_line_too_long`) and the passing of time (`on_timer`), performs the
+effects returned, and answers a `CsrReady` effect with `deliver()` or `reject()`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Final
+
+from linehost.protocol.outcomes import FINISH_OK, JigState, Outcome, describe_finish
+
+SYNC_INTERVAL: Final = 1.0
+CSR_TIMEOUT: Final = 30.0
+RESULT_TIMEOUT: Final = 30.0
+#: Unanswered Init lines after which a jig counts as empty (releases a swap hold).
+EMPTY_AFTER_SYNCS: Final = 3
+MAX_CSR_BYTES: Final = 4096
+TRANSCRIPT_LINES: Final = 400
+TRANSCRIPT_LINE_CHARS: Final = 200
+
+START = "Start_provisioning"
+CSR_BEGIN = "-----BEGIN CERTIFICATE REQUEST-----"
+CSR_END = "-----END CERTIFICATE REQUEST-----"
+_UID_RE: Final = re.compile(r"UID:([0-9A-Fa-f]{8,64})")
+_FINISH_RE: Final = re.compile(r"finish:([0-9A-Fa-f]{3,4})")
+_BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """The protocol's timeouts, in seconds (`[protocol]` in the station config)."""
+
+    sync_interval: float = SYNC_INTERVAL
+    csr_timeout: float = CSR_TIMEOUT
+    result_timeout: float = RESULT_TIMEOUT
+    empty_after_syncs: int = EMPTY_AFTER_SYNCS
+
+
+# --- effects -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendLine:
+    """Write this line (without LF) to the port."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    """The jig's visible state changed."""
+
+    state: JigState
+    uid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptStarted:
+    """A device identified itself: an attempt begins."""
+
+    uid: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class CsrReady:
+    """The CSR block is complete; answer with deliver() or reject()."""
+
+    uid: str
+    csr_pem: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnded:
+    """The attempt is over; the runner records it."""
+
+    uid: str | None
+    outcome: Outcome
+    detail: str
+    device_code: int | None
+    delivered: bool  # a DAC reached the port during this attempt
+    transcript: tuple[str, ...]
+
+
+Effect = SendLine | StateChanged | AttemptStarted | CsrReady | AttemptEnded
+
+
+class Phase(Enum):
+    """Where the conversation with the current device stands."""
+
+    CLOSED = auto()
+    SYNCING = auto()
+    IDENTIFYING = auto()
+    RECEIVING_CSR = auto()
+    ISSUING = auto()
+    AWAITING_RESULT = auto()
+
+
+class HostSession:
+    """One jig's conversation, device after device, for as long as its port stays open."""
+
+    def __init__(self, timing: Timing = Timing()) -> None:
+        self.timing = timing
+        self.phase = Phase.CLOSED
+        self.uid: str | None = None
+        self.deadline: float | None = None
+        self._next_sync = 0.0
+        self._unanswered_syncs = 0
+        self._hold_uid: str | None = None
+        self._state = JigState.OFFLINE
+        self._csr_lines: list[str] = []
+        self._csr_bytes = 0
+        self._in_csr_block = False
+        self._delivered = False
+        self._transcript: deque[str] = deque(maxlen=TRANSCRIPT_LINES)
+
+    @property
+    def state(self) -> JigState:
+        """The visible jig state."""
+        return self._state
+
+    @property
+    def in_attempt(self) -> bool:
+        """True between a valid UID line and the attempt's end."""
+        return self.phase in (Phase.RECEIVING_CSR, Phase.ISSUING, Phase.AWAITING_RESULT)
+
+    def next_wakeup(self) -> float | None:
+        """The loop time at which on_timer() must be called next (None: only lines matter)."""
+        if self.phase is Phase.SYNCING:
+            return self._next_sync
+        return self.deadline
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def open(self, now: float) -> list[Effect]:
+        """The port was just opened: reset any half-finished device, then start syncing."""
+        out: list[Effect] = [SendLine("Abort")]
+        self._unanswered_syncs = 0
+        self._enter_sync(now, out, send_now=True)
+        return out
+
+    def on_line(self, line: str, now: float) -> list[Effect]:
+        """Handle one received line (CR already stripped)."""
+        out: list[Effect] = []
+        phase = self.phase
+        if phase is Phase.SYNCING:
+            if line == START:
+                self._unanswered_syncs = 0
+                self.phase = Phase.IDENTIFYING
+                self.deadline = now + self.timing.csr_timeout
+            # Anything else while syncing is boot noise or a reply to an Abort: dropped.
+        elif phase is Phase.IDENTIFYING:
+            self._on_identifying(line, now, out)
+        elif phase is Phase.RECEIVING_CSR:
+            self._record(line)
+            self._on_csr_line(line, now, out)
+        elif phase is Phase.ISSUING:
+            self._record(line)
+            if _is_protocol_line(line):
+                self._violation(
+                    f"unexpected {_head(line)!r} while the DAC was being issued", now, out
+                )
+        elif phase is Phase.AWAITING_RESULT:
+            self._record(line)
+            self._on_result_line(line, now, out)
+        return out
+
+    def on_line_too_long(self, length: int, now: float) -> list[Effect]:
+        """A line exceeded the 1024-byte bound; its bytes were discarded."""
+        out: list[Effect] = []
+        if self.in_attempt:
+            self._record(f"<{length} bytes without newline discarded>")
+            self._violation(f"line longer than 1024 bytes ({length} bytes)", now, out)
+        return out
+
+    def on_timer(self, now: float) -> list[Effect]:
+        """Time passed: send the next Init or apply a timeout."""
+        out: list[Effect] = []
+        if self.phase is Phase.SYNCING:
+            if now >= self._next_sync:
+                self._unanswered_syncs += 1
+                if (
+                    self._hold_uid is not None
+                    and self._unanswered_syncs > self.timing.empty_after_syncs
+                ):
+                    # Nobody answers: the finished device was taken out, the hold is over.
+                    self._hold_uid = None
+                    self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
+                out.append(SendLine("Init"))
+                self._next_sync = now + self.timing.sync_interval
+        elif self.deadline is not None and now >= self.deadline:
+            if self.phase is Phase.IDENTIFYING:
+                # Start_provisioning without a UID: no attempt exists yet, just start over.
+                out.append(SendLine("Abort"))
+                self._enter_sync(now, out, send_now=False)
+            elif self.phase is Phase.RECEIVING_CSR:
+                if self._in_csr_block:
+                    self._end(Outcome.PROTOCOL_ERROR, "CSR PEM block never closed", None, now, out)
+                else:
+                    self._end(Outcome.TIMEOUT, "csr", None, now, out)
+            elif self.phase is Phase.AWAITING_RESULT:
+                self._end(Outcome.TIMEOUT, "result", None, now, out)
+        return out
+
+    def deliver(
+        self,
+        dac_pem: str,
+        pai_pem: str,
+        now: float,
+        *,
+        cd_b64: str | None = None,
+        factory_data: tuple[tuple[str, str], ...] = (),
+    ) -> list[Effect]:
+        """Send DAC, PAI, optional CD and factory data, then END; wait for the result."""
+        if self.phase is not Phase.ISSUING:
+            return []
+        out: list[Effect] = []
+        for pem in (dac_pem, pai_pem):
+            out.extend(SendLine(text) for text in pem.strip().splitlines())
+        if cd_b64 is not None:
+            out.append(SendLine(f"CD:{cd_b64}"))
+        out.extend(SendLine(f"FD:{name}={value}") for name, value in factory_data)
+        out.append(SendLine("END"))
+        self._delivered = True
+        self.phase = Phase.AWAITING_RESULT
+        self.deadline = now + self.timing.result_timeout
+        return out
+
+    def reject(self, outcome: Outcome, detail: str, now: float) -> list[Effect]:
+        """Abandon the device without delivering (bad CSR, issuer failure, duplicate key...)."""
+        if self.phase is not Phase.ISSUING:
+            return []
+        out: list[Effect] = []
+        self._end(outcome, detail, None, now, out)
+        return out
+
+    def close(self, outcome: Outcome, detail: str, now: float) -> list[Effect]:
+        """The port is gone or the host stops: end any attempt, the jig goes offline."""
+        out: list[Effect] = []
+        if self.in_attempt:
+            self._finish_attempt(outcome, detail, None, out)
+        self.phase = Phase.CLOSED
+        self.deadline = None
+        self._set_state(JigState.OFFLINE, None, out)
+        return out
+
+    def abort(self, outcome: Outcome, detail: str, now: float) -> list[Effect]:
+        """Abandon the current attempt (shutdown grace over), telling the device to stop."""
+        out: list[Effect] = []
+        if self.in_attempt:
+            self._end(outcome, detail, None, now, out)
+        return out
+
+    # --- phases ----------------------------------------------------------------------------
+
+    def _on_identifying(self, line: str, now: float, out: list[Effect]) -> None:
+        if line.startswith("UID:"):
+            match = _UID_RE.fullmatch(line)
+            if match is None:
+                self.uid = None
+                self._transcript.clear()
+                self._record(line)
+                out.append(AttemptStarted(None, now))
+                self.phase = Phase.RECEIVING_CSR
+                self._violation(f"malformed UID line {_head(line)!r}", now, out)
+                return
+            uid = match.group(1).upper()
+            if uid == self._hold_uid:
+                # The device just finished is still in the jig: no new attempt.
+                out.append(SendLine("Abort"))
+                self._set_state(JigState.WAITING_FOR_SWAP, uid, out)
+                self._enter_sync(now, out, send_now=False)
+                return
+            self._hold_uid = None
+            self.uid = uid
+            self._transcript.clear()
+            self._record(line)
+            self._csr_lines = []
+            self._csr_bytes = 0
+            self._in_csr_block = False
+            self._delivered = False
+            self.phase = Phase.RECEIVING_CSR
+            out.append(AttemptStarted(uid, now))
+            self._set_state(JigState.PROVISIONING, uid, out)
+        elif line.startswith("finish:") or line == CSR_BEGIN:
+            # A device mid-flow that we never identified: make it start clean.
+            out.append(SendLine("Abort"))
+            self._enter_sync(now, out, send_now=False)
+        # Other lines (logs, a repeated Start_provisioning) are ignored before the UID.
+
+    def _on_csr_line(self, line: str, now: float, out: list[Effect]) -> None:
+        if not self._in_csr_block:
+            if line == CSR_BEGIN:
+                self._in_csr_block = True
+                self._csr_lines = [line]
+                self._csr_bytes = len(line) + 1
+            elif _is_protocol_line(line):
+                self._violation(f"expected a CSR, got {_head(line)!r}", now, out)
+            return
+        if line == CSR_END:
+            self._csr_lines.append(line)
+            pem = "\n".join(self._csr_lines) + "\n"
+            self._csr_lines = []
+            self._in_csr_block = False
+            self.phase = Phase.ISSUING
+            self.deadline = None
+            assert self.uid is not None
+            out.append(CsrReady(self.uid, pem))
+            return
+        if line.startswith("-----"):
+            self._violation(f"unexpected PEM marker in CSR block {_head(line)!r}", now, out)
+            return
+        if not _BASE64_RE.fullmatch(line):
+            if _is_protocol_line(line):
+                self._violation(f"unexpected {_head(line)!r} inside the CSR block", now, out)
+            # Otherwise a firmware log line printed amid the block: transcript only.
+            return
+        self._csr_bytes += len(line) + 1
+        if self._csr_bytes > MAX_CSR_BYTES:
+            self._end(
+                Outcome.CSR_REJECTED,
+                f"CSR too large (more than {MAX_CSR_BYTES} bytes)",
+                None,
+                now,
+                out,
+            )
+            return
+        self._csr_lines.append(line)
+
+    def _on_result_line(self, line: str, now: float, out: list[Effect]) -> None:
+        if line.startswith("finish:"):
+            match = _FINISH_RE.fullmatch(line)
+            if match is None:
+                self._violation(f"malformed finish line {_head(line)!r}", now, out)
+                return
+            code = int(match.group(1), 16)
+            if code == FINISH_OK:
+                self._end(Outcome.PROVISIONED, describe_finish(code), code, now, out, abort=False)
+            else:
+                self._end(Outcome.DEVICE_ERROR, describe_finish(code), code, now, out, abort=False)
+        elif _is_protocol_line(line):
+            self._violation(f"unexpected {_head(line)!r} while waiting for finish", now, out)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _violation(self, detail: str, now: float, out: list[Effect]) -> None:
+        self._end(Outcome.PROTOCOL_ERROR, detail, None, now, out)
+
+    def _end(
+        self,
+        outcome: Outcome,
+        detail: str,
+        device_code: int | None,
+        now: float,
+        out: list[Effect],
+        *,
+        abort: bool = True,
+    ) -> None:
+        if abort:
+            out.append(SendLine("Abort"))
+        hold = self.uid
+        self._finish_attempt(outcome, detail, device_code, out)
+        self._hold_uid = hold
+        self._unanswered_syncs = 0
+        self._enter_sync(now, out, send_now=True)
+
+    def _finish_attempt(
+        self, outcome: Outcome, detail: str, device_code: int | None, out: list[Effect]
+    ) -> None:
+        out.append(
+            AttemptEnded(
+                self.uid, outcome, detail, device_code, self._delivered, tuple(self._transcript)
+            )
+        )
+        self.uid = None
+        self._delivered = False
+        self._csr_lines = []
+        self._in_csr_block = False
+        self._transcript.clear()
+
+    def _enter_sync(self, now: float, out: list[Effect], *, send_now: bool) -> None:
+        self.phase = Phase.SYNCING
+        self.deadline = None
+        if self._state is not JigState.WAITING_FOR_SWAP or self._hold_uid is None:
+            self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
+        if send_now:
+            out.append(SendLine("Init"))
+            self._next_sync = now + self.timing.sync_interval
+        else:
+            self._next_sync = now + self.timing.sync_interval
+
+    def _set_state(self, state: JigState, uid: str | None, out: list[Effect]) -> None:
+        if state is not self._state:
+            self._state = state
+            out.append(StateChanged(state, uid))
+
+    def _record(self, line: str) -> None:
+        self._transcript.append(line[:TRANSCRIPT_LINE_CHARS])
+
+
+def _is_protocol_line(line: str) -> bool:
+    """Lines that only the protocol may produce; anything else is firmware chatter."""
+    return line == START or line.startswith(("UID:", "finish:", "-----BEGIN ", "-----END "))
+
+
+def _head(line: str) -> str:
+    return line if len(line) <= 40 else line[:40] + "..."

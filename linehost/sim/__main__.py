@@ -1,0 +1,31 @@
+"""`python -m linehost.sim`: the simulated line in its own process (options as `linehost sim`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from linehost.errors import LinehostError
+from linehost.sim.cli import add_arguments, run_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse `argv`, run the simulated line, return the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="python -m linehost.sim",
+        description="Simulated provisioning firmware on pseudo-terminals; prints `<jig> <path>`.",
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(run_from_args(args))
+    except LinehostError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

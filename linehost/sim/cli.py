@@ -1,0 +1,160 @@
+"""`linehost sim`: simulated provisioning firmware on pseudo-terminals, printing the port paths."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Final
+
+from linehost.sim.harness import DEFAULT_SWAP_SECONDS, SimulatedLine, parse_mix
+from linehost.sim.personalities import get_personality, personality_names
+
+#: Seconds the ports stay open after the last device, so the host can read its last answer.
+DEFAULT_LINGER: Final = 2.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `sim` options to `parser`."""
+    parser.add_argument("--jigs", type=_positive_int, default=1, metavar="N", help="jigs (1)")
+    parser.add_argument(
+        "--devices",
+        type=_non_negative_int,
+        default=None,
+        metavar="PER_JIG",
+        help="devices per jig (default: endless, until SIGINT)",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--personality",
+        type=_personality,
+        default="good",
+        metavar="NAME",
+        help=f"every device behaves like NAME: {', '.join(personality_names())}, finish_<hex>",
+    )
+    which.add_argument(
+        "--mix",
+        type=_mix,
+        default=None,
+        metavar="NAME[:W],...",
+        help="personalities dealt in these proportions (weights W, default 1), shuffled by --seed",
+    )
+    parser.add_argument(
+        "--dir", default=None, metavar="DIR", help="where the port links go (default: a temp dir)"
+    )
+    parser.add_argument(
+        "--record", default=None, metavar="FILE", help="write one JSON line per device to FILE"
+    )
+    parser.add_argument(
+        "--paa", default=None, metavar="FILE", help="devices also check the PAI against this PAA"
+    )
+    parser.add_argument(
+        "--swap-seconds",
+        type=_non_negative_float,
+        default=DEFAULT_SWAP_SECONDS,
+        metavar="S",
+        help=f"an empty jig's time between devices ({DEFAULT_SWAP_SECONDS})",
+    )
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help="reproducible plan")
+    parser.add_argument(
+        "--baud", type=_positive_int, default=None, metavar="B", help="pace writes at B baud"
+    )
+    parser.add_argument(
+        "--linger",
+        type=_non_negative_float,
+        default=DEFAULT_LINGER,
+        metavar="S",
+        help=f"keep the ports open S seconds after the last device ({DEFAULT_LINGER})",
+    )
+
+
+async def run_from_args(args: argparse.Namespace) -> int:
+    """Run the simulated line until its devices are done or SIGINT/SIGTERM; return the exit code."""
+    line = SimulatedLine(
+        args.jigs,
+        devices_per_jig=args.devices,
+        personality=args.personality,
+        mix=args.mix,
+        directory=args.dir,
+        record=args.record,
+        paa=args.paa,
+        swap_seconds=args.swap_seconds,
+        seed=args.seed,
+        baud=args.baud,
+    )
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await line.start()
+        for name, path in line.ports.items():
+            print(f"{name} {path}")
+        sys.stdout.flush()
+        done = asyncio.create_task(line.wait(), name="sim-line")
+        stopped = asyncio.create_task(stop.wait(), name="sim-stop")
+        try:
+            await asyncio.wait({done, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if done.done():
+                done.result()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), args.linger)
+        finally:
+            for task in (done, stopped):
+                task.cancel()
+            await asyncio.gather(done, stopped, return_exceptions=True)
+    finally:
+        await line.aclose()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+    provisioned = sum(1 for r in line.records if r.stored_dac_serial is not None)
+    print(f"sim: {len(line.records)} devices, {provisioned} provisioned", file=sys.stderr)
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
+
+
+def _personality(text: str) -> str:
+    try:
+        get_personality(text)
+    except Exception as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _mix(text: str) -> str:
+    try:
+        parse_mix(text)
+    except Exception as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text

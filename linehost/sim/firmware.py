@@ -1,0 +1,431 @@
+"""A simulated device running provisioning firmware: identity, delivery check, personality quirks.
+
+`SimulatedDevice` is sans-IO like the session it wraps: bytes and time in, `Action`s out; the pty
+harness performs them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Final
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from linehost.protocol.device import (
+    FLOW_TIMEOUT,
+    INIT,
+    START_PROVISIONING,
+    Delivery,
+    DeliveryComplete,
+    DeviceEvent,
+    DeviceSession,
+    DeviceState,
+    FlowEnd,
+    FlowEnded,
+    Send,
+)
+from linehost.protocol.framing import LineFramer
+from linehost.sim.personalities import (
+    GARBAGE_LINE_BYTES,
+    GARBAGE_RANDOM_BYTES,
+    Curve,
+    Personality,
+)
+
+FINISH_OK: Final = 0x000
+FINISH_PARAMETER_ERROR: Final = 0x003
+
+_CSR_SUBJECT: Final = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "linehost-sim")])
+_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+_CSR_BEGIN: Final = "-----BEGIN CERTIFICATE REQUEST-----"
+_CSR_END: Final = "-----END CERTIFICATE REQUEST-----"
+
+_LOG_TEMPLATES: Final = (
+    "I ({ms}) app: heap free {n}",
+    "W ({ms}) wifi: sta disconnected, reason {r}",
+    "I ({ms}) chip[DL]: BLE advertising stopped",
+    "D ({ms}) prov: secure element ready, slot {r}",
+    "I ({ms}) nvs: {n} bytes free in partition factory",
+    "[{ms:08d}] MATTER: provisioning task alive",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """What makes a device unique: its UID and its key pair, presented as a PEM CSR."""
+
+    uid: str
+    key: ec.EllipticCurvePrivateKey
+    csr_pem: str
+    public_key_der: bytes  # SubjectPublicKeyInfo, DER
+    public_key_sha256: str  # lower-case hex
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """The firmware's verdict on a delivery; serial and sha256 are set for an acceptable DAC."""
+
+    code: int
+    detail: str
+    dac_serial: str | None = None  # upper-case hex of the serial integer, no leading zeros
+    dac_sha256: str | None = None  # lower-case hex of sha256(DER)
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyCsr:
+    key: ec.EllipticCurvePrivateKey
+    csr_pem: str
+    public_key_der: bytes
+    public_key_sha256: str
+
+
+class IdentityPool:
+    """Makes device identities; `pregenerate` moves the P-256 key + CSR cost ahead of the run."""
+
+    def __init__(self) -> None:
+        self._ready: deque[_KeyCsr] = deque()
+
+    def __len__(self) -> int:
+        return len(self._ready)
+
+    def pregenerate(self, count: int) -> None:
+        """Generate `count` more P-256 keys with their CSRs (thread-safe with respect to `make`)."""
+        for _ in range(count):
+            self._ready.append(_key_csr(ec.generate_private_key(ec.SECP256R1())))
+
+    def make(
+        self,
+        uid: str,
+        *,
+        curve: Curve = "P-256",
+        corrupt_signature: bool = False,
+        key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> DeviceIdentity:
+        """An identity for `uid`: a fresh key unless `key` is given (a cloned device)."""
+        if key is not None:
+            made = _key_csr(key)
+        elif curve == "P-256" and self._ready:
+            made = self._ready.popleft()
+        else:
+            made = _key_csr(ec.generate_private_key(_CURVES[curve]()))
+        csr_pem = _corrupt_signature(made.csr_pem) if corrupt_signature else made.csr_pem
+        return DeviceIdentity(uid, made.key, csr_pem, made.public_key_der, made.public_key_sha256)
+
+
+def random_uid(rng: random.Random, digits: int = 16) -> str:
+    """A random upper-case hex UID of `digits` digits (8..64)."""
+    if not 8 <= digits <= 64:
+        raise ValueError(f"a UID has 8 to 64 hex digits, not {digits}")
+    return f"{rng.getrandbits(digits * 4):0{digits}X}"
+
+
+def check_delivery(
+    public_key_der: bytes, delivery: Delivery, paa: x509.Certificate | None = None
+) -> CheckResult:
+    """What the firmware answers: 000 for a DAC on its own key signed by the delivered PAI."""
+    try:
+        dac = x509.load_pem_x509_certificate(delivery.dac_pem.encode("ascii"))
+        pai = x509.load_pem_x509_certificate(delivery.pai_pem.encode("ascii"))
+    except ValueError as exc:
+        return CheckResult(FINISH_PARAMETER_ERROR, f"unparsable certificate: {exc}")
+    own = dac.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if own != public_key_der:
+        return CheckResult(FINISH_PARAMETER_ERROR, "DAC is not for this device's key")
+    try:
+        dac.verify_directly_issued_by(pai)
+    except (ValueError, TypeError, InvalidSignature):
+        return CheckResult(FINISH_PARAMETER_ERROR, "DAC is not signed by the delivered PAI")
+    if paa is not None:
+        try:
+            pai.verify_directly_issued_by(paa)
+        except (ValueError, TypeError, InvalidSignature):
+            return CheckResult(FINISH_PARAMETER_ERROR, "PAI is not signed by the PAA")
+    der = dac.public_bytes(serialization.Encoding.DER)
+    return CheckResult(
+        FINISH_OK, "stored", format(dac.serial_number, "X"), hashlib.sha256(der).hexdigest()
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Bytes for the port; `byte_delay` > 0 writes them one at a time."""
+
+    data: bytes
+    byte_delay: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Unplug:
+    """After `after` seconds the port vanishes; it returns `down` seconds later, empty."""
+
+    after: float
+    down: float
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """The operator takes the device out of the jig."""
+
+
+Action = Write | Unplug | Leave
+
+
+@dataclass(slots=True)
+class DeviceLog:
+    """What happened to one device, for the record (times are the caller's `now` clock)."""
+
+    finish_codes: list[int] = field(default_factory=list)
+    stored: CheckResult | None = None
+    rejected: CheckResult | None = None
+    aborted_flows: int = 0
+    first_sync_at: float | None = None
+    finished_at: float | None = None
+    left_at: float | None = None
+    ended: str | None = None  # left | unplugged | cancelled
+
+
+class SimulatedDevice:
+    """One device in a jig: the protocol session plus its personality's quirks."""
+
+    def __init__(
+        self,
+        identity: DeviceIdentity,
+        personality: Personality,
+        *,
+        rng: random.Random | None = None,
+        paa: x509.Certificate | None = None,
+        flow_timeout: float = FLOW_TIMEOUT,
+    ) -> None:
+        self.identity = identity
+        self.personality = personality
+        self.paa = paa
+        self.log = DeviceLog()
+        self.uid_sent = identity.uid.lower() if personality.uid_lowercase else identity.uid
+        self.session = DeviceSession(
+            self.uid_sent,
+            identity.csr_pem,
+            flow_timeout=flow_timeout,
+            answer_abort=personality.answer_abort,
+        )
+        self._rng = rng if rng is not None else random.Random()
+        self._framer = LineFramer()
+        self._eol = personality.line_ending
+        self._inits_ignored = 0
+        self._garbage_pending = personality.garbage
+        self._finished = False
+        self._extra_rounds = 0
+        self._gone = False  # left, unplugged or deaf: ignores everything
+
+    @property
+    def gone(self) -> bool:
+        """True once the device no longer reacts (it left, or its port is about to vanish)."""
+        return self._gone
+
+    @property
+    def deadline(self) -> float | None:
+        """When `poll` has something to do."""
+        return None if self._gone else self.session.deadline
+
+    def arrive(self, now: float) -> list[Action]:
+        """The device is put in the jig and boots."""
+        if not self.personality.boot_banner:
+            return []
+        return [self._write(self._render(list(self.personality.boot_banner), now))]
+
+    def receive(self, data: bytes, now: float) -> list[Action]:
+        """Bytes from the host."""
+        if self._gone:
+            return []
+        out: list[Action] = []
+        lines: list[str] = []
+        for frame in self._framer.feed(data):
+            idle = self.session.state is DeviceState.IDLE
+            if idle and isinstance(frame, str) and frame.strip() == INIT:
+                if self._inits_ignored < self.personality.ignore_inits:
+                    self._inits_ignored += 1
+                    continue
+                if self._garbage_pending:
+                    self._garbage_pending = False
+                    out += self._flush(lines, now)
+                    lines = []
+                    out.append(Write(self._garbage()))
+            if self.personality.noise and isinstance(frame, str) and self._chance():
+                lines.append(self._log_line(now))
+            events = self.session.receive_line(frame, now)
+            lines, more = self._handle(events, lines, now)
+            out += more
+            if self._gone:
+                break
+        return out + self._flush(lines, now)
+
+    def poll(self, now: float) -> list[Action]:
+        """Apply the device's flow timeout as of `now`."""
+        if self._gone:
+            return []
+        lines, out = self._handle(self.session.poll(now), [], now)
+        return out + self._flush(lines, now)
+
+    def _handle(
+        self, events: list[DeviceEvent], lines: list[str], now: float
+    ) -> tuple[list[str], list[Action]]:
+        """Turn session events into pending lines and actions (lines are flushed before actions)."""
+        out: list[Action] = []
+        queue = deque(events)
+        started = False
+        while queue:
+            event = queue.popleft()
+            if isinstance(event, Send):
+                if event.line == START_PROVISIONING:
+                    started = True
+                    if self.log.first_sync_at is None:
+                        self.log.first_sync_at = now
+                lines.append(event.line)
+            elif isinstance(event, DeliveryComplete):
+                queue.extend(self._on_delivery(event.delivery, now))
+            elif isinstance(event, FlowEnded):
+                leave = self._on_flow_ended(event, now)
+                if leave:
+                    out += self._flush(lines, now, started)
+                    lines = []
+                    self._gone = True
+                    self.log.ended = "left"
+                    out.append(Leave())
+                    return [], out
+        if started and self.personality.unplug_after_csr is not None:
+            out += self._flush(lines, now, started)
+            self._gone = True
+            out.append(Unplug(self.personality.unplug_after_csr, self.personality.unplug_seconds))
+            return [], out
+        if started:
+            out += self._flush(lines, now, started)
+            lines = []
+        return lines, out
+
+    def _on_delivery(self, delivery: Delivery, now: float) -> list[DeviceEvent]:
+        if not self.personality.answer_finish:
+            return []
+        forced = self.personality.finish_code
+        digits = self.personality.finish_digits
+        if forced is not None:
+            return self.session.finish(forced, now, digits=digits)
+        result = check_delivery(self.identity.public_key_der, delivery, self.paa)
+        if result.code == FINISH_OK:
+            self.log.stored = result
+        else:
+            self.log.rejected = result
+        return self.session.finish(result.code, now, digits=digits)
+
+    def _on_flow_ended(self, event: FlowEnded, now: float) -> bool:
+        """Book the end of a flow; True when the operator now takes the device out."""
+        if self._finished:
+            self._extra_rounds += 1
+        if event.reason is FlowEnd.FINISHED and event.code is not None:
+            self.log.finish_codes.append(event.code)
+            self.log.finished_at = now
+            self._finished = True
+        elif not self._finished:
+            self.log.aborted_flows += 1
+        if self._finished:
+            return self._extra_rounds >= self.personality.stay_rounds
+        return self.log.aborted_flows >= self.personality.max_aborted_flows
+
+    def _flush(self, lines: list[str], now: float, csr_burst: bool = False) -> list[Action]:
+        if not lines:
+            return []
+        return [self._write(self._render(lines, now, csr_burst))]
+
+    def _render(self, lines: list[str], now: float, csr_burst: bool = False) -> bytes:
+        if self.personality.noise:
+            lines = self._add_noise(lines, now, csr_burst)
+        eol = self._eol
+        return eol.join(ln.encode("ascii", "replace") for ln in lines) + eol
+
+    def _add_noise(self, lines: list[str], now: float, csr_burst: bool) -> list[str]:
+        noisy: list[str] = []
+        for ln in lines:
+            if self._chance():
+                noisy.append(self._log_line(now))
+            noisy.append(ln)
+        if csr_burst:
+            # Guarantee at least one log line strictly inside the CSR block.
+            begin = noisy.index(_CSR_BEGIN) if _CSR_BEGIN in noisy else -1
+            end = noisy.index(_CSR_END) if _CSR_END in noisy else -1
+            if 0 <= begin < end:
+                noisy.insert(self._rng.randint(begin + 1, end), self._log_line(now))
+        return noisy
+
+    def _write(self, data: bytes) -> Write:
+        return Write(data, self.personality.byte_delay)
+
+    def _chance(self) -> bool:
+        return self._rng.random() < self.personality.noise
+
+    def _log_line(self, now: float) -> str:
+        template = self._rng.choice(_LOG_TEMPLATES)
+        return template.format(
+            ms=int(now * 1000) % 100_000_000,
+            n=self._rng.randrange(20_000, 200_000),
+            r=self._rng.randrange(1, 256),
+        )
+
+    def _garbage(self) -> bytes:
+        rng = self._rng
+        junk = bytearray(rng.randbytes(GARBAGE_RANDOM_BYTES))
+        for _ in range(16):
+            junk[rng.randrange(len(junk))] = 0
+        long_line = bytes(rng.choice(b"0123456789abcdef") for _ in range(GARBAGE_LINE_BYTES))
+        return (
+            bytes(junk)
+            + b"\n\x00\x00\x00\n"
+            + b"\xff\xfe\xc3\x28 invalid utf-8 \x80\x81\xe2\x82\n"
+            + long_line
+            + b"\n"
+        )
+
+
+def _key_csr(key: ec.EllipticCurvePrivateKey) -> _KeyCsr:
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_CSR_SUBJECT)
+        .sign(key, hashes.SHA256())
+    )
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    pem = csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    return _KeyCsr(key, pem, spki, hashlib.sha256(spki).hexdigest())
+
+
+def _corrupt_signature(csr_pem: str) -> str:
+    """The same CSR with the last byte of its signature flipped: parses, never verifies."""
+    der = bytearray(
+        x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_bytes(serialization.Encoding.DER)
+    )
+    der[-1] ^= 0x5A
+    return (
+        x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode("ascii")
+    )
+
+
+__all__ = [
+    "Action",
+    "CheckResult",
+    "DeviceIdentity",
+    "DeviceLog",
+    "IdentityPool",
+    "Leave",
+    "SimulatedDevice",
+    "Unplug",
+    "Write",
+    "check_delivery",
+    "random_uid",
+]

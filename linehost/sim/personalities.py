@@ -1,0 +1,184 @@
+"""Named device personalities: the well-behaved firmware and every fault the line must survive.
+
+A personality is a bag of knobs (`Personality`); the registry maps a name to a builder so that the
+module-level timing constants below can be patched in tests and take effect at the next lookup.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Final, Literal
+
+from linehost.errors import ConfigError
+
+#: Probability of a log line before each line a `noisy` device writes and after each line it reads.
+NOISE_PROBABILITY = 0.3
+#: Delay per byte of the `slow` writer.
+SLOW_BYTE_DELAY = 0.001
+#: `Init` lines a `late_sync` device ignores while "booting".
+LATE_SYNC_INITS = 3
+#: Extra sync rounds a `stays` device answers after its result before the operator swaps it.
+STAY_ROUNDS = 3
+#: Seconds between an `unplug` device's CSR and the port vanishing.
+UNPLUG_AFTER_CSR = 0.05
+#: Seconds the jig's port stays gone after an unplug.
+UNPLUG_SECONDS = 0.5
+#: Length of the over-long line a `garbage` device sends (the host bound is 1024 bytes).
+GARBAGE_LINE_BYTES = 1500
+#: Random bytes a `garbage` device spews before it behaves.
+GARBAGE_RANDOM_BYTES = 256
+#: Aborted (or timed-out) flows after which the operator takes an unfinished device out.
+MAX_ABORTED_FLOWS = 2
+
+Curve = Literal["P-256", "P-384"]
+
+BOOT_BANNER: Final = (
+    "ESP-ROM:esp32c3-api1-20210207",
+    "rst:0x1 (POWERON),boot:0xc (SPI_FAST_FLASH_BOOT)",
+    "",
+    "I (30) boot: ESP-IDF v5.1.2 2nd stage bootloader",
+    "I (214) cpu_start: Pro cpu start user code",
+    "I (251) app_main: provisioning firmware 1.4.0 booting",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Personality:
+    """How one simulated device behaves; the defaults are a well-behaved device."""
+
+    name: str
+    description: str = ""
+    line_ending: bytes = b"\n"
+    noise: float = 0.0  # probability of a log line around each line written or read
+    byte_delay: float = 0.0  # > 0: write byte by byte with this delay
+    ignore_inits: int = 0  # Init lines ignored after arrival, as if still booting
+    boot_banner: tuple[str, ...] = ()  # printed on arrival
+    finish_code: int | None = None  # forced answer to a complete delivery (nothing is stored)
+    finish_digits: int | None = None  # 3 or 4: zero-pad the finish code (finish:0ABC)
+    answer_finish: bool = True  # False: never answers a delivery
+    answer_abort: bool = False  # answer Abort with finish:FFFF
+    curve: Curve = "P-256"
+    corrupt_csr_signature: bool = False
+    clone_key: bool = False  # reuse the key of a device this simulator provisioned before
+    unplug_after_csr: float | None = None  # seconds after the CSR until the port vanishes
+    unplug_seconds: float = 0.5  # how long the port stays gone
+    stay_rounds: int = 0  # sync rounds answered after the result before the swap
+    garbage: bool = False  # binary junk and an over-long line before the first answer
+    max_aborted_flows: int = MAX_ABORTED_FLOWS
+    uid_digits: int = 16
+    uid_lowercase: bool = False
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.uid_digits <= 64:
+            raise ValueError(f"uid_digits must be 8..64, not {self.uid_digits}")
+        if self.finish_code is not None and not 0 <= self.finish_code <= 0xFFFF:
+            raise ValueError(f"finish_code out of range: {self.finish_code}")
+        if self.finish_digits not in (None, 3, 4):
+            raise ValueError(f"finish_digits must be 3 or 4, not {self.finish_digits}")
+
+    def with_(self, **changes: object) -> Personality:
+        """A copy with some knobs changed (same as dataclasses.replace)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+PersonalityBuilder = Callable[[], Personality]
+
+_REGISTRY: dict[str, PersonalityBuilder] = {}
+_FINISH_NAME = re.compile(r"finish_([0-9A-Fa-f]{3,4})")
+
+
+def register(name: str, build: PersonalityBuilder | Personality) -> None:
+    """Add (or replace) a named personality; a builder is called at every lookup."""
+    if isinstance(build, Personality):
+        fixed = build
+        _REGISTRY[name] = lambda: fixed
+    else:
+        _REGISTRY[name] = build
+
+
+def get_personality(name: str) -> Personality:
+    """The personality called `name`; `finish_<hex>` works for any code. ConfigError if unknown."""
+    build = _REGISTRY.get(name)
+    if build is not None:
+        return build()
+    match = _FINISH_NAME.fullmatch(name)
+    if match is not None:
+        return _finish(int(match.group(1), 16))
+    known = ", ".join(personality_names())
+    raise ConfigError(f"unknown device personality {name!r} (known: {known})")
+
+
+def personality_names() -> list[str]:
+    """Every registered name, sorted."""
+    return sorted(_REGISTRY)
+
+
+def _finish(code: int) -> Personality:
+    return Personality(
+        name=f"finish_{code:03X}",
+        description=f"answers every delivery with finish:{code:03X}",
+        finish_code=code,
+    )
+
+
+register("good", Personality("good", "well-behaved device"))
+register("crlf", Personality("crlf", "every line ends CRLF", line_ending=b"\r\n"))
+register(
+    "noisy",
+    lambda: Personality(
+        "noisy", "log lines at random moments, also inside its CSR block", noise=NOISE_PROBABILITY
+    ),
+)
+register("slow", lambda: Personality("slow", "writes byte by byte", byte_delay=SLOW_BYTE_DELAY))
+register(
+    "late_sync",
+    lambda: Personality(
+        "late_sync",
+        "prints a boot banner and ignores the first Init lines",
+        ignore_inits=LATE_SYNC_INITS,
+        boot_banner=BOOT_BANNER,
+    ),
+)
+for _code in (0x001, 0x002, 0x003, 0x004, 0xFFFE, 0xFFFF):
+    register(f"finish_{_code:03X}", _finish(_code))
+register("finish_unknown", _finish(0x0ABC).with_(name="finish_unknown", finish_digits=4))
+register(
+    "bad_csr_signature",
+    Personality("bad_csr_signature", "CSR signature bytes corrupted", corrupt_csr_signature=True),
+)
+register("p384", Personality("p384", "CSR with a P-384 key", curve="P-384"))
+register(
+    "silent_after_delivery",
+    Personality("silent_after_delivery", "never answers after END", answer_finish=False),
+)
+register(
+    "unplug",
+    lambda: Personality(
+        "unplug",
+        "the port vanishes after the CSR and returns with the next device",
+        unplug_after_csr=UNPLUG_AFTER_CSR,
+        unplug_seconds=UNPLUG_SECONDS,
+    ),
+)
+register(
+    "cloned_key",
+    Personality(
+        "cloned_key", "a new UID with the key of a device provisioned before", clone_key=True
+    ),
+)
+register(
+    "stays",
+    lambda: Personality(
+        "stays", "stays in the jig for a few sync rounds after its result", stay_rounds=STAY_ROUNDS
+    ),
+)
+register(
+    "garbage",
+    Personality("garbage", "random bytes, NULs, invalid UTF-8, an over-long line", garbage=True),
+)
+register(
+    "abort_ffff", Personality("abort_ffff", "answers Abort with finish:FFFF", answer_abort=True)
+)
+register("lower_uid", Personality("lower_uid", "sends its UID in lower case", uid_lowercase=True))

@@ -1,0 +1,1 @@
+"""Durable records: attempts, assignments, the hash-chained audit log and the results outbox."""

@@ -1,0 +1,43 @@
+"""The audit hash chain: canonical JSON and the row hash, shared by the writer and the verifier."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+#: prev_hash of the first row of every line's chain.
+GENESIS_HASH = "0" * 64
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces, UTF-8 kept as is: one text per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def row_hash(
+    prev_hash: str,
+    *,
+    seq: int,
+    line: str,
+    at: str,
+    entity: str,
+    entity_id: str,
+    event: str,
+    data: Mapping[str, Any],
+) -> str:
+    """sha256 hex of prev_hash + canonical JSON of {seq, line, at, entity, entity_id, event,
+    data}."""
+    body = canonical_json(
+        {
+            "seq": seq,
+            "line": line,
+            "at": at,
+            "entity": entity,
+            "entity_id": entity_id,
+            "event": event,
+            "data": data,
+        }
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()

@@ -1,0 +1,131 @@
+"""The async engine: durable SQLite or PostgreSQL, and database errors as our own exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    NoSuchModuleError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from linehost.errors import DatabaseUnavailable, LinehostError, StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+PG_CONNECT_TIMEOUT = 5.0  # seconds; an unreachable server must not hang start-up
+PG_COMMAND_TIMEOUT = 60.0
+
+#: Connection execution option: on SQLite, begin with BEGIN IMMEDIATE (take the write lock).
+WRITE_TRANSACTION = "linehost_write_transaction"
+
+_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+asyncpg"}
+
+
+def database_url(url: str) -> URL:
+    """Parse `url`, choosing the async driver for plain `sqlite://` and `postgresql://`."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid database URL {url!r}") from exc
+    driver = _DRIVERS.get(parsed.drivername)
+    if driver is not None:
+        parsed = parsed.set(drivername=driver)
+    if parsed.drivername not in _DRIVERS.values():
+        raise StoreError(
+            f"unsupported database URL {parsed.render_as_string(hide_password=True)!r}: "
+            "use sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER@HOST/DB"
+        )
+    return parsed
+
+
+def create_engine(url: str) -> AsyncEngine:
+    """An engine for `url` set up for durability (SQLite) or resilience (PostgreSQL)."""
+    parsed = database_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            engine = create_async_engine(parsed)
+            _setup_sqlite(engine)
+        else:
+            engine = create_async_engine(
+                parsed,
+                pool_pre_ping=True,
+                pool_size=5,
+                max_overflow=5,
+                connect_args={"timeout": PG_CONNECT_TIMEOUT, "command_timeout": PG_COMMAND_TIMEOUT},
+            )
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(
+            f"cannot use database URL {safe_url(parsed)!r}: {_first_line(exc)}"
+        ) from exc
+    return engine
+
+
+def safe_url(url: URL | AsyncEngine) -> str:
+    """The URL without its password, for messages."""
+    if isinstance(url, AsyncEngine):
+        url = url.url
+    return url.render_as_string(hide_password=True)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when `exc` means the database cannot be reached (worth retrying later)."""
+    if isinstance(exc, DatabaseUnavailable):
+        return True
+    if isinstance(exc, DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
+
+
+def translate_error(exc: BaseException, engine: AsyncEngine | URL | None = None) -> LinehostError:
+    """Our exception for a database failure: DatabaseUnavailable or StoreError, one line."""
+    if isinstance(exc, LinehostError):
+        return exc
+    where = f" {safe_url(engine)}" if engine is not None else ""
+    if is_unavailable(exc):
+        return DatabaseUnavailable(f"database{where} unavailable: {_first_line(exc)}")
+    return StoreError(f"database{where} error: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    inner: BaseException = exc
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        inner = exc.orig
+    elif isinstance(exc, SQLAlchemyError) and exc.__cause__ is not None:
+        inner = exc.__cause__
+    text = str(inner).strip() or type(inner).__name__
+    first = text.splitlines()[0].strip()
+    # asyncpg wraps its errors as "<class 'asyncpg....'>: message"
+    if first.startswith("<class '") and ">: " in first:
+        first = first.split(">: ", 1)[1]
+    return first
+
+
+def _setup_sqlite(engine: AsyncEngine) -> None:
+    """WAL with synchronous=FULL: a committed assignment survives a power cut."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from pysqlite so BEGIN is emitted when SQLAlchemy says.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA journal_mode = WAL")
+            cursor.execute("PRAGMA synchronous = FULL")
+            cursor.execute("PRAGMA foreign_keys = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers lock at BEGIN so that what they read stays true until they commit.
+        write = conn.get_execution_options().get(WRITE_TRANSACTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")

@@ -1,0 +1,81 @@
+"""Bring a database to the newest schema with the Alembic revisions in `migrations/`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from linehost.errors import LinehostError, StoreError
+from linehost.store.engine import create_engine, translate_error
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+
+# Any constant shared by every linehost host: upgrades of one database never run concurrently.
+_PG_MIGRATION_LOCK = 0x6C696E65686F7374  # "linehost"
+
+
+async def upgrade_to_head(engine: AsyncEngine) -> None:
+    """Apply every pending revision on `engine` inside the running event loop."""
+    config = alembic_config()
+    try:
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK}
+                )
+            await conn.run_sync(_upgrade, config)
+            await conn.commit()
+    except LinehostError:
+        raise
+    except Exception as exc:
+        raise translate_error(exc, engine) from exc
+
+
+def upgrade_cli(url: str) -> None:
+    """`linehost db upgrade`: apply every pending revision to the database at `url`."""
+
+    async def run() -> None:
+        engine = create_engine(url)
+        try:
+            await upgrade_to_head(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
+async def schema_is_current(engine: AsyncEngine) -> bool:
+    """True when the database is at the newest revision."""
+    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+    try:
+        async with engine.connect() as conn:
+            current = await conn.run_sync(_current_heads)
+    except Exception as exc:
+        raise translate_error(exc, engine) from exc
+    return current == heads
+
+
+def alembic_config() -> Config:
+    """An Alembic config for our revisions, without an ini file."""
+    if not (MIGRATIONS_DIR / "env.py").is_file():
+        raise StoreError(f"database migrations not found at {MIGRATIONS_DIR} (broken install?)")
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _upgrade(conn: Connection, config: Config) -> None:
+    config.attributes["connection"] = conn
+    command.upgrade(config, "head")
+
+
+def _current_heads(conn: Connection) -> set[str]:
+    return set(MigrationContext.configure(conn).get_current_heads())

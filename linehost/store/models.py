@@ -1,0 +1,218 @@
+"""The schema: attempts, assignments, the hash-chained audit log and the results outbox.
+
+The Alembic revisions in `migrations/` are the source of truth; these models must match them
+(tests/store/test_store_migrations.py fails when they do not).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from linehost.protocol.outcomes import AssignmentStatus, Outcome
+
+#: Integer ids that will not run out (SQLite needs plain INTEGER for its rowid alias).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+#: The SQL predicate of a "live" assignment: one that still binds a DAC and a key to a device.
+LIVE_PREDICATE = "status IN ('issued', 'confirmed', 'unknown')"
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+UID_LEN = 64  # 8..64 hex digits (jig protocol v1)
+NAME_LEN = 64  # line, station, jig, work order
+SERIAL_LEN = 64  # Matter caps DAC serials at 20 octets = 40 hex digits
+SHA256_LEN = 64
+
+
+def _in_list(values: list[str]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+OUTCOME_CHECK = f"outcome IS NULL OR outcome IN ({_in_list([o.value for o in Outcome])})"
+STATUS_CHECK = f"status IN ({_in_list([s.value for s in AssignmentStatus])})"
+ENTITY_CHECK = "entity IN ('attempt', 'assignment')"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every engine (SQLite keeps it as naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: linehost stores aware UTC")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Assignment(Base):
+    """One DAC bound to one device UID, and where that binding stands."""
+
+    __tablename__ = "assignments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(UID_LEN))
+    status: Mapped[str] = mapped_column(String(16))
+    dac_serial: Mapped[str] = mapped_column(String(SERIAL_LEN))
+    dac_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    dac_pem: Mapped[str] = mapped_column(Text)
+    public_key_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    pai_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    vid: Mapped[str] = mapped_column(String(4))
+    pid: Mapped[str] = mapped_column(String(4))
+    line: Mapped[str] = mapped_column(String(NAME_LEN))
+    station: Mapped[str] = mapped_column(String(NAME_LEN))
+    jig: Mapped[str] = mapped_column(String(NAME_LEN))
+    attempt_id: Mapped[str] = mapped_column(String(36))
+    work_order: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    bundle_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint(STATUS_CHECK, name="status"),
+        UniqueConstraint("dac_serial"),
+        UniqueConstraint("dac_sha256"),
+        Index("ix_assignments_uid", "uid"),
+        Index("ix_assignments_issued_at", "issued_at"),
+        Index("ix_assignments_attempt_id", "attempt_id"),
+        # The database, not the code, guarantees one live assignment per key and per UID.
+        Index(
+            "ux_assignments_live_public_key",
+            "public_key_sha256",
+            unique=True,
+            sqlite_where=text(LIVE_PREDICATE),
+            postgresql_where=text(LIVE_PREDICATE),
+        ),
+        Index(
+            "ux_assignments_live_uid",
+            "uid",
+            unique=True,
+            sqlite_where=text(LIVE_PREDICATE),
+            postgresql_where=text(LIVE_PREDICATE),
+        ),
+    )
+
+
+class Attempt(Base):
+    """One device on one jig, from its UID line to its outcome."""
+
+    __tablename__ = "attempts"
+
+    attempt_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    line: Mapped[str] = mapped_column(String(NAME_LEN))
+    station: Mapped[str] = mapped_column(String(NAME_LEN))
+    jig: Mapped[str] = mapped_column(String(NAME_LEN))
+    uid: Mapped[str | None] = mapped_column(String(UID_LEN))
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    device_code: Mapped[int | None] = mapped_column(Integer)
+    dac_serial: Mapped[str | None] = mapped_column(String(SERIAL_LEN))
+    assignment_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("assignments.id"))
+    work_order: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    transcript: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint(OUTCOME_CHECK, name="outcome"),
+        Index("ix_attempts_uid", "uid"),
+        Index("ix_attempts_dac_serial", "dac_serial"),
+        Index("ix_attempts_started_at", "started_at"),
+        Index("ix_attempts_assignment_id", "assignment_id"),
+        # Small: only attempts still running, for recovery after a crash.
+        Index(
+            "ix_attempts_running",
+            "line",
+            sqlite_where=text("outcome IS NULL"),
+            postgresql_where=text("outcome IS NULL"),
+        ),
+    )
+
+
+class AuditEntry(Base):
+    """One append-only audit event, hash-chained per line; never updated or deleted."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    line: Mapped[str] = mapped_column(String(NAME_LEN))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    entity: Mapped[str] = mapped_column(String(16))
+    entity_id: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(32))
+    data: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        CheckConstraint(ENTITY_CHECK, name="entity"),
+        UniqueConstraint("line", "seq"),
+        Index("ix_audit_log_entity", "entity", "entity_id", "id"),
+        Index("ix_audit_log_at", "at"),
+    )
+
+
+class OutboxMessage(Base):
+    """A message waiting for (or already given to) the MQTT relay, in id order."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    line: Mapped[str] = mapped_column(String(NAME_LEN))
+    topic: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (Index("ix_outbox_pending", "line", "sent_at", "id"),)
+
+
+metadata = Base.metadata
+attempts = metadata.tables["attempts"]
+assignments = metadata.tables["assignments"]
+audit_log = metadata.tables["audit_log"]
+outbox = metadata.tables["outbox"]

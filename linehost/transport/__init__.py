@@ -1,0 +1,1 @@
+"""Transports: the only layer that sees bytes and backend exceptions."""

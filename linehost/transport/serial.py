@@ -1,0 +1,144 @@
+"""Jig ports: open any pyserial URL, frame what arrives, turn backend errors into ours."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+from dataclasses import dataclass
+from typing import Final, cast
+
+import serial
+import serial_asyncio_fast
+
+from linehost.errors import PortBusy, PortGone, PortMissing, TransportError
+from linehost.protocol.framing import Frame, LineFramer
+
+RECONNECT_MIN: Final = 0.5
+RECONNECT_MAX: Final = 10.0
+RECONNECT_JITTER: Final = 0.2
+OPEN_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PortLost:
+    """Queue item: the port closed or failed; `reason` is one line for the log."""
+
+    reason: str
+
+
+PortEvent = list[Frame] | PortLost
+
+
+class JigPort(asyncio.Protocol):
+    """An open jig port: received lines arrive on `events`, lines go out with `send`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.events: asyncio.Queue[PortEvent] = asyncio.Queue()
+        self._framer = LineFramer()
+        self._transport: asyncio.Transport | None = None
+        self._lost = False
+
+    # asyncio.Protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        frames = self._framer.feed(data)
+        if frames:
+            self.events.put_nowait(frames)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._lost:
+            self._lost = True
+            reason = _one_line(exc) if exc is not None else "port closed"
+            self.events.put_nowait(PortLost(reason))
+
+    def eof_received(self) -> bool | None:
+        # A socket:// serial server hung up: treat like an unplug.
+        self.connection_lost(None)
+        return False
+
+    # our side
+    @property
+    def is_open(self) -> bool:
+        """False once the port was lost or closed."""
+        return self._transport is not None and not self._lost
+
+    def send(self, lines: list[str]) -> None:
+        """Write lines, LF-terminated, in one write; a dead port is reported via `events`."""
+        if self._transport is None or self._lost:
+            return
+        try:
+            self._transport.write(("\n".join(lines) + "\n").encode("ascii", "replace"))
+        except (OSError, serial.SerialException) as exc:
+            self.connection_lost(exc)
+
+    def close(self) -> None:
+        """Close the port; idempotent."""
+        if self._transport is not None:
+            self._transport.close()
+        self._lost = True
+
+
+async def open_port(url: str, baudrate: int) -> JigPort:
+    """Open a jig port (device path, pty, socket://...); raise PortMissing/PortBusy/PortGone."""
+    loop = asyncio.get_running_loop()
+    port = JigPort(url)
+    kwargs: dict[str, object] = {"baudrate": baudrate}
+    if "://" not in url:
+        # Two line hosts on one jig would corrupt both conversations.
+        kwargs["exclusive"] = True
+    try:
+        async with asyncio.timeout(OPEN_TIMEOUT):
+            await serial_asyncio_fast.create_serial_connection(loop, lambda: port, url, **kwargs)
+    except TimeoutError:
+        raise PortMissing(f"{url}: open timed out after {OPEN_TIMEOUT:.0f} s") from None
+    except (serial.SerialException, OSError, ValueError) as exc:
+        raise classify_open_error(url, exc) from None
+    return port
+
+
+def classify_open_error(url: str, exc: BaseException) -> TransportError:
+    """Map a backend error on open to PortMissing or PortBusy with a one-line message."""
+    code = getattr(exc, "errno", None)
+    text = _one_line(exc)
+    if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO) or "No such file" in text:
+        return PortMissing(f"{url}: port not found")
+    if code in (errno.EBUSY, errno.EACCES, errno.EPERM) or "lock" in text.lower():
+        why = "permission denied" if code in (errno.EACCES, errno.EPERM) else "port is busy"
+        return PortBusy(f"{url}: {why}")
+    if code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT) or "refused" in text:
+        return PortMissing(f"{url}: serial server unreachable ({text})")
+    return PortGone(f"{url}: cannot open ({text})")
+
+
+class Backoff:
+    """Capped exponential backoff with jitter, so a line of unplugged jigs does not spin."""
+
+    def __init__(
+        self,
+        minimum: float = RECONNECT_MIN,
+        maximum: float = RECONNECT_MAX,
+        jitter: float = RECONNECT_JITTER,
+    ) -> None:
+        self.minimum = minimum
+        self.maximum = maximum
+        self.jitter = jitter
+        self._next = minimum
+
+    def next_delay(self) -> float:
+        """The delay before the next try; grows until `maximum`."""
+        base = self._next
+        self._next = min(self.maximum, self._next * 2)
+        return base * (1 + random.uniform(-self.jitter, self.jitter))
+
+    def reset(self) -> None:
+        """Call after a success."""
+        self._next = self.minimum
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return " ".join(text.split())

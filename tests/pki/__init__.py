@@ -1,0 +1,1 @@
+"""PKI tests: CSR checks, signers, LocalIssuer, the dev PKI, the profile checker, PKCS#11."""

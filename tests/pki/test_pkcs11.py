@@ -1,0 +1,224 @@
+"""Pkcs11Signer against SoftHSM2: DACs signed in the token, verified by openssl; failures."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from linehost.errors import IssuerError, PkiError
+from linehost.pki.csr import parse_csr
+from linehost.pki.devpki import DevPki, init_dev
+from linehost.pki.local import LocalIssuer
+from linehost.pki.profile import check_dac
+from linehost.pki.signer import FileKeySigner, open_signer
+
+from .builders import make_csr, openssl_verify, run_tool, write
+
+try:
+    import pkcs11
+    from pkcs11 import Attribute, ObjectClass
+
+    from linehost.pki.pkcs11 import Pkcs11Signer
+except ImportError:  # the hsm extra is optional; the fixture reports it
+    pkcs11 = None
+
+pytestmark = pytest.mark.hsm
+
+MODULE = os.environ.get("SOFTHSM2_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
+TOKEN = "linehost-test"
+PIN = "1234"
+
+
+def unavailable(reason: str) -> None:
+    """Skip loudly, or fail when CI=true: CI must run the HSM tests."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"SoftHSM2 tests cannot run on CI: {reason}")
+    pytest.skip(f"SoftHSM2 tests skipped: {reason}")
+
+
+@dataclass(frozen=True)
+class SoftHsm:
+    """A SoftHSM2 token holding the development PAI key (label pai, id 01) and others."""
+
+    module: str
+    pki: DevPki
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """One token for the session: SoftHSM reads its config once, at C_Initialize."""
+    if pkcs11 is None:
+        unavailable("python-pkcs11 is not installed (the hsm extra)")
+    util = shutil.which("softhsm2-util")
+    if util is None or not Path(MODULE).exists():
+        unavailable(f"softhsm2-util or {MODULE} missing (apt-get install softhsm2)")
+    if shutil.which("openssl") is None:
+        unavailable("openssl CLI missing")
+    assert util is not None
+    work = tmp_path_factory.mktemp("softhsm")
+    (work / "tokens").mkdir()
+    conf = write(
+        work / "softhsm2.conf",
+        f"directories.tokendir = {work / 'tokens'}\n"
+        "objectstore.backend = file\nlog.level = ERROR\n",
+    )
+    old_conf = os.environ.get("SOFTHSM2_CONF")
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    try:
+        init = run_tool(
+            util, "--init-token", "--free", "--label", TOKEN, "--pin", PIN, "--so-pin", "5678"
+        )
+        assert init.returncode == 0, init.stdout + init.stderr
+        pki = init_dev(work / "pki")
+        other = init_dev(work / "other")
+        for label, key_id, key in (
+            ("pai", "01", pki.pai_key),
+            ("other", "02", other.pai_key),
+            ("doomed", "03", pki.pai_key),
+        ):
+            pk8 = work / f"{label}.pk8"
+            conv = run_tool("openssl", "pkcs8", "-topk8", "-nocrypt", "-in", key, "-out", pk8)
+            assert conv.returncode == 0, conv.stderr
+            imp = run_tool(
+                util, "--import", pk8, "--token", TOKEN, "--label", label, "--id", key_id,
+                "--pin", PIN,
+            )  # fmt: skip
+            assert imp.returncode == 0, imp.stdout + imp.stderr
+            pk8.unlink()
+        yield SoftHsm(MODULE, pki, work)
+    finally:
+        if old_conf is None:
+            os.environ.pop("SOFTHSM2_CONF", None)
+        else:
+            os.environ["SOFTHSM2_CONF"] = old_conf
+
+
+@pytest.fixture
+async def hsm_signer(softhsm: SoftHsm) -> AsyncIterator[Pkcs11Signer]:
+    """A Pkcs11Signer on the PAI key, closed after the test."""
+    signer = Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=pai", softhsm.module, PIN)
+    yield signer
+    await signer.aclose()
+
+
+async def test_dac_signed_in_the_token_verifies_with_openssl(
+    softhsm: SoftHsm, tmp_path: Path
+) -> None:
+    signer = open_signer(
+        f"pkcs11:token={TOKEN};object=pai;id=%01", pkcs11_module=softhsm.module, pkcs11_pin=PIN
+    )
+    assert isinstance(signer, Pkcs11Signer)
+    file_key = FileKeySigner.load(softhsm.pki.pai_key)
+    assert signer.public_key() == file_key.public_key()
+    issuer = LocalIssuer.load(
+        softhsm.pki.pai_cert, signer, "FFF1", "8000", paa_cert=softhsm.pki.paa_cert
+    )
+    try:
+        dacs = [await issuer.issue(f"{i:016X}", parse_csr(make_csr())) for i in range(5)]
+    finally:
+        await issuer.aclose()
+    pai = x509.load_pem_x509_certificate(softhsm.pki.pai_cert.read_bytes())
+    for dac in dacs:
+        cert = x509.load_der_x509_certificate(dac.der)
+        assert check_dac(cert, pai) == []
+        path = write(tmp_path / f"{dac.serial_hex}.pem", dac.pem)
+        result = openssl_verify("openssl", softhsm.pki.paa_cert, softhsm.pki.pai_cert, path)
+        assert result.returncode == 0, result.stdout + result.stderr
+    assert len({d.serial_hex for d in dacs}) == 5
+
+
+async def test_signature_is_der_ecdsa_sha256_over_the_data(hsm_signer: Pkcs11Signer) -> None:
+    signature = await hsm_signer.sign(b"to be signed")
+    hsm_signer.public_key().verify(signature, b"to be signed", ec.ECDSA(hashes.SHA256()))
+    with pytest.raises(InvalidSignature):
+        hsm_signer.public_key().verify(signature, b"something else", ec.ECDSA(hashes.SHA256()))
+
+
+async def test_key_stays_in_the_token(softhsm: SoftHsm, hsm_signer: Pkcs11Signer) -> None:
+    token = pkcs11.lib(softhsm.module).get_token(token_label=TOKEN)
+    with token.open() as session:  # shares the signer's login
+        key = session.get_key(ObjectClass.PRIVATE_KEY, label="pai")
+        assert key[Attribute.SENSITIVE] is True
+        assert key[Attribute.EXTRACTABLE] is False
+
+
+async def test_concurrent_signing_is_serialised_and_correct(hsm_signer: Pkcs11Signer) -> None:
+    messages = [f"m{i}".encode() for i in range(40)]
+    signatures = await asyncio.gather(*(hsm_signer.sign(m) for m in messages))
+    for message, signature in zip(messages, signatures, strict=True):
+        hsm_signer.public_key().verify(signature, message, ec.ECDSA(hashes.SHA256()))
+
+
+async def test_second_login_to_the_same_token_is_refused(hsm_signer: Pkcs11Signer) -> None:
+    assert await hsm_signer.sign(b"x")
+    with pytest.raises(PkiError, match=r"already logged in by this process"):
+        Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=other", MODULE, PIN)
+
+
+async def test_wrong_pin_is_a_clear_pki_error(softhsm: SoftHsm) -> None:
+    with pytest.raises(PkiError, match=r"^PKCS#11 token 'linehost-test': wrong PIN$"):
+        Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=pai", softhsm.module, "0000")
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("pkcs11:token=nope;object=pai", r"^PKCS#11 token 'nope': not found$"),
+        (f"pkcs11:token={TOKEN};object=nope", r"key 'nope' on token 'linehost-test': no such"),
+    ],
+)
+async def test_missing_token_or_key_is_a_pki_error(
+    softhsm: SoftHsm, uri: str, message: str
+) -> None:
+    with pytest.raises(PkiError, match=message):
+        Pkcs11Signer.open(uri, softhsm.module, PIN)
+
+
+async def test_token_key_that_is_not_the_pai_key_is_refused(softhsm: SoftHsm) -> None:
+    signer = Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=other", softhsm.module, PIN)
+    try:
+        with pytest.raises(PkiError, match="signing key does not match"):
+            LocalIssuer.load(softhsm.pki.pai_cert, signer, "FFF1", "8000")
+    finally:
+        await signer.aclose()
+
+
+async def test_hsm_failure_during_sign_is_an_issuer_error(softhsm: SoftHsm) -> None:
+    signer = Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=doomed", softhsm.module, PIN)
+    issuer = LocalIssuer.load(softhsm.pki.pai_cert, signer, "FFF1", "8000")
+    try:
+        await issuer.issue("00000001", parse_csr(make_csr()))  # works while the key exists
+        token = pkcs11.lib(softhsm.module).get_token(token_label=TOKEN)
+        with token.open(rw=True) as session:  # shares the signer's login
+            session.get_key(ObjectClass.PRIVATE_KEY, label="doomed").destroy()
+        with pytest.raises(IssuerError, match=r"^PKCS#11 key 'doomed' .*: HSM failed \(\w+"):
+            await issuer.issue("00000002", parse_csr(make_csr()))
+    finally:
+        await issuer.aclose()
+    with pytest.raises(IssuerError, match="signer is closed"):
+        await signer.sign(b"after close")
+    await signer.aclose()  # idempotent
+
+
+def test_open_signer_needs_module_and_pin() -> None:
+    with pytest.raises(PkiError, match="no PKCS#11 module path configured"):
+        open_signer("pkcs11:token=t;object=o", pkcs11_pin=PIN)
+    with pytest.raises(PkiError, match="no PIN configured"):
+        open_signer("pkcs11:token=t;object=o", pkcs11_module=MODULE)
+
+
+def test_softhsm_pki_key_file_is_the_one_imported(softhsm: SoftHsm) -> None:
+    key = serialization.load_pem_private_key(softhsm.pki.pai_key.read_bytes(), None)
+    cert = x509.load_pem_x509_certificate(softhsm.pki.pai_cert.read_bytes())
+    assert key.public_key() == cert.public_key()
