@@ -173,7 +173,9 @@ async def _summary(say: _Say, display: DemoDisplay, url: str, elapsed: float) ->
     ok = display.outcomes.get(Outcome.PROVISIONED.value, 0)
     total = sum(display.outcomes.values())
     rate = ok / elapsed * 3600 if elapsed > 0 else 0.0
-    say(f"done in {elapsed:.1f} s: {ok} of {total} attempt(s) provisioned ({rate:.0f} devices/hour)")
+    say(
+        f"done in {elapsed:.1f} s: {ok} of {total} attempt(s) provisioned ({rate:.0f} devices/hour)"
+    )
     for outcome, count in sorted(display.outcomes.items()):
         say(f"  {outcome:<20} {count}")
     offline = [s for s in display.jigs.values() if s.state is JigState.OFFLINE]

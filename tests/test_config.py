@@ -63,7 +63,7 @@ def test_url_ports_pass_through_unchanged(tmp_path: Path) -> None:
         (('vid = "fff1"', 'vid = "FFFFF"'), "pki.vid: Value error, must be exactly 4 hex digits"),
         (('pid = "8000"\n', ""), "pki.pid: required key is missing"),
         (('port = "jigs/j1"', "port = 5"), "jigs[0].port: Input should be a valid string"),
-        (("[pki]", '[protocol]\ncsr_timeout = -1\n[pki]'), "protocol.csr_timeout: Input should be"),
+        (("[pki]", "[protocol]\ncsr_timeout = -1\n[pki]"), "protocol.csr_timeout: Input should be"),
         (('name = "j1"', 'name = "j 1"'), "jigs[0].name: Value error"),
         (
             ('name = "l1"', 'name = "l1"\n[database]\nurl = "mysql://x"'),

@@ -56,7 +56,8 @@ def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
     if not uri.startswith("pkcs11:"):
         raise PkiError("pkcs11 URI: must start with 'pkcs11:'")
     path, _, query = uri[len("pkcs11:") :].partition("?")
-    values: dict[str, str | bytes] = {}
+    texts: dict[str, str] = {}
+    key_id: bytes | None = None
     for part in (p for p in path.split(";") if p):
         name, eq, raw = part.partition("=")
         if name in ("pin-value", "pin-source"):
@@ -65,20 +66,33 @@ def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
             raise PkiError(f"pkcs11 URI: attribute {name!r} has no value")
         if name not in _PATH_ATTRS:
             raise PkiError(f"pkcs11 URI: unsupported attribute {name!r}")
-        if name in values:
+        if name in texts or (name == "id" and key_id is not None):
             raise PkiError(f"pkcs11 URI: attribute {name!r} given twice")
-        values[name] = unquote_to_bytes(raw) if name == "id" else unquote(raw, errors="strict")
+        if name == "id":
+            key_id = unquote_to_bytes(raw)
+            continue
+        try:
+            texts[name] = unquote(raw, errors="strict")
+        except UnicodeDecodeError:
+            raise PkiError(f"pkcs11 URI: attribute {name!r} is not UTF-8") from None
     for part in (p for p in query.split("&") if p):
         name = part.partition("=")[0]
         if name in ("pin-value", "pin-source"):
             raise PkiError(f"pkcs11 URI: {name} is not allowed; the PIN comes from the config")
         raise PkiError(f"pkcs11 URI: unsupported query attribute {name!r}")
-    kind = values.pop("type", "private")
+    kind = texts.pop("type", "private")
     if kind != "private":
-        raise PkiError(f"pkcs11 URI: type={kind!s} is not a private key")
-    if "object" not in values and "id" not in values:
+        raise PkiError(f"pkcs11 URI: type={kind} is not a private key")
+    if "object" not in texts and key_id is None:
         raise PkiError("pkcs11 URI: needs object= or id= to name the key")
-    return Pkcs11Uri(**values)  # type: ignore[arg-type]
+    return Pkcs11Uri(
+        token=texts.get("token"),
+        serial=texts.get("serial"),
+        manufacturer=texts.get("manufacturer"),
+        model=texts.get("model"),
+        object=texts.get("object"),
+        id=key_id,
+    )
 
 
 class Pkcs11Signer:

@@ -1,19 +1,39 @@
 """Simulated provisioning firmware on pseudo-terminals: the same device for tests, demo and sim."""
 
-from linehost.sim.firmware import DeviceIdentity, IdentityPool, SimulatedDevice, check_delivery
-from linehost.sim.harness import DeviceRecord, SimulatedJig, SimulatedLine, plan_personalities
+from linehost.sim.firmware import (
+    CheckResult,
+    DeviceIdentity,
+    IdentityPool,
+    SimulatedDevice,
+    check_delivery,
+)
+from linehost.sim.harness import (
+    DEFAULT_SWAP_SECONDS,
+    DeviceFactory,
+    DeviceRecord,
+    LineThread,
+    SimulatedJig,
+    SimulatedLine,
+    load_paa,
+    plan_personalities,
+)
 from linehost.sim.personalities import Personality, get_personality, personality_names, register
 
 __all__ = [
+    "DEFAULT_SWAP_SECONDS",
+    "CheckResult",
+    "DeviceFactory",
     "DeviceIdentity",
     "DeviceRecord",
     "IdentityPool",
+    "LineThread",
     "Personality",
     "SimulatedDevice",
     "SimulatedJig",
     "SimulatedLine",
     "check_delivery",
     "get_personality",
+    "load_paa",
     "personality_names",
     "plan_personalities",
     "register",

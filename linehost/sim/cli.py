@@ -30,9 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--personality",
         type=_personality,
-        default="good",
+        default=None,
         metavar="NAME",
-        help=f"every device behaves like NAME: {', '.join(personality_names())}, finish_<hex>",
+        help=f"every device behaves like NAME (good): {', '.join(personality_names())}, "
+        "finish_<hex>",
     )
     which.add_argument(
         "--mix",
@@ -75,7 +76,7 @@ async def run_from_args(args: argparse.Namespace) -> int:
     line = SimulatedLine(
         args.jigs,
         devices_per_jig=args.devices,
-        personality=args.personality,
+        personality=args.personality or "good",
         mix=args.mix,
         directory=args.dir,
         record=args.record,
@@ -112,8 +113,10 @@ async def run_from_args(args: argparse.Namespace) -> int:
         await line.aclose()
         for sig in installed:
             loop.remove_signal_handler(sig)
-    provisioned = sum(1 for r in line.records if r.stored_dac_serial is not None)
-    print(f"sim: {len(line.records)} devices, {provisioned} provisioned", file=sys.stderr)
+    print(
+        f"sim: {line.devices_done} devices, {line.devices_provisioned} provisioned",
+        file=sys.stderr,
+    )
     return 0
 
 

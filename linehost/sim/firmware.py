@@ -189,8 +189,7 @@ class DeviceLog:
     aborted_flows: int = 0
     first_sync_at: float | None = None
     finished_at: float | None = None
-    left_at: float | None = None
-    ended: str | None = None  # left | unplugged | cancelled
+    ended: str | None = None  # left | unplugged | cancelled (set by whoever removes the device)
 
 
 class SimulatedDevice:
@@ -297,7 +296,6 @@ class SimulatedDevice:
                     out += self._flush(lines, now, started)
                     lines = []
                     self._gone = True
-                    self.log.ended = "left"
                     out.append(Leave())
                     return [], out
         if started and self.personality.unplug_after_csr is not None:

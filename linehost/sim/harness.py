@@ -40,6 +40,11 @@ DEFAULT_SWAP_SECONDS = 0.2
 PREGENERATE_MAX = 20_000
 #: Keys of provisioned devices kept for `cloned_key` devices.
 CLONE_CANDIDATES: Final = 1000
+#: Most recent device records kept in memory per line / per jig (the JSONL file keeps all).
+LINE_RECORDS_KEPT: Final = 100_000
+JIG_RECORDS_KEPT: Final = 10_000
+#: UIDs shorter than this many hex digits are checked for collisions (longer ones cannot meet).
+_TRACKED_UID_DIGITS: Final = 16
 MANIFEST_NAME: Final = "ports.json"
 
 _T = TypeVar("_T")
@@ -103,9 +108,10 @@ class DeviceFactory:
         """A new device and, for a clone, the UID whose key it presents."""
         rng = random.Random(f"{self.seed}/{jig}/{index}" if self.seed is not None else None)
         uid = random_uid(rng, personality.uid_digits)
-        while uid in self._uids:
-            uid = random_uid(rng, personality.uid_digits)
-        self._uids.add(uid)
+        if personality.uid_digits < _TRACKED_UID_DIGITS:
+            while uid in self._uids:
+                uid = random_uid(rng, personality.uid_digits)
+            self._uids.add(uid)
         cloned_from: str | None = None
         key: ec.EllipticCurvePrivateKey | None = None
         if personality.clone_key:
@@ -153,13 +159,14 @@ class SimulatedJig:
         self.swap_seconds = swap_seconds
         self.baud = baud
         self.factory = factory if factory is not None else DeviceFactory()
-        self.records: list[DeviceRecord] = []
+        self.records: deque[DeviceRecord] = deque(maxlen=JIG_RECORDS_KEPT)  # the most recent
         self.current: SimulatedDevice | None = None
         self._plan: Iterator[Personality] = iter(plan)
         self._on_record = on_record
         self._port = PtyPort(self.path, self._on_data)
         self._plugged = asyncio.Event()
         self._skip_swap = False
+        self._closed = False
         self._left: asyncio.Future[str] | None = None
         self._ops: deque[Action] = deque()
         self._drainer: asyncio.Task[None] | None = None
@@ -182,17 +189,19 @@ class SimulatedJig:
 
     def open(self) -> None:
         """Plug the jig in (empty); needs a running loop."""
+        self._closed = False
         self._port.open()
         self._plugged.set()
 
     def close(self) -> None:
-        """Unplug for good; a device still inside is recorded as `cancelled`."""
+        """Unplug for good (`run` returns); a device still inside is recorded as `cancelled`."""
         if self._replug is not None:
             self._replug.cancel()
             self._replug = None
+        self._closed = True
         self._remove_device("cancelled")
         self._port.close()
-        self._plugged.clear()
+        self._plugged.set()  # wakes `run`, which sees `_closed`
 
     def unplug(self) -> None:
         """Pull the jig's cable: the link vanishes, a device inside leaves as `unplugged`."""
@@ -218,6 +227,8 @@ class SimulatedJig:
             first = False
             self._skip_swap = False
             await self._plugged.wait()
+            if self._closed:
+                return
             device, self._cloned_from = self.factory.make(
                 personality, jig=self.name, index=self._index
             )
@@ -288,7 +299,9 @@ class SimulatedJig:
                 if self._ops:
                     self._ops.popleft()
         finally:
-            self._drainer = None
+            # A cancelled writer may finish after its successor started: leave that one alone.
+            if self._drainer is asyncio.current_task():
+                self._drainer = None
 
     async def _write_paced(self, action: Write) -> None:
         data = action.data
@@ -337,6 +350,7 @@ class SimulatedJig:
             self._timer.cancel()
         self._timer = None
         self._timer_at = None
+        device.log.ended = how
         if device.log.stored is not None:
             self.factory.provisioned(device)
         record = self._record(device, how)
@@ -464,7 +478,9 @@ class SimulatedLine:
         self.swap_seconds = swap_seconds
         self.baud = baud
         self.seed = seed
-        self.records: list[DeviceRecord] = []
+        self.records: deque[DeviceRecord] = deque(maxlen=LINE_RECORDS_KEPT)  # the most recent
+        self.devices_done = 0  # devices that left (or were cancelled), all of them
+        self.devices_provisioned = 0  # of which stored a DAC
         self.jigs: list[SimulatedJig] = []
         self.factory = DeviceFactory(paa=load_paa(paa), seed=seed, flow_timeout=flow_timeout)
         self._mix = mix_spec
@@ -584,6 +600,9 @@ class SimulatedLine:
 
     def _on_record(self, record: DeviceRecord) -> None:
         self.records.append(record)
+        self.devices_done += 1
+        if record.stored_dac_serial is not None:
+            self.devices_provisioned += 1
         if self._record_file is not None:
             self._record_file.write(record.to_json() + "\n")
 
@@ -604,7 +623,11 @@ class LineThread:
 
     def __enter__(self) -> SimulatedLine:
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.line.start(), self._loop).result()
+        try:
+            asyncio.run_coroutine_threadsafe(self.line.start(), self._loop).result()
+        except BaseException:
+            self._stop()
+            raise
         waiter = asyncio.run_coroutine_threadsafe(self.line.wait(), self._loop)
         waiter.add_done_callback(lambda _: self._finished.set())
         return self.line
@@ -630,9 +653,12 @@ class LineThread:
         try:
             asyncio.run_coroutine_threadsafe(self.line.aclose(), self._loop).result()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join()
-            self._loop.close()
+            self._stop()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
 
 def load_paa(paa: x509.Certificate | str | Path | None) -> x509.Certificate | None:

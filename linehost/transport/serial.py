@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
@@ -82,10 +83,12 @@ class JigPort(asyncio.Protocol):
         self._lost = True
 
 
-async def open_port(url: str, baudrate: int) -> JigPort:
+async def open_port(
+    url: str, baudrate: int, *, factory: Callable[[str], JigPort] = JigPort
+) -> JigPort:
     """Open a jig port (device path, pty, socket://...); raise PortMissing/PortBusy/PortGone."""
     loop = asyncio.get_running_loop()
-    port = JigPort(url)
+    port = factory(url)
     kwargs: dict[str, object] = {"baudrate": baudrate}
     if "://" not in url:
         # Two line hosts on one jig would corrupt both conversations.

@@ -23,6 +23,8 @@ from linehost.pki import der
 from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
 from linehost.pki.signer import assemble_certificate
 
+Hash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+
 FAR = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 PAA_FROM = datetime(2020, 1, 1, tzinfo=UTC)
 PAI_FROM = datetime(2021, 1, 1, tzinfo=UTC)
@@ -86,7 +88,7 @@ class Spec:
     serial: int = 0x1234567890ABCDEF
     not_before: datetime = DAC_FROM
     not_after: datetime = FAR
-    hash: hashes.HashAlgorithm = field(default_factory=hashes.SHA256)
+    hash: Hash = field(default_factory=hashes.SHA256)
     basic_constraints: Any = DEFAULT  # x509.BasicConstraints, (value, critical), or OMIT
     key_usage: Any = DEFAULT
     skid: Any = DEFAULT
@@ -99,7 +101,7 @@ class Spec:
         akid_id = self.issuer_key_id
         if akid_id is None:
             akid_id = x509.SubjectKeyIdentifier.from_public_key(
-                self.sign_key.public_key()  # type: ignore[arg-type]
+                self.sign_key.public_key()
             ).key_identifier
         builder = x509.CertificateBuilder(
             issuer_name=self.issuer,
@@ -112,7 +114,7 @@ class Spec:
         defaults: list[tuple[Any, Any]] = [
             (self.basic_constraints, (x509.BasicConstraints(False, None), True)),
             (self.key_usage, (ku("digital_signature"), True)),
-            (self.skid, (x509.SubjectKeyIdentifier.from_public_key(public), False)),  # type: ignore[arg-type]
+            (self.skid, (x509.SubjectKeyIdentifier.from_public_key(public), False)),
             (self.akid, (x509.AuthorityKeyIdentifier(akid_id, None, None), False)),
         ]
         for override, default in defaults:
@@ -192,7 +194,7 @@ def duplicate_first_extension(fields: list[bytes]) -> list[bytes]:
 
 
 def make_csr(
-    key: Any = None, hash_alg: hashes.HashAlgorithm | None = None, subject: x509.Name | None = None
+    key: Any = None, hash_alg: Hash | None = None, subject: x509.Name | None = None
 ) -> bytes:
     """A PEM CSR signed by `key` (a fresh P-256 key by default) with `hash_alg` (SHA-256)."""
     key = key or ec.generate_private_key(ec.SECP256R1())

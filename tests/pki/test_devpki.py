@@ -39,9 +39,8 @@ def test_writes_a_conforming_paa_and_pai(tmp_path: Path, openssl: str) -> None:
     now = datetime.now(UTC)
     assert check_paa(paa, now) == []
     assert check_pai(pai, paa, now) == []
-    assert paa.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value.startswith(
-        "linehost Dev PAA"
-    )
+    paa_cn = paa.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+    assert str(paa_cn).startswith("linehost Dev PAA")
     assert paa.subject.get_attributes_for_oid(OID_MATTER_PID) == []
     assert pai.subject.get_attributes_for_oid(OID_MATTER_VID)[0].value == "FFF2"
     assert pai.subject.get_attributes_for_oid(OID_MATTER_PID)[0].value == "8001"
@@ -50,9 +49,9 @@ def test_writes_a_conforming_paa_and_pai(tmp_path: Path, openssl: str) -> None:
     assert pai.not_valid_after_utc.year == 9999
 
     for key_path, cert in ((pki.paa_key, paa), (pki.pai_key, pai)):
-        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
-        assert isinstance(key, ec.EllipticCurvePrivateKey)
-        assert key.public_key() == cert.public_key()
+        private = serialization.load_pem_private_key(key_path.read_bytes(), None)
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        assert private.public_key() == cert.public_key()
 
     result = run_tool(openssl, "verify", "-CAfile", pki.paa_cert, pki.pai_cert)
     assert result.returncode == 0, result.stdout + result.stderr

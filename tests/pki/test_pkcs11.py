@@ -29,8 +29,10 @@ try:
     from pkcs11 import Attribute, ObjectClass
 
     from linehost.pki.pkcs11 import Pkcs11Signer
+
+    HAVE_PKCS11 = True
 except ImportError:  # the hsm extra is optional; the fixture reports it
-    pkcs11 = None
+    HAVE_PKCS11 = False
 
 pytestmark = pytest.mark.hsm
 
@@ -58,7 +60,7 @@ class SoftHsm:
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     """One token for the session: SoftHSM reads its config once, at C_Initialize."""
-    if pkcs11 is None:
+    if not HAVE_PKCS11:
         unavailable("python-pkcs11 is not installed (the hsm extra)")
     util = shutil.which("softhsm2-util")
     if util is None or not Path(MODULE).exists():

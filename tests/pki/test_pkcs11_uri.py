@@ -38,6 +38,8 @@ def test_good_uris(uri: str, expected: Pkcs11Uri) -> None:
         ("pkcs11:token=t;object=k?module-path=/x.so", r"unsupported query attribute 'module-path'"),
         ("pkcs11:token=t;slot-id=1;object=k", r"unsupported attribute 'slot-id'"),
         ("pkcs11:token=t;object=a;object=b", r"attribute 'object' given twice"),
+        ("pkcs11:token=t;id=%01;id=%02", r"attribute 'id' given twice"),
+        ("pkcs11:token=%ff;object=k", r"attribute 'token' is not UTF-8"),
         ("pkcs11:token=t;object", r"attribute 'object' has no value"),
         ("pkcs11:token=t;object=k;type=cert", r"type=cert is not a private key"),
         ("pkcs11:token=t", r"needs object= or id="),

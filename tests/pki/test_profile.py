@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -385,3 +386,20 @@ def test_sanity_of_the_fixture_keys() -> None:
     assert PAA.subject == PAA_NAME
     assert DAC.not_valid_before_utc == DAC_FROM
     assert PAA.not_valid_before_utc == PAA_FROM
+
+
+def test_the_matter_sdk_test_chain_conforms() -> None:
+    # Guards against a checker stricter than connectedhomeip on the SDK's own test certificates.
+    data = Path(__file__).parent / "data"
+    paa, pai, dac = (
+        x509.load_pem_x509_certificate((data / file).read_bytes())
+        for file in (
+            "chip-test-paa-fff1.pem",
+            "chip-test-pai-fff1-8000.pem",
+            "chip-test-dac-fff1-8000-0002.pem",
+        )
+    )
+    assert check_paa(paa, NOW) == []
+    assert check_pai(pai, paa, NOW) == []
+    assert check_dac(dac, pai) == []
+    assert check_dac(dac, PAI) != []  # and the same DAC under another PAI does not

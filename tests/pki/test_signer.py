@@ -24,7 +24,16 @@ from linehost.pki.signer import (
     tbs_certificate,
 )
 
-from .builders import PAI_KEY, PAI_NAME, dac_spec, name, openssl_verify, pai_spec, write
+from .builders import (
+    PAI_KEY,
+    PAI_NAME,
+    PlainSigner,
+    dac_spec,
+    name,
+    openssl_verify,
+    pai_spec,
+    write,
+)
 
 
 def key_pem(

@@ -164,7 +164,9 @@ def test_finish_code_accepts_lower_case_and_four_digits() -> None:
     assert ended(conv.lines("finish:fffe")).device_code == 0xFFFE
 
 
-@pytest.mark.parametrize("junk", ["finish:", "finish:12", "finish:12345", "finish:00G", "finish: 000"])
+@pytest.mark.parametrize(
+    "junk", ["finish:", "finish:12", "finish:12345", "finish:00G", "finish: 000"]
+)
 def test_malformed_finish_is_a_protocol_error(junk: str) -> None:
     conv = Conversation()
     conv.to_result()

@@ -221,7 +221,7 @@ def test_abort_ends_the_flow_without_answer(where: str) -> None:
     assert session.state is DeviceState.IDLE
     assert session.deadline is None
     # The rest of the old delivery is now noise for an idle device.
-    assert feed(session, lines[cut:] + ["END"]) == []
+    assert feed(session, [*lines[cut:], "END"]) == []
     # A fresh flow starts clean: an earlier partial block does not leak into it.
     feed(session, ["Init"])
     assert completed(feed(session, delivery())).dac_pem == DAC
@@ -301,7 +301,7 @@ def test_over_long_line_in_delivery_is_buffer_too_small() -> None:
 
 def test_oversized_cd_is_buffer_too_small() -> None:
     cd = base64.b64encode(bytes(MAX_CD_BYTES + 1)).decode()
-    assert finish_after(delivery(f"CD:{cd}")[:-1] + ["END"]) == ["finish:002"]
+    assert finish_after(delivery(f"CD:{cd}")) == ["finish:002"]
 
 
 @pytest.mark.parametrize(
@@ -313,9 +313,7 @@ def test_oversized_cd_is_buffer_too_small() -> None:
             id="begin-inside-block",
         ),
         pytest.param(delivery(*DAC.splitlines()), id="third-certificate"),
-        pytest.param(
-            [*DAC.splitlines(), "CD:AAAA", *PAI.splitlines(), "END"], id="cd-before-pai"
-        ),
+        pytest.param([*DAC.splitlines(), "CD:AAAA", *PAI.splitlines(), "END"], id="cd-before-pai"),
         pytest.param(delivery("CD:not base64!"), id="cd-not-base64"),
     ],
 )

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import serial
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from linehost.errors import ConfigError
+from linehost.errors import ConfigError, PkiError
 from linehost.sim import personalities
 from linehost.sim.harness import (
     DeviceFactory,
@@ -25,7 +26,7 @@ from linehost.sim.harness import (
 )
 from linehost.sim.personalities import get_personality
 
-from .helpers import CSR_END, Ca, Conversation, MiniHost
+from .helpers import CSR_END, Ca, Conversation, MiniHost, make_root
 
 P = get_personality
 
@@ -43,9 +44,18 @@ async def in_thread_host(path: Path | str, pai: Ca) -> Conversation:
     return await asyncio.to_thread(run)
 
 
-async def wait_for(predicate: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
+def gone(path: Path | str) -> bool:
+    """True when not even a dangling link is left at `path`."""
+    return not os.path.lexists(path)
+
+
+def names_in(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
         assert time.monotonic() < deadline, "condition never became true"
         await asyncio.sleep(0.01)
 
@@ -92,7 +102,7 @@ async def test_host_sees_start_uid_and_csr_over_pyserial(tmp_path: Path) -> None
             ser = serial.serial_for_url(str(jig.path), timeout=2)
             try:
                 ser.write(b"Init\n")
-                lines = []
+                lines: list[str] = []
                 while not lines or lines[-1] != CSR_END:
                     raw = ser.readline()
                     assert raw.endswith(b"\n")
@@ -121,7 +131,7 @@ async def test_unplug_fails_reads_and_removes_link_replug_restores_it(
         ser = serial.serial_for_url(str(jig.path), timeout=2)
         try:
             jig.unplug()
-            assert not os.path.lexists(jig.path)
+            assert gone(jig.path)
             assert not jig.plugged
             with pytest.raises(serial.SerialException):
                 await asyncio.to_thread(ser.read, 1)
@@ -166,9 +176,9 @@ async def test_unplug_personality_vanishes_after_csr_and_returns_with_next_devic
         assert conv.uid
         assert conv.csr_pem
         assert failed, "the read after the CSR should fail: the port is gone"
-        assert not os.path.lexists(jig.path)
+        assert gone(jig.path)
         # It comes back after UNPLUG_SECONDS (not swap_seconds) with the next device.
-        await wait_for(lambda: jig.path.is_symlink(), timeout=2)
+        await wait_for(lambda: jig.path.is_symlink(), within=2)
         second = await in_thread_host(jig.path, pai)
         await asyncio.wait_for(runner, 5)
     assert second.finish == "000"
@@ -212,7 +222,9 @@ async def test_crlf_personality_on_the_wire(tmp_path: Path, pai: Ca) -> None:
 
 async def test_noisy_personality_on_the_wire(tmp_path: Path, pai: Ca) -> None:
     factory = DeviceFactory(seed=11)
-    async with SimulatedJig("j1", tmp_path, [P("noisy")] * 3, swap_seconds=0, factory=factory) as jig:
+    async with SimulatedJig(
+        "j1", tmp_path, [P("noisy")] * 3, swap_seconds=0, factory=factory
+    ) as jig:
         runner = asyncio.create_task(jig.run())
         convs = [await in_thread_host(jig.path, pai) for _ in range(3)]
         await asyncio.wait_for(runner, 5)
@@ -235,9 +247,7 @@ async def test_garbage_personality_on_the_wire(tmp_path: Path, pai: Ca) -> None:
     assert max(len(ln) for ln in before.split(b"\n")) > 1024
 
 
-async def test_slow_personality_trickles(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_slow_personality_trickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(personalities, "SLOW_BYTE_DELAY", 0.0005)
     async with SimulatedJig("j1", tmp_path, [P("slow")]) as jig:
         runner = asyncio.create_task(jig.run())
@@ -418,7 +428,7 @@ async def test_many_jigs_open_and_close(tmp_path: Path) -> None:
         targets = {os.readlink(p) for p in line.ports.values()}
         assert len(targets) == 200
         await asyncio.wait_for(line.wait(), 5)
-    assert [p.name for p in tmp_path.iterdir()] == []
+    assert names_in(tmp_path) == []
 
 
 def test_plan_personalities_proportions_and_seed() -> None:
@@ -446,8 +456,6 @@ def test_line_rejects_bad_arguments(tmp_path: Path) -> None:
         SimulatedLine(1, personality="nope")
     with pytest.raises(ConfigError):
         SimulatedLine(1, swap_seconds=-1)
-    from linehost.errors import PkiError
-
     with pytest.raises(PkiError, match="cannot read PAA"):
         SimulatedLine(1, paa=tmp_path / "missing.pem")
     bad = tmp_path / "bad.pem"
@@ -457,12 +465,12 @@ def test_line_rejects_bad_arguments(tmp_path: Path) -> None:
 
 
 async def test_line_with_paa_rejects_a_foreign_pai(tmp_path: Path, paa: Ca, pai: Ca) -> None:
-    from .helpers import make_root
-
     pem = tmp_path / "paa.pem"
     pem.write_text(paa.pem)
     rogue = make_root("Rogue").sub_ca("Rogue PAI")
-    async with SimulatedLine(1, devices_per_jig=2, paa=pem, swap_seconds=0, directory=tmp_path / "d") as line:
+    async with SimulatedLine(
+        1, devices_per_jig=2, paa=pem, swap_seconds=0, directory=tmp_path / "d"
+    ) as line:
         path = line.ports["j1"]
         good = await in_thread_host(path, pai)
         bad = await in_thread_host(path, rogue)
