@@ -145,7 +145,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     return asyncio.run(
         run_demo(
-            workdir=args.dir,
+            workdir=args.dir.resolve(),
             jigs=args.jigs,
             devices=args.devices,
             duration=args.duration,

@@ -9,7 +9,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Final, TextIO
+from typing import Any, Final, TextIO
 
 from linehost.app import install_stop_signals, run_line
 from linehost.config import load_config
@@ -101,19 +101,13 @@ async def run_demo(
     faults: bool = False,
     out: TextIO = sys.stdout,
 ) -> int:
-    """Run the demo; return 0 when the audit verifies afterwards."""
-    workdir = workdir.resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
-    configure_logging("info", "logfmt", file=workdir / "linehost.log")
+    """Run the demo in `workdir` (absolute); return 0 when the audit verifies afterwards."""
     say = _Say(out)
-    pki_dir = workdir / "pki"
-    if not (pki_dir / "pai.pem").exists():
-        init_dev(pki_dir)
-        say(f"made a development PKI (PAA + PAI, VID FFF1 PID 8000) in {pki_dir}")
-    else:
-        say(f"using the development PKI in {pki_dir}")
     total = devices if devices is not None else jigs * DEVICES_PER_JIG
     per_jig = math.ceil(total / jigs)
+    pki_dir = workdir / "pki"
+    names = [f"j{i}" for i in range(1, jigs + 1)]
+    config_path = await asyncio.to_thread(_prepare, workdir, names, say)
     sim = SimulatedLine(
         jigs,
         devices_per_jig=per_jig,
@@ -122,13 +116,8 @@ async def run_demo(
         record=workdir / "devices.jsonl",
         paa=pki_dir / "paa.pem",
         swap_seconds=SWAP_SECONDS,
+        jig_prefix="j",
     )
-    config_path = workdir / "line.toml"
-    jig_tables = "".join(
-        f'\n[[jigs]]\nname = "{name}"\nstation = "st{(i // 2) + 1}"\nport = "jigs/{name}"\n'
-        for i, name in enumerate(sim.jig_names)
-    )
-    config_path.write_text(CONFIG_TEMPLATE.format(config=config_path, jigs=jig_tables))
     config = load_config(config_path)
     say(
         f"simulated firmware on {jigs} pseudo-terminal jig(s) in {workdir / 'jigs'}, "
@@ -144,9 +133,8 @@ async def run_demo(
         line = asyncio.create_task(run_line(config, stop, listener=display), name="demo-line")
         table = asyncio.create_task(_tables(display), name="demo-table")
         sim_done = asyncio.create_task(sim.wait(), name="demo-sim")
-        waiters: set[asyncio.Task[object]] = {line, sim_done}  # type: ignore[arg-type]
         stop_wait = asyncio.create_task(stop.wait(), name="demo-stop")
-        waiters.add(stop_wait)  # type: ignore[arg-type]
+        waiters: set[asyncio.Future[Any]] = {line, sim_done, stop_wait}
         try:
             await asyncio.wait(waiters, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
             if line.done():
@@ -160,7 +148,26 @@ async def run_demo(
             await asyncio.gather(table, sim_done, stop_wait, line, return_exceptions=True)
     elapsed = time.monotonic() - started
     display.table()
-    return await _summary(say, display, config.database.url, elapsed)
+    return await _summary(say, display, config_path, config.database.url, elapsed)
+
+
+def _prepare(workdir: Path, jig_names: list[str], say: _Say) -> Path:
+    """Files the demo needs: folder, log, development PKI (first run only), line config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    configure_logging("info", "logfmt", file=workdir / "linehost.log")
+    pki_dir = workdir / "pki"
+    if not (pki_dir / "pai.pem").exists():
+        init_dev(pki_dir)
+        say(f"made a development PKI (PAA + PAI, VID FFF1 PID 8000) in {pki_dir}")
+    else:
+        say(f"using the development PKI in {pki_dir}")
+    config_path = workdir / "line.toml"
+    jig_tables = "".join(
+        f'\n[[jigs]]\nname = "{name}"\nstation = "st{(i // 2) + 1}"\nport = "jigs/{name}"\n'
+        for i, name in enumerate(jig_names)
+    )
+    config_path.write_text(CONFIG_TEMPLATE.format(config=config_path, jigs=jig_tables))
+    return config_path
 
 
 async def _tables(display: DemoDisplay) -> None:
@@ -169,7 +176,9 @@ async def _tables(display: DemoDisplay) -> None:
         display.table()
 
 
-async def _summary(say: _Say, display: DemoDisplay, url: str, elapsed: float) -> int:
+async def _summary(
+    say: _Say, display: DemoDisplay, config_path: Path, url: str, elapsed: float
+) -> int:
     ok = display.outcomes.get(Outcome.PROVISIONED.value, 0)
     total = sum(display.outcomes.values())
     rate = ok / elapsed * 3600 if elapsed > 0 else 0.0
@@ -189,7 +198,7 @@ async def _summary(say: _Say, display: DemoDisplay, url: str, elapsed: float) ->
     if problems:
         say(f"audit chain: {len(problems)} problem(s): {problems[0]}")
         return 1
-    say("audit chain intact; try: linehost audit --config <dir>/line.toml export --format jsonl")
+    say(f"audit chain intact; try: linehost audit --config {config_path} export --format jsonl")
     return 0
 
 

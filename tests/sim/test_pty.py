@@ -479,3 +479,33 @@ async def test_line_with_paa_rejects_a_foreign_pai(tmp_path: Path, paa: Ca, pai:
     assert bad.finish == "003"
     assert line.records[1].check_detail == "PAI is not signed by the PAA"
     assert line.records[1].stored_dac_serial is None
+
+
+async def test_device_flow_timeout_and_close_ends_run(tmp_path: Path) -> None:
+    factory = DeviceFactory(flow_timeout=0.2)
+    async with SimulatedJig("j1", tmp_path, [P("good")], factory=factory) as jig:
+        runner = asyncio.create_task(jig.run())
+
+        def talk() -> tuple[bytes, bytes, bytes]:
+            ser = serial.serial_for_url(str(jig.path), timeout=1)
+            try:
+                ser.write(b"Init\n")
+                first = ser.read_until(CSR_END.encode() + b"\n")
+                ser.write(b"Init\n")  # mid-flow: ignored
+                ignored = ser.read(1)
+                time.sleep(0.3)  # past the device's own timeout: idle again
+                ser.write(b"Init\n")
+                again = ser.read_until(b"\n")
+                return first, ignored, again
+            finally:
+                ser.close()
+
+        first, ignored, again = await asyncio.to_thread(talk)
+        assert first.startswith(b"Start_provisioning\n")
+        assert ignored == b""
+        assert again == b"Start_provisioning\n"
+        assert jig.current is not None
+        assert jig.current.session.flows == 2
+        assert jig.current.log.aborted_flows == 1
+    await asyncio.wait_for(runner, 1)  # close() ends run()
+    assert jig.records[0].ended == "cancelled"
