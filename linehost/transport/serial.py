@@ -40,10 +40,13 @@ class JigPort(asyncio.Protocol):
         self._framer = LineFramer()
         self._transport: asyncio.Transport | None = None
         self._lost = False
+        self._made: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        if not self._made.done():
+            self._made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         frames = self._framer.feed(data)
@@ -96,6 +99,8 @@ async def open_port(
     try:
         async with asyncio.timeout(OPEN_TIMEOUT):
             await serial_asyncio_fast.create_serial_connection(loop, lambda: port, url, **kwargs)
+            # connection_made runs on a later loop turn; lines sent before it would be lost.
+            await port._made
     except TimeoutError:
         raise PortMissing(f"{url}: open timed out after {OPEN_TIMEOUT:.0f} s") from None
     except (serial.SerialException, OSError, ValueError) as exc:
