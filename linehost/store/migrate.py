@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from alembic import command
@@ -16,7 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from linehost.errors import LinehostError, StoreError
 from linehost.store.engine import create_engine, translate_error
 
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The source tree's migrations/; an installed copy (container image) names its own.
+MIGRATIONS_DIR = Path(
+    os.environ.get("LINEHOST_MIGRATIONS") or Path(__file__).resolve().parents[2] / "migrations"
+)
 
 # Any constant shared by every linehost host: upgrades of one database never run concurrently.
 _PG_MIGRATION_LOCK = 0x6C696E65686F7374  # "linehost"
@@ -66,7 +70,10 @@ async def schema_is_current(engine: AsyncEngine) -> bool:
 def alembic_config() -> Config:
     """An Alembic config for our revisions, without an ini file."""
     if not (MIGRATIONS_DIR / "env.py").is_file():
-        raise StoreError(f"database migrations not found at {MIGRATIONS_DIR} (broken install?)")
+        raise StoreError(
+            f"database migrations not found at {MIGRATIONS_DIR}: run from the source tree or "
+            "set LINEHOST_MIGRATIONS to the migrations folder"
+        )
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     return config
