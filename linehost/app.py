@@ -6,35 +6,94 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from linehost.config import LineConfig
+from linehost.errors import LinehostError
+from linehost.line.operations import LineOperations, with_work_order
 from linehost.line.runner import JigRunner, JigSpec
-from linehost.line.status import StatusListener, utcnow
+from linehost.line.status import JigStatus, StatusListener, utcnow
 from linehost.line.supervisor import LineSupervisor
+from linehost.onboarding.service import Onboarding
+from linehost.pki.bundle import BundleIssuer, format_counts
+from linehost.pki.cd import load_cd
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import LocalIssuer
-from linehost.pki.signer import FileKeySigner
+from linehost.pki.signer import open_signer
 from linehost.protocol.host import Timing
 from linehost.store.store import Store
+from linehost.transport.serial import ensure_fd_limit
+
+if TYPE_CHECKING:
+    from linehost.mqtt.relay import MqttRelay
 
 _log = structlog.get_logger("linehost.app")
 
 
 async def open_issuer(config: LineConfig) -> Issuer:
-    """The configured issuer, checked (PAI conforms, key matches) before any jig starts."""
+    """The configured issuer, checked before any jig starts: the PAI conforms, is current,
+    chains to the PAA (when given) and matches its key; raise PkiError / ConfigError."""
     pki = config.pki
-    signer = FileKeySigner.load(Path(pki.pai_key), passphrase=pki.passphrase())
-    return LocalIssuer.load(
-        pki.pai_cert,
-        signer,
-        pki.vid,
-        pki.pid,
-        cn_template=pki.cn_template,
-        paa_cert=pki.paa_cert,
+    if pki.issuer == "bundle":
+        return BundleIssuer.load(
+            pki.pai_cert,
+            pki.vid,
+            pki.pid,
+            database_url=config.database.url,
+            line=config.line.name,
+            paa_cert=pki.paa_cert,
+        )
+    assert pki.pai_key is not None  # the config insists for issuer = "local"
+    # Logging in to an HSM blocks: keep the loop free.
+    signer = await asyncio.to_thread(
+        open_signer,
+        pki.pai_key,
+        passphrase=pki.passphrase(),
+        pkcs11_module=pki.pkcs11_module,
+        pkcs11_pin=pki.pin(),
     )
+    try:
+        return LocalIssuer.load(
+            pki.pai_cert,
+            signer,
+            pki.vid,
+            pki.pid,
+            cn_template=pki.cn_template,
+            not_after=pki.not_after,
+            backdate=pki.backdate,
+            paa_cert=pki.paa_cert,
+        )
+    except BaseException:
+        await signer.aclose()
+        raise
+
+
+def load_cd_line(config: LineConfig) -> str | None:
+    """The base64 `CD:` value of the configured Certification Declaration, checked; or None."""
+    if config.pki.cd_file is None:
+        return None
+    return load_cd(config.pki.cd_file).b64
+
+
+async def log_pki(config: LineConfig, issuer: Issuer, cd_b64: str | None) -> None:
+    """Say at start-up what the line issues with; for bundles, how much of each pool is left."""
+    pki = config.pki
+    key = pki.pai_key if pki.issuer == "local" else None
+    _log.info(
+        "pki_ready",
+        issuer=pki.issuer,
+        key_source=None if key is None else ("pkcs11" if key.startswith("pkcs11:") else "file"),
+        pai_sha256=issuer.pai_sha256[:16],
+        cd=cd_b64 is not None,
+    )
+    if isinstance(issuer, BundleIssuer):
+        try:
+            for line in format_counts(await issuer.counts()):
+                _log.info("bundle_pool", detail=line)
+        except LinehostError as exc:
+            _log.warning("bundle_pool_unreadable", detail=str(exc))
 
 
 @contextlib.asynccontextmanager
@@ -67,18 +126,31 @@ async def run_line(
     config: LineConfig, stop: asyncio.Event, listener: StatusListener | None = None
 ) -> list[JigRunner]:
     """Run every jig of the line until `stop` is set; return the runners (for their counts)."""
+    config = with_work_order(config)
+    ops = LineOperations(config)
+    ensure_fd_limit(len(config.jigs))
+    cd_b64 = load_cd_line(config)
+    onboarding = Onboarding.from_config(config)  # checks the passcode key before any jig
     issuer = await open_issuer(config)
     try:
         async with open_line_store(config) as store:
+            await log_pki(config, issuer, cd_b64)
             timing = timing_of(config)
+            relay = open_relay(config, store)
+            await ops.start(store)
+            listeners = [x for x in (listener, relay) if x is not None] + ops.listeners()
+            fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
             runners = [
                 JigRunner(
                     JigSpec(config.line.name, jig.station, jig.name, jig.port, jig.baudrate),
                     issuer=issuer,
                     store=store,
                     timing=timing,
-                    listener=listener,
+                    listener=fanout if listeners else None,
                     allow_reprovision=config.pki.allow_reprovision,
+                    cd_b64=cd_b64,
+                    onboarding=onboarding,
+                    **ops.runner_kwargs(jig),
                 )
                 for jig in config.jigs
             ]
@@ -88,11 +160,41 @@ async def run_line(
                 jigs=len(runners),
                 database=_redact(config.database.url),
             )
-            supervisor = LineSupervisor(runners, shutdown_grace=config.line.shutdown_grace)
-            await supervisor.run(stop)
+            if relay is not None:
+                relay.start()
+            try:
+                supervisor = LineSupervisor(runners, shutdown_grace=config.line.shutdown_grace)
+                await supervisor.run(stop)
+            finally:
+                await ops.close()
+                if relay is not None:
+                    # Staged: runners are done; drain the outbox, publish offline, disconnect.
+                    await relay.close()
             return runners
     finally:
+        if onboarding is not None:
+            await onboarding.aclose()  # labels still printing
         await issuer.aclose()
+
+
+def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:
+    """The MQTT relay when `[mqtt]` is configured (secrets and TLS files are read here)."""
+    if config.mqtt is None:
+        return None
+    from linehost.mqtt.relay import MqttRelay
+
+    return MqttRelay(config.mqtt, store, line=config.line.name, jigs=len(config.jigs))
+
+
+class _Fanout:
+    """Tells several listeners about every jig change."""
+
+    def __init__(self, listeners: list[StatusListener]) -> None:
+        self._listeners = listeners
+
+    def jig_changed(self, status: JigStatus) -> None:
+        for listener in self._listeners:
+            listener.jig_changed(status)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

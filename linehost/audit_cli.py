@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from linehost.config import LineConfig, load_config
 from linehost.errors import ConfigError
 from linehost.pki.local import load_certificate
-from linehost.pki.profile import check_dac, check_pai, describe
+from linehost.pki.profile import check_dac_der, check_pai, describe
 from linehost.store.audit import Audit
 
 ASSIGNMENT_FIELDS = [
@@ -58,16 +58,62 @@ def export_assignments(args: argparse.Namespace) -> int:
     """One record per assignment, as JSON lines or CSV, on stdout."""
     config = load_config(args.config)
     since, until = _window(args)
+    if getattr(args, "include_onboarding", False):
+        return _export_with_onboarding(args, config, since, until)
 
     async def go() -> int:
         async with _audit(config) as audit:
             rows = audit.iter_assignment_records(
-                since, until, station=args.station, jig=args.jig, status=args.status
+                since,
+                until,
+                station=args.station,
+                jig=args.jig,
+                status=args.status,
+                work_order=getattr(args, "work_order", None),
             )
             return await _write(rows, args.format, ASSIGNMENT_FIELDS, sys.stdout)
 
     count = asyncio.run(go())
     print(f"{count} assignment record(s)", file=sys.stderr)
+    return 0
+
+
+def _export_with_onboarding(
+    args: argparse.Namespace, config: LineConfig, since: datetime | None, until: datetime | None
+) -> int:
+    """The export plus each device's onboarding data, passcodes unsealed (said on stderr)."""
+    from linehost.onboarding.service import ONBOARDING_EXPORT_FIELDS, export_fields, open_seal
+
+    if config.onboarding is None:
+        raise ConfigError(
+            f"{args.config}: --include-onboarding needs the [onboarding] section (its passcode key)"
+        )
+    seal = open_seal(config.onboarding)
+    print(
+        "linehost: --include-onboarding: this export contains setup passcodes and QR/manual "
+        "codes in clear; handle it as a secret",
+        file=sys.stderr,
+    )
+
+    async def records(audit: Audit) -> AsyncIterator[dict[str, Any]]:
+        rows = audit.iter_assignment_onboarding(
+            since,
+            until,
+            station=args.station,
+            jig=args.jig,
+            status=args.status,
+            work_order=getattr(args, "work_order", None),
+        )
+        async for record, found in rows:
+            yield record | export_fields(found or {}, seal)
+
+    async def go() -> int:
+        async with _audit(config) as audit:
+            fields = ASSIGNMENT_FIELDS + ONBOARDING_EXPORT_FIELDS
+            return await _write(records(audit), args.format, fields, sys.stdout)
+
+    count = asyncio.run(go())
+    print(f"{count} assignment record(s) with onboarding data", file=sys.stderr)
     return 0
 
 
@@ -79,7 +125,12 @@ def export_attempts(args: argparse.Namespace) -> int:
     async def go() -> int:
         async with _audit(config) as audit:
             rows = audit.iter_attempt_records(
-                since, until, station=args.station, jig=args.jig, outcome=args.outcome
+                since,
+                until,
+                station=args.station,
+                jig=args.jig,
+                outcome=args.outcome,
+                work_order=getattr(args, "work_order", None),
             )
             return await _write(rows, args.format, ATTEMPT_FIELDS, sys.stdout)
 
@@ -170,12 +221,16 @@ def verify(args: argparse.Namespace) -> int:
                 checked += 1
                 found.extend(_check_record(record, pai))
             found.extend(await audit.verify_audit_chain())
+            pools.extend(await _bundle_lines(audit))
             return checked, found
 
+    pools: list[str] = []
     checked, found = asyncio.run(go())
     problems.extend(found)
     for problem in problems:
         print(f"FAIL {problem}")
+    for line in pools:
+        print(line)
     if problems:
         print(f"audit verify: {len(problems)} problem(s) in {checked} assignment(s)")
         return 1
@@ -202,10 +257,19 @@ def _check_record(record: dict[str, Any], pai: x509.Certificate) -> list[str]:
     if record["pai_sha256"] != pai_sha:
         problems.append(f"{where}: issued under another PAI ({record['pai_sha256'][:16]}…)")
         return problems
-    violations = check_dac(dac, pai)
+    # The full Matter checker on the stored bytes, exactly as a commissioner would see them.
+    violations = check_dac_der(der, pai)
     if violations:
         problems.append(f"{where}: {describe(violations)}")
     return problems
+
+
+async def _bundle_lines(audit: Audit) -> list[str]:
+    """Remaining pre-issued DACs per bundle (nothing when no bundle was ever imported)."""
+    from linehost.pki.bundle import format_counts
+    from linehost.store.bundles import BundlePool
+
+    return format_counts(await BundlePool(audit.engine).counts())
 
 
 class _audit:
@@ -227,6 +291,9 @@ class _audit:
 async def _write(
     rows: AsyncIterator[dict[str, Any]], fmt: str, fields: list[str], out: TextIO
 ) -> int:
+    from linehost.progress import counting
+
+    rows = counting(rows, "exporting records")
     count = 0
     if fmt == "jsonl":
         async for row in rows:

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from linehost.app import install_stop_signals, run_line
-from linehost.config import load_config
+from linehost.config import load_config, parse_listen
+from linehost.dashboard.app import Dashboard
 from linehost.line.status import JigStatus
 from linehost.logs import configure_logging
+from linehost.mqtt.embedded import EmbeddedBroker
 from linehost.pki.devpki import init_dev
 from linehost.protocol.outcomes import JigState, Outcome
 from linehost.sim.harness import SimulatedLine
@@ -23,6 +25,7 @@ from linehost.store.audit import Audit
 DEVICES_PER_JIG: Final = 6
 SWAP_SECONDS: Final = 0.8
 TABLE_EVERY: Final = 3.0
+DASHBOARD_LISTEN: Final = "127.0.0.1:8080"
 #: Well-behaved firmware with the usual quirks of real boards.
 EVERYDAY_MIX: Final = "good:8,noisy:1,crlf:1"
 #: ...plus the faults a line meets: device errors, bad CSRs, silence, unplugs, clones.
@@ -52,6 +55,11 @@ pid = "8000"
 sync_interval = 0.25
 csr_timeout = 10
 result_timeout = 5
+
+[mqtt]
+url = "{mqtt_url}"{mqtt_note}
+topic_prefix = "linehost"{mqtt_protocol}
+drain_timeout = 3
 {jigs}"""
 
 
@@ -100,14 +108,52 @@ async def run_demo(
     duration: float | None = None,
     faults: bool = False,
     out: TextIO = sys.stdout,
+    mqtt_url: str | None = None,
+    dashboard_listen: str = DASHBOARD_LISTEN,
+    hold: bool = False,
 ) -> int:
-    """Run the demo in `workdir` (absolute); return 0 when the audit verifies afterwards."""
+    """Run the demo in `workdir` (absolute); return 0 when the audit verifies afterwards.
+
+    Without `mqtt_url` an embedded broker runs for the demo; `hold` keeps the broker and the
+    dashboard up after the line has finished, until Ctrl-C.
+    """
     say = _Say(out)
+    async with contextlib.AsyncExitStack() as stack:
+        broker_url = mqtt_url
+        if broker_url is None:
+            broker = EmbeddedBroker()
+            broker_url = await broker.start()
+            stack.push_async_callback(broker.stop)
+            say(f"embedded MQTT broker (amqtt, MQTT 3.1.1) on {broker_url}")
+        else:
+            say(f"MQTT broker {broker_url}")
+        return await _run_demo(
+            say, stack, workdir, jigs, devices, duration, faults, out, broker_url,
+            embedded=mqtt_url is None, dashboard_listen=dashboard_listen, hold=hold,
+        )  # fmt: skip
+    raise AssertionError("unreachable")  # mypy: the async with above always returns
+
+
+async def _run_demo(
+    say: _Say,
+    stack: contextlib.AsyncExitStack,
+    workdir: Path,
+    jigs: int,
+    devices: int | None,
+    duration: float | None,
+    faults: bool,
+    out: TextIO,
+    broker_url: str,
+    *,
+    embedded: bool,
+    dashboard_listen: str,
+    hold: bool,
+) -> int:
     total = devices if devices is not None else jigs * DEVICES_PER_JIG
     per_jig = math.ceil(total / jigs)
     pki_dir = workdir / "pki"
     names = [f"j{i}" for i in range(1, jigs + 1)]
-    config_path = await asyncio.to_thread(_prepare, workdir, names, say)
+    config_path = await asyncio.to_thread(_prepare, workdir, names, say, broker_url, embedded)
     sim = SimulatedLine(
         jigs,
         devices_per_jig=per_jig,
@@ -125,6 +171,11 @@ async def run_demo(
     )
     say(f"line config {config_path}; database {workdir / 'linehost.db'} (SQLite)")
     say(f"log {workdir / 'linehost.log'}; Ctrl-C stops")
+    assert config.mqtt is not None
+    dashboard = Dashboard(config.mqtt)
+    stack.push_async_callback(dashboard.close)
+    dashboard_url = await _start_dashboard(dashboard, dashboard_listen)
+    say(f"dashboard {dashboard_url}  <- open it in a browser")
     display = DemoDisplay(out)
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -148,10 +199,16 @@ async def run_demo(
             await asyncio.gather(table, sim_done, stop_wait, line, return_exceptions=True)
     elapsed = time.monotonic() - started
     display.table()
-    return await _summary(say, display, config_path, config.database.url, elapsed)
+    code = await _summary(say, display, config_path, config.database.url, elapsed)
+    if hold:
+        say(f"the dashboard stays up at {dashboard_url}; Ctrl-C quits")
+        held = asyncio.Event()
+        install_stop_signals(held)
+        await held.wait()
+    return code
 
 
-def _prepare(workdir: Path, jig_names: list[str], say: _Say) -> Path:
+def _prepare(workdir: Path, jig_names: list[str], say: _Say, mqtt_url: str, embedded: bool) -> Path:
     """Files the demo needs: folder, log, development PKI (first run only), line config."""
     workdir.mkdir(parents=True, exist_ok=True)
     configure_logging("info", "logfmt", file=workdir / "linehost.log")
@@ -166,8 +223,26 @@ def _prepare(workdir: Path, jig_names: list[str], say: _Say) -> Path:
         f'\n[[jigs]]\nname = "{name}"\nstation = "st{(i // 2) + 1}"\nport = "jigs/{name}"\n'
         for i, name in enumerate(jig_names)
     )
-    config_path.write_text(CONFIG_TEMPLATE.format(config=config_path, jigs=jig_tables))
+    note = "  # the demo's embedded broker: gone after the demo" if embedded else ""
+    config_path.write_text(
+        CONFIG_TEMPLATE.format(
+            config=config_path,
+            jigs=jig_tables,
+            mqtt_url=mqtt_url,
+            mqtt_note=note,
+            mqtt_protocol='\nprotocol = "3.1.1"' if embedded else "",
+        )
+    )
     return config_path
+
+
+async def _start_dashboard(dashboard: Dashboard, listen: str) -> str:
+    """Serve on `listen`; on a busy port, on any free one."""
+    host, port = parse_listen(listen)
+    try:
+        return await dashboard.start(host, port)
+    except OSError:
+        return await dashboard.start(host, 0)
 
 
 async def _tables(display: DemoDisplay) -> None:

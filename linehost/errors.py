@@ -49,3 +49,11 @@ class PortGone(TransportError):
 
 class ProtocolViolation(LinehostError):
     """The device broke jig protocol v1; the message is the attempt's `detail`."""
+
+
+class OnboardingError(IssuerError):
+    """Onboarding data cannot be allocated for a device: a configured rule cannot be met."""
+
+
+class OnboardingCollision(IssuerError):
+    """Another device already holds this serial number or passcode pair: draw again."""

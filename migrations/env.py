@@ -13,10 +13,9 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import pool
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from linehost.store.engine import create_engine
 from linehost.store.models import metadata
 
 config = context.config
@@ -39,7 +38,7 @@ def _configure(**kwargs: object) -> None:
         target_metadata=target_metadata,
         compare_type=True,
         compare_server_default=True,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -65,7 +64,7 @@ def do_run_migrations(connection: Connection) -> None:
 
 async def run_async_migrations() -> None:
     """Open our own async engine for a command-line run."""
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    engine = create_engine(_url())
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

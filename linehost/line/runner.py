@@ -8,7 +8,7 @@ import functools
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 
 import structlog
 
@@ -16,25 +16,49 @@ from linehost.errors import (
     CsrRejected,
     DatabaseUnavailable,
     IssuerError,
+    OnboardingError,
     StoreError,
     TransportError,
 )
+from linehost.line import latency
 from linehost.line.status import JigStatus, StatusListener, utcnow
+from linehost.line.steps import (
+    PRE_NOT_READY,
+    PRE_RETRY_MAX,
+    JigSteps,
+    StepCommand,
+    StepResult,
+    run_step,
+)
+from linehost.line.workorder import WorkOrderGate
+from linehost.onboarding.sealing import SealError
+from linehost.onboarding.service import Onboarding
 from linehost.pki.csr import parse_csr
 from linehost.pki.issuer import Issuer
 from linehost.protocol.host import (
     AttemptEnded,
     AttemptStarted,
     CsrReady,
+    DeviceArrived,
     Effect,
     HostSession,
+    Phase,
     SendLine,
     StateChanged,
     Timing,
 )
 from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
-from linehost.store.records import AssignRequest, AssignResult, AttemptEnd, AttemptStart
+from linehost.store.records import (
+    AssignRequest,
+    AssignResult,
+    AttemptEnd,
+    AttemptStart,
+    OnboardingRecord,
+)
 from linehost.transport.serial import Backoff, JigPort, PortLost, open_port
+
+if TYPE_CHECKING:
+    from linehost.metrics import JigMetrics
 
 DB_RETRY_MIN: Final = 0.5
 DB_RETRY_MAX: Final = 5.0
@@ -68,6 +92,13 @@ class _Attempt:
     assignment_id: int | None = None
     dac_serial: str | None = None
     recorded: bool = False  # the store already ended it (a rejected assign)
+    onboarding: OnboardingRecord | None = None  # the device's commissioning data, delivered
+
+
+#: Between devices: shown as `work_order_complete` while the work order has no slot left.
+_IDLE_STATES: Final = frozenset(
+    {JigState.WAITING_FOR_DEVICE, JigState.WAITING_FOR_SWAP, JigState.WORK_ORDER_COMPLETE}
+)
 
 
 class _Stop(Exception):
@@ -87,7 +118,12 @@ class JigRunner:
         listener: StatusListener | None = None,
         allow_reprovision: bool = False,
         work_order: str | None = None,
+        onboarding: Onboarding | None = None,
         port_opener: Callable[[str, int], Awaitable[JigPort]] = open_port,
+        cd_b64: str | None = None,
+        steps: JigSteps | None = None,
+        gate: WorkOrderGate | None = None,
+        metrics: JigMetrics | None = None,
     ) -> None:
         self.spec = spec
         self.status = JigStatus(spec.line, spec.station, spec.name)
@@ -97,7 +133,9 @@ class JigRunner:
         self._listener = listener
         self._allow_reprovision = allow_reprovision
         self._work_order = work_order
+        self._onboarding = onboarding
         self._open = port_opener
+        self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
         self._log = structlog.get_logger("linehost.jig").bind(
             line=spec.line, station=spec.station, jig=spec.name
         )
@@ -109,13 +147,22 @@ class JigRunner:
         self._wake = asyncio.Event()
         self._backoff = Backoff()
         self._loop = asyncio.get_running_loop()
+        self._probe = latency.probe()
+        self._steps = steps if steps is not None and steps.any else None
+        self._pre_pending = steps is not None and steps.pre is not None
+        self._pre_result: StepResult | None = None  # the pre step of the coming device
+        self._in_post = False
+        self._gate = gate
+        self._metrics = metrics
+        if gate is not None:
+            gate.subscribe(self._on_work_order)
 
     # --- control ---------------------------------------------------------------------------
 
     @property
     def busy(self) -> bool:
         """True while a device is mid-attempt on this jig."""
-        return self._attempt is not None
+        return self._attempt is not None or self._in_post
 
     def request_stop(self) -> None:
         """Take no new device; the current attempt may still finish."""
@@ -157,6 +204,10 @@ class JigRunner:
 
     async def _converse(self, port: JigPort) -> None:
         session = self._session = HostSession(self._timing)
+        if self._steps is not None and self._steps.pre is not None:
+            self._set_pre_pending(True)  # a reopened port may hold a new device
+        if self._pre_step_due(session):
+            await self._pre_step(port)
         await self._apply(session.open(self._loop.time()))
         events = port.events
         loop = self._loop
@@ -169,6 +220,11 @@ class JigRunner:
                 if self._attempt is None:
                     port.send(["Abort"])
                     raise _Stop
+            elif self._pre_pending and self._pre_step_due(session):
+                await self._pre_step(port)
+                await self._apply(session.open(loop.time()))  # prepared: start it clean
+                self._publish(session.state)
+                continue
             wake = session.next_wakeup()
             if events.empty() and wake is not None:
                 try:
@@ -206,8 +262,24 @@ class JigRunner:
                 self._begin(effect)
             elif isinstance(effect, CsrReady):
                 await self._apply(await self._provision(effect))
+                if self._probe is not None and self._port is not None and self._session.in_attempt:
+                    self._probe.dac_written(self._port.received_at, self._loop.time())
+                if (
+                    self._metrics is not None
+                    and self._port is not None
+                    and self._session.in_attempt
+                ):
+                    self._metrics.host_latency(self._loop.time() - self._port.received_at)
             elif isinstance(effect, AttemptEnded):
                 await self._end(effect)
+                if (
+                    self._probe is not None
+                    and self._port is not None
+                    and effect.outcome is Outcome.PROVISIONED
+                ):
+                    self._probe.result_committed(self._port.received_at, self._loop.time())
+            elif isinstance(effect, DeviceArrived):
+                self._log.info("device_arrived", uid=effect.uid)  # its pre step runs next
         if outgoing:
             self._send(outgoing)
 
@@ -240,20 +312,36 @@ class JigRunner:
             log.warning("csr_rejected", detail=str(exc))
             return self._session.reject(Outcome.CSR_REJECTED, str(exc), now())
         log.debug("csr_received", key=csr.public_key_sha256[:16])
+        if self._gate is not None and self._gate.complete:
+            log.warning("work_order_complete", work_order=self._gate.id)
+            return self._session.reject(Outcome.ISSUER_ERROR, self._gate.refusal, now())
         for _ in range(ISSUE_RETRIES):
             try:
+                issue_started = now()
                 candidate = await self._issuer.issue(ready.uid, csr)
+                if self._metrics is not None:
+                    self._metrics.issuer_latency(now() - issue_started)
             except IssuerError as exc:
                 log.error("issuer_failed", detail=str(exc))
                 return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
+            wanted = None
+            if self._onboarding is not None:
+                wanted = await self._onboarding.draw(ready.uid, candidate.vid, candidate.pid)
             request = AssignRequest(
                 attempt=attempt.start,
                 public_key_sha256=csr.public_key_sha256,
                 candidate=candidate,
                 allow_reprovision=self._allow_reprovision,
+                onboarding=wanted,
             )
             try:
+                commit_started = now()
                 result = await self._with_database(functools.partial(self._store.assign, request))
+                if self._metrics is not None:
+                    self._metrics.db_assign.observe(now() - commit_started)
+            except OnboardingError as exc:  # a rule the config cannot meet: retrying won't help
+                log.error("onboarding_failed", detail=str(exc))
+                return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
             except IssuerError as exc:  # a serial collision: draw a new DAC
                 log.warning("dac_collision", detail=str(exc))
                 continue
@@ -266,6 +354,8 @@ class JigRunner:
         if result.kind == "rejected":
             attempt.recorded = True
             assert result.outcome is not None
+            if self._gate is not None and self._gate.is_quota_refusal(result.detail):
+                self._gate.set_complete(True)
             log.warning("assignment_rejected", outcome=result.outcome.value, detail=result.detail)
             return self._session.reject(result.outcome, result.detail, now())
         assert result.dac_pem is not None
@@ -275,8 +365,23 @@ class JigRunner:
             "dac_issued" if result.kind == "issued" else "dac_redelivered",
             dac_serial=result.dac_serial,
         )
+        factory_data: tuple[tuple[str, str], ...] = ()
+        if self._onboarding is not None and result.onboarding is not None:
+            attempt.onboarding = result.onboarding
+            try:
+                factory_data = self._onboarding.factory_data(result.onboarding)
+            except SealError as exc:
+                log.error("onboarding_failed", detail=str(exc))
+                return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
+            log.info("onboarding_recorded", serial_num=result.onboarding.serial_num)
         # The assignment is committed: only now may the DAC reach the port.
-        return self._session.deliver(result.dac_pem, self._issuer.pai_pem, now())
+        return self._session.deliver(
+            result.dac_pem,
+            self._issuer.pai_pem,
+            now(),
+            cd_b64=self._cd_b64,
+            factory_data=factory_data,
+        )
 
     async def _end(self, ended: AttemptEnded) -> None:
         attempt = self._attempt
@@ -292,30 +397,57 @@ class JigRunner:
                 status = AssignmentStatus.FAILED
             else:
                 status = AssignmentStatus.UNKNOWN
+        outcome, detail, transcript = ended.outcome, ended.detail, list(ended.transcript)
+        if self._pre_result is not None:
+            transcript[:0] = self._pre_result.transcript()
+            self._pre_result = None
+        if self._steps is not None:
+            self._set_pre_pending(self._steps.pre is not None)
+            if ended.outcome is Outcome.PROVISIONED and self._steps.post is not None:
+                post = await self._post_step(self._steps.post, ended.uid, attempt)
+                transcript.extend(post.transcript())
+                if not post.ok:
+                    # The device keeps its DAC (confirmed below); only the step failed.
+                    outcome, detail = Outcome.POST_STEP_FAILED, post.summary()
+                    log.warning("post_step_failed", detail=detail)
         end = AttemptEnd(
-            outcome=ended.outcome,
-            detail=ended.detail,
+            outcome=outcome,
+            detail=detail,
             ended_at=utcnow(),
             device_code=ended.device_code,
             assignment_id=attempt.assignment_id,
             assignment_status=status,
             dac_serial=attempt.dac_serial,
-            transcript="\n".join(ended.transcript),
+            transcript="\n".join(transcript),
         )
         if not attempt.recorded:
             try:
+                commit_started = self._loop.time()
                 await self._with_database(lambda: self._store.end_attempt(attempt.start, end))
+                if self._metrics is not None:
+                    self._metrics.db_end.observe(self._loop.time() - commit_started)
             except StoreError as exc:
                 log.error("attempt_not_recorded", detail=str(exc))
-        if ended.outcome is Outcome.PROVISIONED:
+        if (
+            ended.outcome is Outcome.PROVISIONED
+            and attempt.onboarding is not None
+            and self._onboarding is not None
+        ):
+            self._onboarding.print_label_soon(attempt.onboarding, log)
+        if self._metrics is not None:
+            seconds = (end.ended_at - attempt.start.started_at).total_seconds()
+            self._metrics.attempt_ended(
+                outcome, seconds, confirmed=status is AssignmentStatus.CONFIRMED
+            )
+        if outcome is Outcome.PROVISIONED:
             self.status.ok += 1
         else:
             self.status.failed += 1
-        self.status.last_outcome = ended.outcome
-        self.status.last_detail = ended.detail
+        self.status.last_outcome = outcome
+        self.status.last_detail = detail
         self.status.last_uid = ended.uid
         self.status.attempt_id = None
-        log.info("attempt_ended", outcome=ended.outcome.value, detail=ended.detail)
+        log.info("attempt_ended", outcome=outcome.value, detail=detail)
         self._publish(self._session.state, None)
 
     async def _with_database(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -360,7 +492,132 @@ class JigRunner:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
 
+    # --- steps around a device and the work order (issue 8) ---------------------------------
+
+    def _pre_step_due(self, session: HostSession) -> bool:
+        """A pre step is configured, not yet run for the coming device, and the jig is free."""
+        if self._steps is None or self._steps.pre is None or not self._pre_pending:
+            return False
+        if self._gate is not None and self._gate.complete:
+            return False  # nothing will be provisioned: do not flash devices for nothing
+        return session.phase is Phase.CLOSED or session.idle
+
+    async def _pre_step(self, port: JigPort) -> None:
+        """Run the pre step until it succeeds, then let the session sync the prepared device.
+
+        Exit code 75 (EX_TEMPFAIL) means "no new device in the jig yet": the jig keeps showing
+        waiting, and the step is tried again after `pre_retry` seconds. Any other failure shows
+        `pre_step_failed` with the output and backs off (doubling up to PRE_RETRY_MAX). A lost
+        port (the operator swapped a USB-attached device) raises TransportError: the runner
+        reopens the port and begins with the pre step again. A stop request returns at once.
+        """
+        assert self._steps is not None
+        step = self._steps.pre
+        assert step is not None
+        delay = self._steps.pre_retry
+        last_uid = self.status.last_uid
+        while not self._stopping:
+            self._publish(JigState.PRE_STEP)
+            result = await self._watching(port, run_step(step, self._step_values(last_uid)))
+            if result is None:
+                return  # stopping
+            if result.ok:
+                self._log.info("pre_step_ok", seconds=round(result.seconds, 3))
+                if self._metrics is not None:
+                    self._metrics.step("pre", True, result.seconds)
+                self._pre_result = result
+                self._set_pre_pending(False)
+                self._session.expect_swap(last_uid)  # in case the step left the old device
+                return
+            if result.exit_code == PRE_NOT_READY:
+                waiting = JigState.WAITING_FOR_SWAP if last_uid else JigState.WAITING_FOR_DEVICE
+                self._publish(waiting, last_uid)
+                await self._watching(port, asyncio.sleep(self._steps.pre_retry))
+                continue
+            if self._metrics is not None:
+                self._metrics.step("pre", False, result.seconds)
+            self.status.last_detail = result.summary()
+            self._log.warning("pre_step_failed", detail=self.status.last_detail, retry_in=delay)
+            self._publish(JigState.PRE_STEP_FAILED)
+            await self._watching(port, asyncio.sleep(delay))
+            delay = min(PRE_RETRY_MAX, delay * 2)
+
+    def _set_pre_pending(self, pending: bool) -> None:
+        self._pre_pending = pending
+        # While a pre step is due, a device that answers is prepared before it is provisioned
+        # (not when the work order is complete: it is refused, and that is recorded).
+        complete = self._gate is not None and self._gate.complete
+        self._session.hold_new_devices = pending and not complete
+
+    async def _post_step(self, step: StepCommand, uid: str | None, attempt: _Attempt) -> StepResult:
+        self._in_post = True
+        try:
+            self._publish(JigState.POST_STEP, uid)
+            serial = attempt.onboarding.serial_num if attempt.onboarding is not None else ""
+            result = await run_step(step, self._step_values(uid, serial))
+        finally:
+            self._in_post = False
+        if self._metrics is not None:
+            self._metrics.step("post", result.ok, result.seconds)
+        return result
+
+    def _step_values(self, uid: str | None, serial_num: str = "") -> dict[str, str]:
+        assert self._steps is not None
+        spec = self.spec
+        return {
+            "port": spec.port,
+            "uid": uid or "",
+            "jig": spec.name,
+            "station": spec.station,
+            "line": spec.line,
+            "serial_num": serial_num,
+            "probe": self._steps.probe,
+        }
+
+    async def _watching(self, port: JigPort, work: Awaitable[T]) -> T | None:
+        """Await `work` while watching the port: lost -> TransportError, stop -> None.
+
+        Lines the device prints meanwhile are dropped: no conversation is running.
+        """
+        task: asyncio.Future[T] = asyncio.ensure_future(work)
+        try:
+            while True:
+                getter = asyncio.ensure_future(port.events.get())
+                waiters: set[asyncio.Future[object]] = {task, getter}  # type: ignore[arg-type]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await getter
+                if getter.done() and not getter.cancelled():
+                    item = getter.result()
+                    if isinstance(item, PortLost):
+                        await self._port_lost(item.reason)
+                        raise TransportError(item.reason)
+                    if self._stopping:
+                        return None
+                if task.done():
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def _on_work_order(self) -> None:
+        """The work order became complete (or open again): show it on idle jigs."""
+        self._set_pre_pending(self._pre_pending)
+        if self.status.state in _IDLE_STATES:
+            state = self._session.state
+            if state in _IDLE_STATES:
+                self._publish(state, self.status.uid)
+
     def _publish(self, state: JigState, uid: str | None = None) -> None:
+        if state is JigState.WAITING_FOR_SWAP and self._steps is not None and not self._pre_pending:
+            # A finished device is still in the jig: the one after it needs its pre step.
+            self._set_pre_pending(self._steps.pre is not None)
+        if state in _IDLE_STATES and self._gate is not None and self._gate.complete:
+            state = JigState.WORK_ORDER_COMPLETE  # nothing more to do here: say so first
         status = self.status
         if state is status.state and uid == status.uid:
             return

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from linehost.errors import PkiError
+from linehost.pki.cd import sign_test_cd
 from linehost.pki.local import NO_EXPIRY
 from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
 
@@ -26,6 +27,12 @@ Made by `linehost pki init-dev`. The keys are plain files on this machine and no
 commissioner trusts this PAA: devices provisioned with it are for development only.
 """
 
+CD_README_TEXT = """\
+cd.der              a TEST Certification Declaration (DER CMS SignedData, certification_type
+                    development) signed by a throwaway development CD key; cd-signer.pem is
+                    that key's certificate. No commissioner accepts it outside development.
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class DevPki:
@@ -35,17 +42,28 @@ class DevPki:
     paa_key: Path
     pai_cert: Path
     pai_key: Path
+    cd: Path | None = None  # a test Certification Declaration (DER), when asked for
+    cd_signer: Path | None = None  # the development CD signing certificate
 
 
-def init_dev(out: Path, vid: str = "FFF1", pid: str = "8000") -> DevPki:
-    """Write a development PAA + PAI into `out`; raise PkiError rather than overwrite a file."""
+def init_dev(out: Path, vid: str = "FFF1", pid: str = "8000", *, cd: bool = False) -> DevPki:
+    """Write a development PAA + PAI (and with `cd` a test CD signed by a development CD key)
+    into `out`; raise PkiError rather than overwrite a file."""
     vid, pid = vid.upper(), pid.upper()
     for name, value in (("vid", vid), ("pid", pid)):
         if len(value) != 4 or any(c not in "0123456789ABCDEF" for c in value):
             raise PkiError(f"{name} {value!r}: not 4 hex digits")
-    paths = DevPki(out / "paa.pem", out / "paa.key", out / "pai.pem", out / "pai.key")
+    paths = DevPki(
+        out / "paa.pem",
+        out / "paa.key",
+        out / "pai.pem",
+        out / "pai.key",
+        cd=out / "cd.der" if cd else None,
+        cd_signer=out / "cd-signer.pem" if cd else None,
+    )
     readme = out / "README.txt"
-    for path in (paths.paa_cert, paths.paa_key, paths.pai_cert, paths.pai_key, readme):
+    extra = (paths.cd, paths.cd_signer) if paths.cd is not None else ()
+    for path in (paths.paa_cert, paths.paa_key, paths.pai_cert, paths.pai_key, readme, *extra):
         if path.exists() or path.is_symlink():
             raise PkiError(f"{path}: already exists; refusing to overwrite")
     try:
@@ -86,7 +104,13 @@ def init_dev(out: Path, vid: str = "FFF1", pid: str = "8000") -> DevPki:
         _write(paths.pai_key, _key_pem(pai_key), 0o600)
         _write(paths.paa_cert, paa.public_bytes(serialization.Encoding.PEM), 0o644)
         _write(paths.pai_cert, pai.public_bytes(serialization.Encoding.PEM), 0o644)
-        _write(readme, README_TEXT.encode("ascii"), 0o644)
+        text = README_TEXT
+        if paths.cd is not None and paths.cd_signer is not None:
+            cd_der, cd_signer = _test_cd(vid, pid, not_before)
+            _write(paths.cd, cd_der, 0o644)
+            _write(paths.cd_signer, cd_signer.public_bytes(serialization.Encoding.PEM), 0o644)
+            text += CD_README_TEXT
+        _write(readme, text.encode("ascii"), 0o644)
     except FileExistsError as exc:
         raise PkiError(f"{exc.filename}: already exists; refusing to overwrite") from None
     except OSError as exc:
@@ -133,6 +157,26 @@ def _ca_builder(
             ),
         ],
     )
+
+
+def _test_cd(vid: str, pid: str, not_before: datetime) -> tuple[bytes, x509.Certificate]:
+    """A test CD signed by a fresh development CD key (the key itself is not kept)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "linehost Dev CD Signing Key")])
+    cert = (
+        x509.CertificateBuilder(
+            issuer_name=name,
+            subject_name=name,
+            public_key=key.public_key(),
+            serial_number=x509.random_serial_number(),
+            not_valid_before=not_before,
+            not_valid_after=NO_EXPIRY,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return sign_test_cd(key, cert, vid, pid), cert
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -88,7 +88,15 @@ class AttemptEnded:
     transcript: tuple[str, ...]
 
 
-Effect = SendLine | StateChanged | AttemptStarted | CsrReady | AttemptEnded
+@dataclass(frozen=True, slots=True)
+class DeviceArrived:
+    """A new device answered while `hold_new_devices` is set: it was told to Abort, no attempt
+    began; the runner prepares it (its pre step) and opens the conversation again."""
+
+    uid: str
+
+
+Effect = SendLine | StateChanged | AttemptStarted | CsrReady | AttemptEnded | DeviceArrived
 
 
 class Phase(Enum):
@@ -119,6 +127,8 @@ class HostSession:
         self._in_csr_block = False
         self._delivered = False
         self._transcript: deque[str] = deque(maxlen=TRANSCRIPT_LINES)
+        #: Set by a runner with a pre step due: a new UID yields DeviceArrived, not an attempt.
+        self.hold_new_devices = False
 
     @property
     def state(self) -> JigState:
@@ -129,6 +139,17 @@ class HostSession:
     def in_attempt(self) -> bool:
         """True between a valid UID line and the attempt's end."""
         return self.phase in (Phase.RECEIVING_CSR, Phase.ISSUING, Phase.AWAITING_RESULT)
+
+    @property
+    def idle(self) -> bool:
+        """Syncing with no finished device held: the jig is ready for a new device."""
+        return self.phase is Phase.SYNCING and self._hold_uid is None
+
+    def expect_swap(self, uid: str | None) -> None:
+        """`uid` finished here earlier: if it answers again, it waits for a swap (no attempt)."""
+        if uid is not None:
+            self._hold_uid = uid
+            self._unanswered_syncs = 0
 
     def next_wakeup(self) -> float | None:
         """The loop time at which on_timer() must be called next (None: only lines matter)."""
@@ -278,6 +299,11 @@ class HostSession:
                 self._enter_sync(now, out, send_now=False)
                 return
             self._hold_uid = None
+            if self.hold_new_devices:
+                out.append(SendLine("Abort"))
+                out.append(DeviceArrived(uid))
+                self._enter_sync(now, out, send_now=False)
+                return
             self.uid = uid
             self._transcript.clear()
             self._record(line)
@@ -313,7 +339,8 @@ class HostSession:
             assert self.uid is not None
             out.append(CsrReady(self.uid, pem))
             return
-        if line.startswith("-----"):
+        if line.startswith(("-----BEGIN ", "-----END ")):
+            # Any other line of dashes is not base64: a firmware log line (spec: transcript only).
             self._violation(f"unexpected PEM marker in CSR block {_head(line)!r}", now, out)
             return
         if not _BASE64_RE.fullmatch(line):

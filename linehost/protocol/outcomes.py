@@ -45,6 +45,10 @@ class JigState(StrEnum):
     WAITING_FOR_SWAP = "waiting_for_swap"
     WAITING_FOR_DATABASE = "waiting_for_database"
     STOPPED = "stopped"
+    PRE_STEP = "pre_step"  # the configured pre_command runs (e.g. flashing provisioning firmware)
+    PRE_STEP_FAILED = "pre_step_failed"  # it failed: retried after a back-off or a swap
+    POST_STEP = "post_step"  # the configured post_command runs after finish:000
+    WORK_ORDER_COMPLETE = "work_order_complete"  # the work order's quantity is reached
 
 
 FINISH_OK = 0x000

@@ -9,6 +9,7 @@ import signal
 import sys
 from typing import Final
 
+from linehost.sim import personalities
 from linehost.sim.harness import DEFAULT_SWAP_SECONDS, SimulatedLine, parse_mix
 from linehost.sim.personalities import get_personality, personality_names
 
@@ -60,7 +61,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="reproducible plan")
     parser.add_argument(
-        "--baud", type=_positive_int, default=None, metavar="B", help="pace writes at B baud"
+        "--baud",
+        type=_positive_int,
+        default=None,
+        metavar="B",
+        help="pace both directions at B baud (10 bits per byte)",
+    )
+    parser.add_argument(
+        "--reseat-seconds",
+        type=_non_negative_float,
+        default=None,
+        metavar="S",
+        help="how long a reseated_after_silence device stays out of the jig "
+        f"({personalities.RESEAT_SECONDS})",
     )
     parser.add_argument(
         "--linger",
@@ -73,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 async def run_from_args(args: argparse.Namespace) -> int:
     """Run the simulated line until its devices are done or SIGINT/SIGTERM; return the exit code."""
+    if getattr(args, "reseat_seconds", None) is not None:
+        personalities.RESEAT_SECONDS = args.reseat_seconds  # builders read it at lookup
     line = SimulatedLine(
         args.jigs,
         devices_per_jig=args.devices,

@@ -6,10 +6,14 @@ harness performs them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import random
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Final
 
 from cryptography import x509
@@ -18,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from linehost.onboarding.spake2p import compute_verifier, is_valid_passcode
 from linehost.protocol.device import (
     FLOW_TIMEOUT,
     INIT,
@@ -32,12 +37,8 @@ from linehost.protocol.device import (
     Send,
 )
 from linehost.protocol.framing import LineFramer
-from linehost.sim.personalities import (
-    GARBAGE_LINE_BYTES,
-    GARBAGE_RANDOM_BYTES,
-    Curve,
-    Personality,
-)
+from linehost.sim import personalities as _knobs
+from linehost.sim.personalities import Curve, Personality
 
 FINISH_OK: Final = 0x000
 FINISH_PARAMETER_ERROR: Final = 0x003
@@ -155,6 +156,46 @@ def check_delivery(
     )
 
 
+def check_factory_data(fields: Mapping[str, str]) -> str | None:
+    """Why the firmware refuses these `FD:` fields (None when it stores them).
+
+    Each known field must be well formed; with a passcode the verifier must match it.
+    """
+    try:
+        if "serial_num" in fields:
+            serial = fields["serial_num"]
+            if not 1 <= len(serial) <= 32 or not all(" " <= c <= "~" for c in serial):
+                return "serial_num is not 1..32 printable characters"
+        if "discriminator" in fields and not 0 <= int(fields["discriminator"]) <= 4095:
+            return "discriminator out of range"
+        iterations = int(fields.get("spake2p_it", "1000"))
+        if not 1000 <= iterations <= 100_000:
+            return "spake2p_it out of range"
+        salt = base64.b64decode(fields.get("spake2p_salt", "A" * 24), validate=True)
+        if not 16 <= len(salt) <= 32:
+            return "spake2p_salt is not 16..32 bytes"
+        verifier = base64.b64decode(fields.get("spake2p_verifier", ""), validate=True)
+        if "spake2p_verifier" in fields and len(verifier) != 97:
+            return "spake2p_verifier is not 97 bytes"
+        if "passcode" in fields:
+            passcode = int(fields["passcode"])
+            if not is_valid_passcode(passcode):
+                return "passcode is not a valid setup passcode"
+            if "spake2p_verifier" in fields and verifier != compute_verifier(
+                passcode, salt, iterations
+            ):
+                return "spake2p_verifier does not match the passcode"
+        if "rd_uid" in fields and not 16 <= len(bytes.fromhex(fields["rd_uid"])) <= 32:
+            return "rd_uid is not 16..32 bytes"
+        if "mfg_date" in fields:
+            date.fromisoformat(fields["mfg_date"])
+        if "hw_ver" in fields and not 0 <= int(fields["hw_ver"]) <= 65535:
+            return "hw_ver out of range"
+    except (ValueError, binascii.Error) as exc:
+        return f"malformed factory data: {exc}"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Write:
     """Bytes for the port; `byte_delay` > 0 writes them one at a time."""
@@ -176,7 +217,14 @@ class Leave:
     """The operator takes the device out of the jig."""
 
 
-Action = Write | Unplug | Leave
+@dataclass(frozen=True, slots=True)
+class Reseat:
+    """The operator takes the device out and puts the same one back `down` seconds later."""
+
+    down: float
+
+
+Action = Write | Unplug | Leave | Reseat
 
 
 @dataclass(slots=True)
@@ -187,9 +235,11 @@ class DeviceLog:
     stored: CheckResult | None = None
     rejected: CheckResult | None = None
     aborted_flows: int = 0
+    reseats: int = 0
     first_sync_at: float | None = None
     finished_at: float | None = None
     ended: str | None = None  # left | unplugged | cancelled (set by whoever removes the device)
+    factory_data: dict[str, str] | None = None  # the `FD:` fields stored with the DAC
 
 
 class SimulatedDevice:
@@ -223,6 +273,9 @@ class SimulatedDevice:
         self._finished = False
         self._extra_rounds = 0
         self._gone = False  # left, unplugged or deaf: ignores everything
+        self._silent_left = 1 if personality.reseat_seconds > 0 else 0
+        self._reseat_pending = False
+        self._out = False  # taken out for a reseat: ignores everything until put back
 
     @property
     def gone(self) -> bool:
@@ -230,9 +283,24 @@ class SimulatedDevice:
         return self._gone
 
     @property
+    def out(self) -> bool:
+        """True while the operator holds the device outside the jig (a reseat)."""
+        return self._out
+
+    @property
     def deadline(self) -> float | None:
         """When `poll` has something to do."""
-        return None if self._gone else self.session.deadline
+        return None if self._gone or self._out else self.session.deadline
+
+    def put_back(self, now: float) -> list[Action]:
+        """The operator puts the same device back after a reseat: it boots afresh."""
+        if not self._out:
+            return []
+        self._out = False
+        self.session.reset()
+        self._framer.reset()
+        self._inits_ignored = 0
+        return self.arrive(now)
 
     def arrive(self, now: float) -> list[Action]:
         """The device is put in the jig and boots."""
@@ -242,7 +310,7 @@ class SimulatedDevice:
 
     def receive(self, data: bytes, now: float) -> list[Action]:
         """Bytes from the host."""
-        if self._gone:
+        if self._gone or self._out:
             return []
         out: list[Action] = []
         lines: list[str] = []
@@ -262,13 +330,13 @@ class SimulatedDevice:
             events = self.session.receive_line(frame, now)
             lines, more = self._handle(events, lines, now)
             out += more
-            if self._gone:
+            if self._gone or self._out:
                 break
         return out + self._flush(lines, now)
 
     def poll(self, now: float) -> list[Action]:
         """Apply the device's flow timeout as of `now`."""
-        if self._gone:
+        if self._gone or self._out:
             return []
         lines, out = self._handle(self.session.poll(now), [], now)
         return out + self._flush(lines, now)
@@ -283,6 +351,8 @@ class SimulatedDevice:
         while queue:
             event = queue.popleft()
             if isinstance(event, Send):
+                if event.line == _CSR_END and self.personality.csr_unclosed:
+                    continue  # the block never closes
                 if event.line == START_PROVISIONING:
                     started = True
                     if self.log.first_sync_at is None:
@@ -291,6 +361,14 @@ class SimulatedDevice:
             elif isinstance(event, DeliveryComplete):
                 queue.extend(self._on_delivery(event.delivery, now))
             elif isinstance(event, FlowEnded):
+                if self._reseat_pending and event.reason is not FlowEnd.FINISHED:
+                    self._reseat_pending = False
+                    self.log.aborted_flows += 1
+                    self.log.reseats += 1
+                    out += self._flush(lines, now, started)
+                    self._out = True
+                    out.append(Reseat(self.personality.reseat_seconds))
+                    return [], out
                 leave = self._on_flow_ended(event, now)
                 if leave:
                     out += self._flush(lines, now, started)
@@ -309,22 +387,34 @@ class SimulatedDevice:
         return lines, out
 
     def _on_delivery(self, delivery: Delivery, now: float) -> list[DeviceEvent]:
+        if self._silent_left > 0:
+            self._silent_left -= 1
+            self._reseat_pending = True
+            return []
         if not self.personality.answer_finish:
             return []
+        if self.personality.finish_junk is not None:
+            return [Send(self.personality.finish_junk)]
         forced = self.personality.finish_code
         digits = self.personality.finish_digits
         if forced is not None:
             return self.session.finish(forced, now, digits=digits)
         result = check_delivery(self.identity.public_key_der, delivery, self.paa)
         if result.code == FINISH_OK:
+            problem = check_factory_data(delivery.factory_data)
+            if problem is not None:
+                result = CheckResult(FINISH_PARAMETER_ERROR, problem)
+        if result.code == FINISH_OK:
             self.log.stored = result
+            self.log.factory_data = dict(delivery.factory_data)
         else:
             self.log.rejected = result
         return self.session.finish(result.code, now, digits=digits)
 
     def _on_flow_ended(self, event: FlowEnded, now: float) -> bool:
         """Book the end of a flow; True when the operator now takes the device out."""
-        if self._finished:
+        if self._finished and event.reason is not FlowEnd.FINISHED:
+            # A round in which the host showed the swap (Abort); a re-delivery is no such sign.
             self._extra_rounds += 1
         if event.reason is FlowEnd.FINISHED and event.code is not None:
             self.log.finish_codes.append(event.code)
@@ -377,10 +467,12 @@ class SimulatedDevice:
 
     def _garbage(self) -> bytes:
         rng = self._rng
-        junk = bytearray(rng.randbytes(GARBAGE_RANDOM_BYTES))
+        size = self.personality.garbage_random_bytes or _knobs.GARBAGE_RANDOM_BYTES
+        junk = bytearray(rng.randbytes(size))
         for _ in range(16):
             junk[rng.randrange(len(junk))] = 0
-        long_line = bytes(rng.choice(b"0123456789abcdef") for _ in range(GARBAGE_LINE_BYTES))
+        line_bytes = self.personality.garbage_line_bytes or _knobs.GARBAGE_LINE_BYTES
+        long_line = rng.randbytes(line_bytes // 2).hex().encode()[:line_bytes]
         return (
             bytes(junk)
             + b"\n\x00\x00\x00\n"
@@ -421,6 +513,7 @@ __all__ = [
     "DeviceLog",
     "IdentityPool",
     "Leave",
+    "Reseat",
     "SimulatedDevice",
     "Unplug",
     "Write",

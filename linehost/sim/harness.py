@@ -26,6 +26,7 @@ from linehost.sim.firmware import (
     Action,
     IdentityPool,
     Leave,
+    Reseat,
     SimulatedDevice,
     Unplug,
     Write,
@@ -73,6 +74,8 @@ class DeviceRecord:
     first_sync_at: str | None
     finished_at: str | None
     left_at: str
+    reseats: int = 0  # times the operator took it out and put the same device back
+    factory_data: dict[str, str] | None = None  # `FD:` fields stored with the DAC (onboarding)
 
     def to_json(self) -> str:
         """One JSONL line (without the newline)."""
@@ -173,6 +176,8 @@ class SimulatedJig:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._replug: asyncio.TimerHandle | None = None
+        self._reseat: asyncio.TimerHandle | None = None
+        self._rx_free = 0.0  # loop time the receive wire is busy until (with `baud`)
         self._arrived_wall = 0.0
         self._cloned_from: str | None = None
         self._index = 0
@@ -186,6 +191,10 @@ class SimulatedJig:
     def device_path(self) -> str | None:
         """The pty the link currently points to (None while unplugged)."""
         return self._port.device_path
+
+    def inject(self, data: bytes) -> None:
+        """Raw bytes to the host as if from the jig (line noise, a log storm); on the loop."""
+        self._port.write(data)
 
     def open(self) -> None:
         """Plug the jig in (empty); needs a running loop."""
@@ -255,6 +264,15 @@ class SimulatedJig:
         self.close()
 
     def _on_data(self, data: bytes) -> None:
+        if self.baud is not None:
+            # The host's bytes take their wire time too: the device sees them once all arrived.
+            loop = asyncio.get_running_loop()
+            self._rx_free = max(self._rx_free, loop.time()) + len(data) * 10 / self.baud
+            loop.call_at(self._rx_free, self._received, data)
+            return
+        self._received(data)
+
+    def _received(self, data: bytes) -> None:
         device = self.current
         if device is None:
             return  # an empty jig: the host's bytes are lost
@@ -278,10 +296,12 @@ class SimulatedJig:
                 self._port.write(action.data)
             elif isinstance(action, Leave):
                 self._remove_device("left")
+            elif isinstance(action, Reseat):
+                self._take_out(action.down)
         self._arm_timer()
 
     def _is_slow(self, action: Action) -> bool:
-        if isinstance(action, Unplug):
+        if isinstance(action, Unplug | Reseat):
             return True
         return isinstance(action, Write) and (action.byte_delay > 0 or self.baud is not None)
 
@@ -296,6 +316,8 @@ class SimulatedJig:
                     self._unplug_for(action.down)
                 elif isinstance(action, Leave):
                     self._remove_device("left")
+                elif isinstance(action, Reseat):
+                    self._take_out(action.down)
                 if self._ops:
                     self._ops.popleft()
         finally:
@@ -314,6 +336,20 @@ class SimulatedJig:
         if self.baud:
             await asyncio.sleep(len(data) * 10 / self.baud)
         self._port.write(data)
+
+    def _take_out(self, down: float) -> None:
+        """The device is out of the jig (silent) for `down` seconds, then the same one returns."""
+        device = self.current
+        if device is None:
+            return
+        self._arm_timer()
+
+        def put_back() -> None:
+            self._reseat = None
+            if self.current is device:
+                self._perform(device.put_back(asyncio.get_running_loop().time()))
+
+        self._reseat = asyncio.get_running_loop().call_later(down, put_back)
 
     def _unplug_for(self, down: float) -> None:
         self._remove_device("unplugged")
@@ -346,6 +382,9 @@ class SimulatedJig:
             self._drainer.cancel()
             self._drainer = None
         self._ops.clear()
+        if self._reseat is not None:
+            self._reseat.cancel()
+            self._reseat = None
         if self._timer is not None:
             self._timer.cancel()
         self._timer = None
@@ -387,6 +426,8 @@ class SimulatedJig:
             first_sync_at=_iso_mono(log.first_sync_at, offset),
             finished_at=_iso_mono(log.finished_at, offset),
             left_at=_iso(now_wall),
+            reseats=log.reseats,
+            factory_data=dict(log.factory_data) if log.factory_data is not None else None,
         )
 
 

@@ -29,8 +29,16 @@ UNPLUG_SECONDS = 0.5
 GARBAGE_LINE_BYTES = 1500
 #: Random bytes a `garbage` device spews before it behaves.
 GARBAGE_RANDOM_BYTES = 256
+#: Random bytes and over-long line of a `flood` device (it also never closes its CSR block).
+FLOOD_RANDOM_BYTES = 10 * 1024 * 1024
+FLOOD_LINE_BYTES = 1024 * 1024
+#: What a `finish_junk` device answers to a delivery.
+FINISH_JUNK = "finish:0z\x00\xff junk"
 #: Aborted (or timed-out) flows after which the operator takes an unfinished device out.
 MAX_ABORTED_FLOWS = 2
+#: Seconds a `reseated_after_silence` device stays out of the jig before the operator puts it
+#: back; must exceed the host's `empty_after_syncs` unanswered Init rounds (3 x 1 s by default).
+RESEAT_SECONDS = 5.0
 
 Curve = Literal["P-256", "P-384"]
 
@@ -66,7 +74,14 @@ class Personality:
     unplug_seconds: float = 0.5  # how long the port stays gone
     stay_rounds: int = 0  # sync rounds answered after the result before the swap
     garbage: bool = False  # binary junk and an over-long line before the first answer
+    garbage_random_bytes: int | None = None  # None: GARBAGE_RANDOM_BYTES
+    garbage_line_bytes: int | None = None  # None: GARBAGE_LINE_BYTES
+    csr_unclosed: bool = False  # the CSR block never gets its END marker
+    finish_junk: str | None = None  # answered to a delivery instead of a finish code
     max_aborted_flows: int = MAX_ABORTED_FLOWS
+    # > 0: the first delivery goes unanswered; when that flow ends (Abort, timeout) the operator
+    # takes the SAME device out for this many seconds and puts it back; then it answers.
+    reseat_seconds: float = 0.0
     uid_digits: int = 16
     uid_lowercase: bool = False
 
@@ -75,6 +90,8 @@ class Personality:
             raise ValueError(f"uid_digits must be 8..64, not {self.uid_digits}")
         if self.finish_code is not None and not 0 <= self.finish_code <= 0xFFFF:
             raise ValueError(f"finish_code out of range: {self.finish_code}")
+        if self.reseat_seconds < 0:
+            raise ValueError(f"reseat_seconds must be >= 0, not {self.reseat_seconds}")
         if self.finish_digits not in (None, 3, 4):
             raise ValueError(f"finish_digits must be 3 or 4, not {self.finish_digits}")
 
@@ -180,5 +197,31 @@ register(
 )
 register(
     "abort_ffff", Personality("abort_ffff", "answers Abort with finish:FFFF", answer_abort=True)
+)
+register(
+    "reseated_after_silence",
+    lambda: Personality(
+        "reseated_after_silence",
+        "silent after its first delivery; taken out, put back (same UID and key), then answers",
+        reseat_seconds=RESEAT_SECONDS,
+        max_aborted_flows=MAX_ABORTED_FLOWS + 1,
+    ),
+)
+register(
+    "flood",
+    lambda: Personality(
+        "flood",
+        "10 MB of random bytes, NULs, invalid UTF-8, a 1 MB line, then a CSR that never closes",
+        garbage=True,
+        garbage_random_bytes=FLOOD_RANDOM_BYTES,
+        garbage_line_bytes=FLOOD_LINE_BYTES,
+        csr_unclosed=True,
+    ),
+)
+register(
+    "finish_junk",
+    lambda: Personality(
+        "finish_junk", "answers a delivery with finish: and junk", finish_junk=FINISH_JUNK
+    ),
 )
 register("lower_uid", Personality("lower_uid", "sends its UID in lower case", uid_lowercase=True))

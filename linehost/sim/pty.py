@@ -16,8 +16,9 @@ from typing import Final
 
 _log = logging.getLogger(__name__)
 
-#: Bytes the host has not read yet beyond which further device output is dropped.
-MAX_UNREAD: Final = 1 << 20
+#: Bytes the host has not read yet beyond which further device output is dropped (room for a
+#: `flood` device's 10 MB, so the lines after it still reach a host that reads).
+MAX_UNREAD: Final = 16 << 20
 _READ_SIZE: Final = 65536
 
 

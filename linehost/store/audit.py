@@ -15,7 +15,15 @@ from linehost.errors import LinehostError, StoreError
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash
 from linehost.store.engine import create_engine, safe_url, translate_error
 from linehost.store.migrate import schema_is_current
-from linehost.store.models import assignments, attempts, audit_log
+from linehost.store.models import (
+    assignments,
+    attempts,
+    audit_log,
+    jig_status,
+    onboarding,
+    outbox,
+    work_orders,
+)
 from linehost.store.records import assignment_record, attempt_record, iso_utc
 
 STREAM_CHUNK: Final = 500  # rows fetched per round trip while streaming an export
@@ -51,6 +59,11 @@ class Audit:
         if self._owns_engine:
             await self._engine.dispose()
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The engine, for other read-only views (the bundle pool)."""
+        return self._engine
+
     # --- exports ---------------------------------------------------------------------------
 
     async def iter_assignment_records(
@@ -62,15 +75,54 @@ class Audit:
         jig: str | None = None,
         status: str | None = None,
         line: str | None = None,
+        work_order: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Export records of assignments issued in [since, until), oldest first, streamed."""
         t = assignments
         stmt = select(t).where(
             *_window(t.c.issued_at, since, until),
             *_equal({t.c.station: station, t.c.jig: jig, t.c.status: status, t.c.line: line}),
+            *_equal({t.c.work_order: work_order}),
         )
         async for row in self._stream(stmt.order_by(t.c.issued_at, t.c.id)):
             yield assignment_record(row)
+
+    async def iter_assignment_onboarding(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        station: str | None = None,
+        jig: str | None = None,
+        status: str | None = None,
+        line: str | None = None,
+        work_order: str | None = None,
+    ) -> AsyncIterator[tuple[dict[str, Any], dict[str, Any] | None]]:
+        """Like `iter_assignment_records`, each with its device's onboarding row (or None).
+
+        The row holds the passcode only sealed: the caller decides whether to unseal it.
+        """
+        t, o = assignments, onboarding
+        fields = [c.name for c in o.c if c.name not in ("id", "assignment_id", "created_at")]
+        device = and_(o.c.uid == t.c.uid, o.c.vid == t.c.vid, o.c.pid == t.c.pid)
+        stmt = (
+            select(t, *(o.c[k].label(f"ob_{k}") for k in fields))
+            .select_from(t.outerjoin(o, device))
+            .where(
+                *_window(t.c.issued_at, since, until),
+                *_equal({t.c.station: station, t.c.jig: jig, t.c.status: status, t.c.line: line}),
+                *_equal({t.c.work_order: work_order}),
+            )
+        )
+        async for row in self._stream(stmt.order_by(t.c.issued_at, t.c.id)):
+            found = row["ob_serial_num"] is not None
+            yield assignment_record(row), ({k: row[f"ob_{k}"] for k in fields} if found else None)
+
+    async def onboarding_of(self, uid: str) -> list[dict[str, Any]]:
+        """The onboarding rows of one device (one per VID/PID), newest first."""
+        uid = uid.strip().upper()
+        stmt = select(onboarding).where(onboarding.c.uid == uid).order_by(onboarding.c.id.desc())
+        return await self._all(stmt)
 
     async def iter_attempt_records(
         self,
@@ -81,15 +133,56 @@ class Audit:
         jig: str | None = None,
         outcome: str | None = None,
         line: str | None = None,
+        work_order: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Attempt records of attempts started in [since, until), oldest first, streamed."""
         t = attempts
         stmt = select(*[c for c in t.c if c.name != "transcript"]).where(
             *_window(t.c.started_at, since, until),
             *_equal({t.c.station: station, t.c.jig: jig, t.c.outcome: outcome, t.c.line: line}),
+            *_equal({t.c.work_order: work_order}),
         )
         async for row in self._stream(stmt.order_by(t.c.started_at, t.c.attempt_id)):
             yield attempt_record(row)
+
+    # --- work orders and jigs (issue 8) ------------------------------------------------------
+
+    async def work_order_progress(self, work_order: str) -> dict[str, Any] | None:
+        """Quantity, slots claimed, devices by assignment status and attempts by outcome."""
+        wo = await self._all(select(work_orders).where(work_orders.c.id == work_order))
+        a, t = assignments, attempts
+        by_status = await self._all(
+            select(a.c.status, func.count().label("n"))
+            .where(a.c.work_order == work_order)
+            .group_by(a.c.status)
+        )
+        by_outcome = await self._all(
+            select(t.c.outcome, func.count().label("n"))
+            .where(t.c.work_order == work_order)
+            .group_by(t.c.outcome)
+        )
+        if not wo and not by_status and not by_outcome:
+            return None
+        return {
+            "work_order": work_order,
+            "quantity": int(wo[0]["quantity"]) if wo else None,
+            "claimed": int(wo[0]["claimed"]) if wo else None,
+            "assignments": {row["status"]: int(row["n"]) for row in by_status},
+            "attempts": {row["outcome"] or "running": int(row["n"]) for row in by_outcome},
+        }
+
+    async def outbox_depth(self, line: str) -> int:
+        """Results messages of `line` not yet accepted by the broker."""
+        o = outbox
+        stmt = select(func.count().label("n")).where(o.c.line == line, o.c.sent_at.is_(None))
+        rows = await self._all(stmt)
+        return int(rows[0]["n"]) if rows else 0
+
+    async def jig_status_rows(self, line: str | None = None) -> list[dict[str, Any]]:
+        """The jig status board (every line, or one), ordered by line, station, jig."""
+        j = jig_status
+        stmt = select(j).where(*_equal({j.c.line: line}))
+        return await self._all(stmt.order_by(j.c.line, j.c.station, j.c.jig))
 
     # --- histories -------------------------------------------------------------------------
 

@@ -23,6 +23,11 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT = 5.0  # seconds; an unreachable server must not hang start-up
 PG_COMMAND_TIMEOUT = 60.0
 
+#: SQLSTATEs of a server that cannot serve now but may soon: connection exceptions (08...),
+#: admin / crash shutdown and "starting up" (57P01-57P03), too many connections (53300).
+PG_UNAVAILABLE_CLASSES = ("08",)
+PG_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
 #: Connection execution option: on SQLite, begin with BEGIN IMMEDIATE (take the write lock).
 WRITE_TRANSACTION = "linehost_write_transaction"
 
@@ -81,7 +86,23 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, DBAPIError):
         return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+    if _refused_by_server(exc):
+        return True
     return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
+
+
+def _refused_by_server(exc: BaseException) -> bool:
+    """A PostgreSQL server that is restarting, shutting down or refusing this database.
+
+    asyncpg raises these while connecting, and SQLAlchemy passes them on unwrapped.
+    """
+    state = getattr(exc, "sqlstate", None)
+    if not isinstance(state, str):
+        return False
+    if state.startswith(PG_UNAVAILABLE_CLASSES) or state in PG_UNAVAILABLE_STATES:
+        return True
+    # 55000 is broad; while connecting it means ALLOW_CONNECTIONS false (maintenance).
+    return state == "55000" and "not currently accepting connections" in str(exc)
 
 
 def translate_error(exc: BaseException, engine: AsyncEngine | URL | None = None) -> LinehostError:

@@ -211,8 +211,134 @@ class OutboxMessage(Base):
     __table_args__ = (Index("ix_outbox_pending", "line", "sent_at", "id"),)
 
 
+class BundleEntry(Base):
+    """One pre-issued DAC for one chip UID, waiting in the pool until a device claims it."""
+
+    __tablename__ = "bundle_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    bundle: Mapped[str] = mapped_column(String(NAME_LEN))
+    uid: Mapped[str] = mapped_column(String(UID_LEN))
+    dac_serial: Mapped[str] = mapped_column(String(SERIAL_LEN))
+    dac_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    dac_pem: Mapped[str] = mapped_column(Text)
+    public_key_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    pai_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    vid: Mapped[str] = mapped_column(String(4))
+    pid: Mapped[str] = mapped_column(String(4))
+    source: Mapped[str] = mapped_column(Text)  # file (and CSV line) it was imported from
+    imported_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    claim_token: Mapped[str | None] = mapped_column(String(36))
+    claimed_by: Mapped[str | None] = mapped_column(String(NAME_LEN))  # line name
+
+    __table_args__ = (
+        # One DAC per chip and one chip per DAC: importing a bundle twice changes nothing.
+        UniqueConstraint("uid"),
+        UniqueConstraint("dac_sha256"),
+        Index("ix_bundle_entries_bundle", "bundle"),
+    )
+
+
+class OnboardingData(Base):
+    """One device's Matter commissioning data (issue 7); the passcode only sealed and tagged."""
+
+    __tablename__ = "onboarding"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    uid: Mapped[str] = mapped_column(String(UID_LEN))
+    vid: Mapped[str] = mapped_column(String(4))
+    pid: Mapped[str] = mapped_column(String(4))
+    assignment_id: Mapped[int | None] = mapped_column(BigId, ForeignKey("assignments.id"))
+    serial_num: Mapped[str] = mapped_column(String(32))
+    serial_seq: Mapped[int | None] = mapped_column(BigInteger)
+    discriminator: Mapped[int] = mapped_column(Integer)
+    passcode_sealed: Mapped[str] = mapped_column(Text)  # base64(nonce || AES-GCM ciphertext)
+    passcode_tag: Mapped[str] = mapped_column(String(64))  # HMAC: uniqueness without plaintext
+    key_id: Mapped[str] = mapped_column(String(16))
+    spake2p_it: Mapped[int] = mapped_column(Integer)
+    spake2p_salt: Mapped[str] = mapped_column(String(64))
+    spake2p_verifier: Mapped[str] = mapped_column(String(160))
+    rd_uid: Mapped[str | None] = mapped_column(String(64))
+    mfg_date: Mapped[str] = mapped_column(String(10))
+    hw_ver: Mapped[int] = mapped_column(Integer)
+    hw_ver_str: Mapped[str] = mapped_column(String(64))
+    commissioning_flow: Mapped[int] = mapped_column(Integer)
+    discovery: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("discriminator BETWEEN 0 AND 4095", name="discriminator"),
+        # The database enforces what must never repeat.
+        UniqueConstraint("serial_num"),
+        UniqueConstraint("vid", "pid", "discriminator", "passcode_tag"),
+        UniqueConstraint("uid", "vid", "pid"),
+        UniqueConstraint("rd_uid"),
+        Index("ix_onboarding_vid_pid_id", "vid", "pid", "id"),
+    )
+
+
+class OnboardingCounter(Base):
+    """A named sequence shared by every host on the database (serials, discriminators)."""
+
+    __tablename__ = "onboarding_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)
+
+
+class WorkOrder(Base):
+    """A batch with a fixed quantity; `claimed` counts its live assignments (issue 8).
+
+    Every host on the database claims a slot with a guarded UPDATE in the transaction that
+    records the assignment, so together they never exceed `quantity`.
+    """
+
+    __tablename__ = "work_orders"
+
+    id: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    quantity: Mapped[int] = mapped_column(BigInteger)
+    claimed: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        CheckConstraint("quantity > 0", name="quantity"),
+        CheckConstraint("claimed >= 0 AND claimed <= quantity", name="claimed"),
+    )
+
+
+class JigStatusRow(Base):
+    """What each jig shows, refreshed by its host about every second (`linehost status`)."""
+
+    __tablename__ = "jig_status"
+
+    line: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    station: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    jig: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    state: Mapped[str] = mapped_column(String(32))
+    uid: Mapped[str | None] = mapped_column(String(UID_LEN))
+    attempt_id: Mapped[str | None] = mapped_column(String(36))
+    since: Mapped[datetime] = mapped_column(UtcDateTime)
+    ok: Mapped[int] = mapped_column(Integer)
+    failed: Mapped[int] = mapped_column(Integer)
+    last_outcome: Mapped[str | None] = mapped_column(String(32))
+    last_detail: Mapped[str | None] = mapped_column(Text)
+    last_uid: Mapped[str | None] = mapped_column(String(UID_LEN))
+    work_order: Mapped[str | None] = mapped_column(String(NAME_LEN))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+# Counting a work order's devices and attempts (issue 8).
+Index("ix_assignments_work_order", Assignment.work_order, Assignment.status)
+Index("ix_attempts_work_order", Attempt.work_order, Attempt.outcome)
+
 metadata = Base.metadata
 attempts = metadata.tables["attempts"]
 assignments = metadata.tables["assignments"]
 audit_log = metadata.tables["audit_log"]
 outbox = metadata.tables["outbox"]
+bundle_entries = metadata.tables["bundle_entries"]
+onboarding = metadata.tables["onboarding"]
+onboarding_counters = metadata.tables["onboarding_counters"]
+work_orders = metadata.tables["work_orders"]
+jig_status = metadata.tables["jig_status"]

@@ -32,6 +32,7 @@ class AssignRequest:
     public_key_sha256: str
     candidate: IssuedDac
     allow_reprovision: bool = False
+    onboarding: OnboardingRequest | None = None  # Matter commissioning data wanted too
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +51,55 @@ class AssignResult:
     dac_serial: str | None = None
     outcome: Outcome | None = None
     detail: str = ""
+    onboarding: OnboardingRecord | None = None  # the device's recorded commissioning data
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingRequest:
+    """Commissioning data drawn by the line for one device; the store adds the rest.
+
+    The store allocates the serial number and the discriminator and dates the record; it
+    reuses what the device (UID, VID, PID) already has instead, so a device keeps its label.
+    The passcode arrives sealed (encrypted) and with a keyed tag for the uniqueness rule.
+    """
+
+    vid: str
+    pid: str
+    discriminator_policy: Literal["sequential", "random"]
+    serial_template: str
+    passcode_sealed: str
+    passcode_tag: str
+    key_id: str
+    spake2p_it: int
+    spake2p_salt: str  # base64
+    spake2p_verifier: str  # base64 of w0 || L
+    rd_uid: str | None  # hex, or None when not enabled
+    hw_ver: int
+    hw_ver_str: str
+    commissioning_flow: int
+    discovery: int
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingRecord:
+    """The commissioning data recorded for a device (the passcode still sealed)."""
+
+    uid: str
+    vid: str
+    pid: str
+    serial_num: str
+    discriminator: int
+    passcode_sealed: str
+    key_id: str
+    spake2p_it: int
+    spake2p_salt: str
+    spake2p_verifier: str
+    rd_uid: str | None
+    mfg_date: str  # YYYY-MM-DD
+    hw_ver: int
+    hw_ver_str: str
+    commissioning_flow: int
+    discovery: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, upda
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from linehost.errors import IssuerError, LinehostError, StoreError
+from linehost.errors import IssuerError, LinehostError, OnboardingCollision, StoreError
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 from linehost.store.audit import Audit
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash
@@ -40,12 +40,22 @@ from linehost.store.engine import (
     translate_error,
 )
 from linehost.store.migrate import schema_is_current, upgrade_to_head
-from linehost.store.models import NAME_LEN, assignments, attempts, audit_log, outbox
+from linehost.store.models import (
+    NAME_LEN,
+    assignments,
+    attempts,
+    audit_log,
+    outbox,
+    work_orders,
+)
+from linehost.store.onboarding import OnboardingBook, OnboardingRow
 from linehost.store.records import (
     AssignRequest,
     AssignResult,
     AttemptEnd,
     AttemptStart,
+    OnboardingRecord,
+    OnboardingRequest,
     attempt_record,
     iso_utc,
 )
@@ -61,7 +71,9 @@ T = TypeVar("T")
 ChainHead = tuple[int, str]  # (seq, row_hash) of the newest audit row of this line
 
 _LIVE = [s.value for s in LIVE_STATUSES]
-_REJECT_OUTCOMES = (Outcome.DUPLICATE_KEY, Outcome.ALREADY_PROVISIONED)
+_REJECT_OUTCOMES = (Outcome.DUPLICATE_KEY, Outcome.ALREADY_PROVISIONED, Outcome.ISSUER_ERROR)
+#: The detail of an attempt refused because its work order has no slot left (issue 8).
+WORK_ORDER_COMPLETE: Final = "work order complete"
 
 
 def utcnow() -> datetime:
@@ -79,7 +91,8 @@ class Store:
         self._head_stale = False
         self._clock: Callable[[], datetime] = utcnow
         self._queue: asyncio.Queue[_Op[Any] | None] = asyncio.Queue()
-        self._closed = False
+        self._closed = False  # close() was called
+        self._accepting = True  # new operations are taken
         self._writer = asyncio.create_task(self._write_loop(), name=f"store-writer-{line}")
 
     @classmethod
@@ -111,9 +124,10 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        self._accepting = False
         self._queue.put_nowait(None)
         try:
-            await self._writer
+            await asyncio.wait([self._writer])  # its end, without its cancellation
         finally:
             await self._engine.dispose()
 
@@ -131,6 +145,34 @@ class Store:
         their `issued` assignments become `unknown`. Returns how many were ended."""
         _require_aware(now, "now")
         return await self._submit(_RecoverOp(self.line, now))
+
+    async def open_work_order(self, work_order: str, quantity: int) -> None:
+        """Create the work order, or check that the database has the same quantity for it."""
+        t = work_orders
+        for _ in range(2):
+            try:
+                async with self._engine.begin() as conn:
+                    row = (
+                        await conn.execute(select(t.c.quantity).where(t.c.id == work_order))
+                    ).first()
+                    if row is None:
+                        await conn.execute(
+                            insert(t).values(
+                                id=work_order, quantity=quantity, claimed=0, created_at=utcnow()
+                            )
+                        )
+                        return
+            except IntegrityError:
+                continue  # another host created it at the same moment: read it again
+            except Exception as exc:
+                raise translate_error(exc, self._engine) from exc
+            if int(row.quantity) != quantity:
+                raise StoreError(
+                    f"work order {work_order} has quantity {row.quantity} in the database, "
+                    f"the config says {quantity}"
+                )
+            return
+        raise StoreError(f"work order {work_order}: could not be created")
 
     async def assign(self, req: AssignRequest) -> AssignResult:
         """Decide and durably record which DAC (if any) this attempt's device gets.
@@ -186,7 +228,7 @@ class Store:
     # --- the writer ------------------------------------------------------------------------
 
     async def _submit(self, op: _Op[T]) -> T:
-        if self._closed:
+        if not self._accepting:
             raise StoreError("the store is closed")
         if self._writer.done():
             raise StoreError("the store writer has stopped")
@@ -194,24 +236,36 @@ class Store:
         return await op.future
 
     async def _write_loop(self) -> None:
-        stopping = False
-        while not stopping:
-            first = await self._queue.get()
-            if first is None:
-                break
-            ops: list[_Op[Any]] = [first]
-            while len(ops) < MAX_BATCH and not self._queue.empty():
-                nxt = self._queue.get_nowait()
-                if nxt is None:
-                    stopping = True
+        ops: list[_Op[Any]] = []
+        try:
+            stopping = False
+            while not stopping:
+                first = await self._queue.get()
+                if first is None:
                     break
-                ops.append(nxt)
-            try:
-                await self._run(ops)
-            except Exception as exc:  # a bug: fail the callers, keep serving others
-                _log.exception("store_writer_error")
-                for op in ops:
-                    op.fail(StoreError(f"store writer error: {exc}"))
+                ops = [first]
+                while len(ops) < MAX_BATCH and not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is None:
+                        stopping = True
+                        break
+                    ops.append(nxt)
+                try:
+                    await self._run(ops)
+                except Exception as exc:  # a bug: fail the callers, keep serving others
+                    _log.exception("store_writer_error")
+                    for op in ops:
+                        op.fail(StoreError(f"store writer error: {exc}"))
+                ops = []
+        finally:
+            # Cancelled (or stopped): nobody may wait forever for an answer.
+            self._accepting = False
+            while not self._queue.empty():
+                queued = self._queue.get_nowait()
+                if queued is not None:
+                    ops.append(queued)
+            for op in ops:
+                op.fail(StoreError("the store is closed"))
 
     async def _run(self, ops: list[_Op[Any]]) -> None:
         ops = [op for op in ops if not op.future.done()]  # callers that gave up
@@ -244,6 +298,9 @@ class Store:
             except IntegrityError as exc:
                 self._head_stale = True
                 violated = _violated(exc)
+                if violated == "onboarding":
+                    op.fail(OnboardingCollision("onboarding serial number or passcode collision"))
+                    return
                 if violated == "dac":
                     op.fail(IssuerError("DAC serial collision"))
                     return
@@ -254,6 +311,8 @@ class Store:
                 if violated == "key" and attempt == SINGLE_OP_TRIES - 2:
                     op.key_taken()
                 continue
+            except _SlotRace:
+                continue  # another host took the last slot(s): the next read sees it
             except Exception as exc:
                 self._head_stale = True
                 op.fail(translate_error(exc, self._engine))
@@ -419,6 +478,9 @@ class _Wants:
     keys: set[str] = field(default_factory=set)
     uids: set[str] = field(default_factory=set)
     running_line: str | None = None
+    work_orders: set[str] = field(default_factory=set)
+    onboarding_uids: set[str] = field(default_factory=set)
+    onboarding: list[OnboardingRequest] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -445,8 +507,17 @@ class _Batch:
         self.events: list[_Event] = []
         self.results: list[str] = []
         self.sent: list[tuple[list[int], datetime]] = []
+        self.work_orders: dict[str, tuple[int, int]] = {}  # id -> (quantity, claimed)
+        self.slots: defaultdict[str, int] = defaultdict(int)  # id -> slots taken (+) / freed (-)
+        self.onboarding = OnboardingBook(now)
 
     async def load(self, conn: AsyncConnection, wants: _Wants) -> None:
+        if wants.work_orders:
+            t = work_orders
+            stmt = select(t.c.id, t.c.quantity, t.c.claimed).where(t.c.id.in_(wants.work_orders))
+            for row in await _fetch(conn, stmt):
+                self.work_orders[row.id] = (int(row.quantity), int(row.claimed))
+        await self.onboarding.load(conn, wants.onboarding_uids, wants.onboarding)
         assignment_ids = set(wants.assignment_ids)
         if wants.attempt_ids or wants.running_line is not None:
             clauses: list[ColumnElement[bool]] = []
@@ -508,6 +579,14 @@ class _Batch:
     def audit(self, entity: str, entity_id: str, event: str, data: dict[str, Any]) -> None:
         self.events.append(_Event(entity, entity_id, event, data))
 
+    def has_slot(self, work_order: str, freed: int = 0) -> bool:
+        """True when the work order (unknown: unlimited) can take one more device."""
+        known = self.work_orders.get(work_order)
+        if known is None:
+            return True
+        quantity, claimed = known
+        return claimed + self.slots[work_order] - freed < quantity
+
     def set_status(
         self,
         row: _AssignmentRow,
@@ -517,6 +596,9 @@ class _Batch:
         confirmed_at: datetime | None = None,
     ) -> None:
         previous = row.status
+        leaves_live = previous in LIVE_STATUSES and status not in LIVE_STATUSES
+        if row.work_order is not None and leaves_live:
+            self.slots[row.work_order] -= 1  # a failed or superseded DAC frees its slot
         values: dict[str, Any] = {"status": status, "updated_at": self.now}
         if status is AssignmentStatus.CONFIRMED:
             values["confirmed_at"] = confirmed_at or self.now
@@ -574,14 +656,18 @@ class _Batch:
 
     async def flush(self, conn: AsyncConnection, head: ChainHead | None) -> ChainHead | None:
         """Write every change; returns the new chain head."""
+        await self._move_slots(conn)
         # Existing assignments first: they only ever leave the live set, which frees
         # the key / UID for a new assignment inserted below.
         await _update_changed(conn, assignments, assignments.c.id, self.assignments.values())
         if self.new_assignments:
-            stmt = insert(assignments).returning(assignments.c.id, sort_by_parameter_order=True)
+            # Ids come back in any order (one multi-row INSERT): match them by the unique serial.
+            stmt = insert(assignments).returning(assignments.c.id, assignments.c.dac_serial)
             result = await conn.execute(stmt, [r.insert_params() for r in self.new_assignments])
-            for row, new_id in zip(self.new_assignments, result.scalars().all(), strict=True):
-                row.id = new_id
+            by_serial = {serial: new_id for new_id, serial in result.all()}
+            for row in self.new_assignments:
+                row.id = by_serial[row.dac_serial]
+        await self.onboarding.flush(conn)
         if self.new_attempts:
             await conn.execute(insert(attempts), [a.insert_params() for a in self.new_attempts])
         existing = (a for a in self.attempts.values() if not a.is_new)
@@ -608,6 +694,21 @@ class _Batch:
                 .values(sent_at=at)
             )
         return head
+
+    async def _move_slots(self, conn: AsyncConnection) -> None:
+        """Apply the work-order slot changes; a claim is guarded and must hit its row."""
+        t = work_orders
+        for work_order, delta in sorted(self.slots.items()):
+            if delta == 0 or (delta > 0 and work_order not in self.work_orders):
+                continue
+            stmt = update(t).where(t.c.id == work_order).values(claimed=t.c.claimed + delta)
+            if delta > 0:
+                stmt = stmt.where(t.c.claimed + delta <= t.c.quantity)
+            else:
+                stmt = stmt.where(t.c.claimed + delta >= 0)
+            result = await conn.execute(stmt)
+            if delta > 0 and result.rowcount != 1:
+                raise _SlotRace(work_order)
 
     async def _append_audit(
         self, conn: AsyncConnection, head: ChainHead | None
@@ -691,6 +792,8 @@ async def _load_head(conn: AsyncConnection, line: str) -> ChainHead | None:
 def _violated(exc: IntegrityError) -> str | None:
     """Which of our uniqueness rules an IntegrityError broke: dac, key, uid, chain or None."""
     text = str(exc.orig).lower()
+    if "onboarding" in text:
+        return "onboarding"
     if "dac_serial" in text or "dac_sha256" in text:
         return "dac"
     if "public_key_sha256" in text:
@@ -751,6 +854,7 @@ class _AssignOp(_Op[AssignResult]):
         self.req = req
         self.force_duplicate = False
         self._answer: tuple[str, _AssignmentRow | None, Outcome | None, str] | None = None
+        self._onboarding: OnboardingRecord | None = None
 
     def want(self, wants: _Wants) -> None:
         start = self.req.attempt
@@ -758,6 +862,11 @@ class _AssignOp(_Op[AssignResult]):
         wants.attempt_ids.add(start.attempt_id)
         wants.keys.add(self.req.public_key_sha256)
         wants.uids.add(start.uid)
+        if start.work_order is not None:
+            wants.work_orders.add(start.work_order)
+        if self.req.onboarding is not None:
+            wants.onboarding_uids.add(start.uid)
+            wants.onboarding.append(self.req.onboarding)
 
     def key_taken(self) -> None:
         self.force_duplicate = True
@@ -766,9 +875,13 @@ class _AssignOp(_Op[AssignResult]):
         req, start = self.req, self.req.attempt
         assert start.uid is not None
         self._answer = None
+        self._onboarding = None
         recorded = batch.attempts.get(start.attempt_id)
         if recorded is not None:
             self._answer = self._recorded(batch, recorded)
+            if req.onboarding is not None and self._answer[1] is not None:
+                found = batch.onboarding.existing(start.uid, req.onboarding.vid, req.onboarding.pid)
+                self._onboarding = None if found is None else found.record()
             return
         existing = batch.sharing(req.public_key_sha256, start.uid)
         views = [row.live() for row in existing]
@@ -782,6 +895,28 @@ class _AssignOp(_Op[AssignResult]):
                 outcome=Outcome.DUPLICATE_KEY,
                 detail="public key assigned concurrently by another host",
             )
+        work_order = start.work_order
+        if work_order is not None and decision.kind == "issue":
+            freed = sum(
+                1
+                for old in decision.supersede
+                if rows[id(old)].work_order == work_order and old.status in LIVE_STATUSES
+            )
+            if not batch.has_slot(work_order, freed):
+                quantity = batch.work_orders[work_order][0]
+                decision = AssignDecision(
+                    kind="reject",
+                    outcome=Outcome.ISSUER_ERROR,
+                    detail=f"{WORK_ORDER_COMPLETE}: {work_order} has all {quantity} devices",
+                )
+        # Prepared before any change: a rule the config cannot meet refuses the whole op.
+        onboarding: OnboardingRow | None = None
+        if req.onboarding is not None and decision.kind != "reject":
+            onboarding = batch.onboarding.prepare(req.onboarding, start)
+        extra: dict[str, Any] = {}
+        if onboarding is not None:
+            self._onboarding = onboarding.record()
+            extra = {"serial_num": onboarding.serial_num, "discriminator": onboarding.discriminator}
         attempt = batch.start_attempt(start)
         if decision.kind == "reject":
             assert decision.outcome is not None
@@ -794,7 +929,9 @@ class _AssignOp(_Op[AssignResult]):
             assert decision.target is not None
             target = rows[id(decision.target)]
             self._bind(attempt, target)
-            batch.audit_assignment(target, "assignment_redelivered", start.attempt_id)
+            if onboarding is not None:
+                batch.onboarding.bind(onboarding, target)
+            batch.audit_assignment(target, "assignment_redelivered", start.attempt_id, **extra)
             self._answer = ("redelivered", target, None, "")
             return
         for old in decision.supersede:
@@ -822,7 +959,11 @@ class _AssignOp(_Op[AssignResult]):
             bundle_entry_id=dac.bundle_entry_id,
         )
         batch.add_assignment(row)
+        if work_order is not None:
+            batch.slots[work_order] += 1
         self._bind(attempt, row)
+        if onboarding is not None:
+            batch.onboarding.bind(onboarding, row)
         batch.audit_assignment(
             row,
             "assignment_issued",
@@ -837,6 +978,7 @@ class _AssignOp(_Op[AssignResult]):
             work_order=row.work_order,
             issued_at=iso_utc(row.issued_at),
             bundle_entry_id=row.bundle_entry_id,
+            **extra,
         )
         self._answer = ("issued", row, None, "")
 
@@ -871,6 +1013,7 @@ class _AssignOp(_Op[AssignResult]):
             assignment_id=row.id,
             dac_pem=row.dac_pem,
             dac_serial=row.dac_serial,
+            onboarding=self._onboarding,
         )
 
 
@@ -914,7 +1057,9 @@ class _EndOp(_Op[None]):
             transcript=end.transcript,
         )
         if assignment is not None:
-            requested = None if end.assignment_status is None else end.assignment_status
+            requested = end.assignment_status
+            if requested is not None:
+                requested = AssignmentStatus(requested)
             status = next_assignment_status(assignment.status, requested)
             if status is not None:
                 batch.set_status(assignment, status, start.attempt_id, confirmed_at=end.ended_at)
@@ -969,3 +1114,7 @@ class _MarkSentOp(_Op[None]):
 
     def result(self) -> None:
         return None
+
+
+class _SlotRace(Exception):
+    """A guarded work-order claim hit no row: another host took the slot since our read."""

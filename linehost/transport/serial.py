@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import random
+import resource
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, cast
 
 import serial
 import serial_asyncio_fast
+import structlog
 
 from linehost.errors import PortBusy, PortGone, PortMissing, TransportError
 from linehost.protocol.framing import Frame, LineFramer
@@ -19,6 +23,11 @@ RECONNECT_MIN: Final = 0.5
 RECONNECT_MAX: Final = 10.0
 RECONNECT_JITTER: Final = 0.2
 OPEN_TIMEOUT: Final = 10.0
+#: Open files a jig may need (its port, a reopen in flight) and those the rest of the host needs.
+FDS_PER_JIG: Final = 4  # the port, pyserial's abort pipe pair, a reopen in flight
+FDS_RESERVED: Final = 256
+
+_log = structlog.get_logger("linehost.transport")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,17 +49,24 @@ class JigPort(asyncio.Protocol):
         self._framer = LineFramer()
         self._transport: asyncio.Transport | None = None
         self._lost = False
+        #: Loop-clock time of the last read that completed lines (host-added latency starts here).
+        self.received_at = 0.0
         self._made: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # asyncio.Protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        port = transport.get_extra_info("serial")
+        if isinstance(port, serial.Serial) and isinstance(getattr(port, "fd", None), int):
+            # pyserial's read select()s twice per call: slow, and fails for fds >= 1024.
+            port.read = _direct_reader(port.fd)
         if not self._made.done():
             self._made.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         frames = self._framer.feed(data)
         if frames:
+            self.received_at = time.monotonic()  # asyncio's loop clock
             self.events.put_nowait(frames)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -147,6 +163,46 @@ class Backoff:
         self._next = self.minimum
 
 
+def _direct_reader(fd: int) -> Callable[[int], bytes]:
+    """A read for a non-blocking posix port, called when the loop says it is readable."""
+
+    def read(size: int = 1) -> bytes:
+        try:
+            data = os.read(fd, size)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError as exc:
+            raise serial.SerialException(f"read failed: {exc}") from exc
+        if not data:
+            # The same words as pyserial: a pty whose other side is gone, an unplugged adapter.
+            raise serial.SerialException(
+                "device reports readiness to read but returned no data "
+                "(device disconnected or multiple access on port?)"
+            )
+        return data
+
+    return read
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
     return " ".join(text.split())
+
+
+def ensure_fd_limit(jigs: int) -> int:
+    """Raise the soft RLIMIT_NOFILE when too low for `jigs` ports, saying so; return the limit."""
+    needed = jigs * FDS_PER_JIG + FDS_RESERVED
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        _log.error("fd_limit_too_low", soft=soft, hard=hard, needed=needed, detail=str(exc))
+        return soft
+    if target < needed:
+        _log.error("fd_limit_too_low", soft=target, hard=hard, needed=needed, jigs=jigs)
+    else:
+        _log.warning("fd_limit_raised", soft_was=soft, soft=target, hard=hard, jigs=jigs)
+    return target

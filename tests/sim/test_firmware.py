@@ -19,6 +19,7 @@ from linehost.sim.firmware import (
     DeviceIdentity,
     IdentityPool,
     Leave,
+    Reseat,
     SimulatedDevice,
     Unplug,
     Write,
@@ -359,6 +360,30 @@ def test_silent_after_delivery(pool: IdentityPool, pai: Ca) -> None:
     assert sync(device, 4.0)[0] == "Start_provisioning"
     assert device.receive(b"Abort\n", 5.0) == [Leave()]
     assert device.log.aborted_flows == 2
+
+
+def test_reseated_after_silence_comes_back_as_the_same_device(pool: IdentityPool, pai: Ca) -> None:
+    device = make_device(pool, "reseated_after_silence")
+    sync(device)
+    dac = dac_for(device, pai)
+    assert device.receive(dac, 2.0) == []  # the first delivery goes unanswered
+    # The host's result timeout: Abort. The operator takes the same device out.
+    assert device.receive(b"Abort\nInit\n", 3.0) == [Reseat(personalities.RESEAT_SECONDS)]
+    assert device.out
+    assert device.deadline is None
+    assert device.receive(b"Init\n", 4.0) == []  # silent while out of the jig
+    assert device.poll(100.0) == []
+    assert device.put_back(8.0) == []
+    assert not device.out
+    out = sync(device, 9.0)
+    assert out[:2] == ["Start_provisioning", f"UID:{device.identity.uid}"]
+    assert out[2:] == device.identity.csr_pem.splitlines()  # the same key
+    actions = device.receive(dac, 10.0)
+    assert lines_of(written(actions)) == ["finish:000"]
+    assert actions[-1] == Leave()
+    assert device.log.reseats == 1
+    assert device.log.stored is not None
+    assert device.session.flows == 2
 
 
 def test_unplug_after_csr_then_deaf(pool: IdentityPool, pai: Ca) -> None:

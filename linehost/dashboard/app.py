@@ -1,0 +1,239 @@
+"""`linehost dashboard`: subscribes to the lines' topics and serves a live page (SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from importlib import resources
+from typing import Any, Final
+
+import aiomqtt
+import structlog
+from aiohttp import web
+
+from linehost.config import MqttSection
+from linehost.dashboard.board import Board, Event
+from linehost.mqtt.link import Backoff, BrokerLink, default_client_id, describe
+from linehost.mqtt.payloads import decode
+from linehost.mqtt.topics import parse_topic, subscriptions
+
+FLUSH_EVERY: Final = 0.1  # seconds: browser updates are coalesced per jig and sent in batches
+STATS_EVERY: Final = 10.0  # seconds: the one-hour window slides even when nothing happens
+HEARTBEAT_EVERY: Final = 15.0  # seconds: an SSE comment keeps proxies from closing the stream
+CLIENT_QUEUE: Final = 64  # batches a slow browser may lag before it is dropped (it reconnects)
+SESSION_EXPIRY: Final = 3600  # seconds the broker keeps results for a dashboard that restarts
+
+_log = structlog.get_logger("linehost.dashboard")
+_STATIC = resources.files("linehost.dashboard") / "static"
+_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+
+
+class Dashboard:
+    """The MQTT feed, the board it keeps, and the web server that shows it."""
+
+    def __init__(self, settings: MqttSection, *, client_id: str | None = None) -> None:
+        # A stable id gets a persistent session (results missed while restarting still come);
+        # an ad-hoc dashboard (demo, tests) gets a random id and a clean session.
+        # `[mqtt] client_id` names the line host; the dashboard never borrows it.
+        self._persistent = client_id is not None
+        self._link = BrokerLink(
+            settings.model_copy(update={"client_id": None}),
+            client_id or f"linehost-dashboard-{secrets.token_hex(4)}",
+        )
+        self._prefix = settings.topic_prefix
+        self.board = Board()
+        self.url = ""
+        self.mqtt_connected = False
+        self._clients: set[asyncio.Queue[bytes | None]] = set()
+        self._pending: dict[tuple[str, str, str], Event] = {}
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._runner: web.AppRunner | None = None
+
+    @staticmethod
+    def stable_client_id(port: int) -> str:
+        """The id a long-running dashboard on this host and port uses."""
+        return default_client_id("dashboard", str(port))
+
+    async def start(self, host: str, port: int) -> str:
+        """Serve on host:port (0 = any free port) and follow the broker; returns the page URL."""
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/", self._index),
+                web.get("/static/{name}", self._static),
+                web.get("/events", self._events),
+                web.get("/api/board", self._board),
+                web.get("/healthz", self._health),
+            ]
+        )
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            self._runner = None
+            raise
+        bound = self._runner.addresses[0]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        shown = f"[{shown}]" if ":" in shown else shown
+        self.url = f"http://{shown}:{bound[1]}/"
+        self._tasks = [
+            asyncio.create_task(self._follow(), name="dashboard-mqtt"),
+            asyncio.create_task(self._flush(), name="dashboard-flush"),
+        ]
+        _log.info("dashboard_started", url=self.url, broker=self._link.where)
+        return self.url
+
+    async def close(self) -> None:
+        """Stop following the broker, end every browser stream, stop serving."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for queue in list(self._clients):
+            queue.put_nowait(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- MQTT --------------------------------------------------------------------------------
+
+    async def _follow(self) -> None:
+        backoff = Backoff()
+        while True:
+            try:
+                async with self._link.client(
+                    persistent=self._persistent, session_expiry=SESSION_EXPIRY
+                ) as client:
+                    for topic_filter in subscriptions(self._prefix):
+                        await client.subscribe(topic_filter, qos=1)
+                    self.mqtt_connected = True
+                    self._link.connected()
+                    backoff.reset()
+                    _log.info("dashboard_subscribed", broker=self._link.where)
+                    async for message in client.messages:
+                        self._receive(message)
+            except aiomqtt.MqttError as exc:
+                if not self.mqtt_connected and self._link.downgrade(exc):
+                    continue
+                _log.warning("dashboard_mqtt_lost", broker=self._link.where, detail=describe(exc))
+            self.mqtt_connected = False
+            await asyncio.sleep(backoff.next_delay())
+
+    def _receive(self, message: aiomqtt.Message) -> None:
+        topic = parse_topic(self._prefix, message.topic.value)
+        if topic is None or not isinstance(message.payload, bytes | bytearray):
+            return
+        if not message.payload:
+            events = self.board.forget_jig(topic) if topic.kind == "jig" else []
+        else:
+            payload = decode(message.payload)
+            if payload is None:
+                _log.debug("dashboard_message_ignored", topic=message.topic.value)
+                return
+            events = self.board.apply(topic, payload)
+        for name, data in events:
+            self._pending[(name, data.get("line", ""), data.get("key", ""))] = (name, data)
+        if events:
+            self._changed.set()
+
+    # --- browsers ----------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_stats = loop.time() + STATS_EVERY
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_stats - loop.time())):
+                    await self._changed.wait()
+            await asyncio.sleep(FLUSH_EVERY)  # gather the burst
+            self._changed.clear()
+            if loop.time() >= next_stats:
+                next_stats = loop.time() + STATS_EVERY
+                for name, data in self.board.stats_events():
+                    self._pending[(name, data["line"], "")] = (name, data)
+            if not self._pending:
+                continue
+            batch = list(self._pending.values())
+            self._pending.clear()
+            self._broadcast(_sse("batch", [[name, data] for name, data in batch]))
+
+    def _broadcast(self, chunk: bytes) -> None:
+        for queue in list(self._clients):
+            try:
+                queue.put_nowait(chunk)
+            except asyncio.QueueFull:
+                self._clients.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(None)  # too slow: end its stream; EventSource reconnects
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(CLIENT_QUEUE)
+        self._clients.add(queue)
+        try:
+            await response.write(_sse("snapshot", self._snapshot()))
+            while True:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_EVERY):
+                        chunk = await queue.get()
+                except TimeoutError:
+                    chunk = b": keep-alive\n\n"
+                if chunk is None:
+                    break
+                await response.write(chunk)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self._clients.discard(queue)
+        return response
+
+    async def _index(self, _request: web.Request) -> web.Response:
+        return web.Response(body=(_STATIC / "index.html").read_bytes(), content_type="text/html")
+
+    async def _static(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        kind = _TYPES.get(name[name.rfind(".") :]) if "." in name else None
+        item = _STATIC / name
+        if kind is None or "/" in name or not item.is_file():
+            raise web.HTTPNotFound()
+        return web.Response(body=item.read_bytes(), content_type=kind)
+
+    async def _board(self, _request: web.Request) -> web.Response:
+        return web.json_response(self._snapshot())
+
+    async def _health(self, _request: web.Request) -> web.Response:
+        status = 200 if self.mqtt_connected else 503
+        return web.json_response({"mqtt": self.mqtt_connected}, status=status)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return {**self.board.snapshot(), "mqtt": self.mqtt_connected}
+
+
+async def serve_dashboard(settings: MqttSection, host: str, port: int, stop: asyncio.Event) -> None:
+    """`linehost dashboard`: serve until `stop` is set."""
+    dashboard = Dashboard(settings, client_id=Dashboard.stable_client_id(port) if port else None)
+    url = await dashboard.start(host, port)
+    topics = f"{settings.topic_prefix}/+/..."
+    print(f"linehost dashboard: {url} (broker {settings.url}, topics {topics})", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await dashboard.close()
+
+
+def _sse(event: str, data: Any) -> bytes:
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"event: {event}\ndata: {text}\n\n".encode()

@@ -1,0 +1,34 @@
+"""JSON payloads of the topic tree; the schemas live in docs/asyncapi.yaml."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Final
+
+from linehost.line.status import iso
+
+#: The Will, and what a clean shutdown publishes itself.
+HOST_OFFLINE: Final = b'{"online":false}'
+
+
+def encode(payload: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def host_online(version: str, started_at: datetime, line: str, jigs: int) -> bytes:
+    """The retained `host/status` payload while the line host runs."""
+    return encode(
+        {"online": True, "version": version, "started_at": iso(started_at), "line": line,
+         "jigs": jigs}
+    )  # fmt: skip
+
+
+def decode(payload: bytes | bytearray | str) -> dict[str, Any] | None:
+    """A JSON object, or None when the payload is not one (foreign or broken messages)."""
+    try:
+        value = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,291 @@
+"""MqttRelay: host status, every jig's state and the results outbox, published to the broker.
+
+Provisioning never waits on MQTT: runners only touch a dict and set an event (`jig_changed`);
+results reach the broker from the outbox table, so a broker outage or a host restart only delays
+them. A results row is marked sent after the broker's PUBACK, never before (at least once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Iterable, Sequence
+from datetime import datetime
+from typing import Final, Protocol
+
+import aiomqtt
+import structlog
+
+from linehost import __version__
+from linehost.config import MqttSection
+from linehost.errors import StoreError
+from linehost.line.status import JigStatus, utcnow
+from linehost.mqtt.link import Backoff, BrokerLink, default_client_id, describe
+from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_online
+from linehost.mqtt.topics import LineTopics
+
+RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined, marked in one statement
+RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the relay at once
+STORE_RETRY: Final = 1.0  # seconds between tries while the database is away
+CLOSE_MARGIN: Final = 5.0  # seconds beyond drain_timeout before close() cancels outright
+
+_log = structlog.get_logger("linehost.mqtt")
+
+JigKey = tuple[str, str]
+
+
+class ResultsOutbox(Protocol):
+    """The part of the Store the relay uses."""
+
+    async def pending_results(self, limit: int) -> list[tuple[int, str]]: ...
+
+    async def mark_results_sent(self, ids: Sequence[int], at: datetime) -> None: ...
+
+
+class MqttRelay:
+    """Keeps the broker up to date for one line; a StatusListener for its runners."""
+
+    def __init__(
+        self,
+        settings: MqttSection,
+        outbox: ResultsOutbox,
+        *,
+        line: str,
+        jigs: int,
+        version: str = __version__,
+    ) -> None:
+        self.topics = LineTopics(settings.topic_prefix, line)
+        self.results_published = 0
+        self._settings = settings
+        self._link = BrokerLink(settings, default_client_id("host", line))
+        self._outbox = outbox
+        self._online = host_online(version, utcnow(), line, jigs)
+        self._states: dict[JigKey, JigStatus] = {}
+        self._done: dict[JigKey, int] = {}
+        self._dirty: set[JigKey] = set()
+        self._state_wake = asyncio.Event()
+        self._results_wake = asyncio.Event()
+        self._closing = asyncio.Event()
+        self._drain_deadline = 0.0
+        self._connected = asyncio.Event()
+        self._backoff = Backoff()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- StatusListener --------------------------------------------------------------------
+
+    def jig_changed(self, status: JigStatus) -> None:
+        """Note the jig's latest state (coalesced); wake the results pump when an attempt ended."""
+        key = (status.station, status.jig)
+        self._states[key] = status  # the runner's own object: read when published, so latest
+        self._dirty.add(key)
+        self._state_wake.set()
+        done = status.ok + status.failed
+        if done != self._done.get(key, 0):
+            self._done[key] = done
+            self._results_wake.set()
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run in the background until `close()`."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"mqtt-relay-{self.topics.line}")
+
+    @property
+    def connected(self) -> bool:
+        """True while a broker connection is up."""
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        """Return once connected (tests, demo)."""
+        await self._connected.wait()
+
+    def wake(self) -> None:
+        """Look at the outbox now (an attempt ended, or a test wrote rows)."""
+        self._results_wake.set()
+
+    async def close(self) -> None:
+        """Staged: publish the last states, drain the outbox for up to `drain_timeout`, publish
+        `{"online": false}`, disconnect."""
+        task = self._task
+        if task is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._drain_deadline = loop.time() + self._settings.drain_timeout
+        self._closing.set()
+        done, _ = await asyncio.wait({task}, timeout=self._settings.drain_timeout + CLOSE_MARGIN)
+        if not done:
+            _log.warning("mqtt_close_timed_out", broker=self._link.where)
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    # --- the connection --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._session()
+                return
+            except aiomqtt.MqttError as exc:
+                was_connected = self._connected.is_set()
+                self._connected.clear()
+                if not was_connected and self._link.downgrade(exc):
+                    _log.info("mqtt_protocol_downgraded", broker=self._link.where, to="3.1.1")
+                    continue
+                event = "mqtt_disconnected" if was_connected else "mqtt_connect_failed"
+                _log.warning(event, broker=self._link.where, detail=describe(exc))
+            if self._closing.is_set():
+                _log.warning("mqtt_closed_without_broker", broker=self._link.where)
+                return
+            await _nap(self._closing, self._backoff.next_delay())
+
+    async def _session(self) -> None:
+        will = aiomqtt.Will(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
+        async with self._link.client(will=will) as client:
+            await client.publish(self.topics.host_status, self._online, qos=1, retain=True)
+            self._connected.set()
+            self._link.connected()
+            self._backoff.reset()
+            _log.info(
+                "mqtt_connected",
+                broker=self._link.where,
+                client_id=self._link.client_id,
+                protocol="5" if self._link.protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1",
+            )
+            self._dirty.update(self._states)  # whatever changed while we were away
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    watcher = tg.create_task(_watch(client), name="mqtt-watch")
+                    states = tg.create_task(self._pump_states(client), name="mqtt-states")
+                    results = tg.create_task(self._pump_results(client), name="mqtt-results")
+                    await states
+                    await results
+                    await client.publish(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
+                    _log.info("host_offline_published", topic=self.topics.host_status)
+                    watcher.cancel()
+            except ExceptionGroup as group:
+                raise _unwrap(group) from None
+            self._connected.clear()
+
+    # --- jig state ---------------------------------------------------------------------------
+
+    async def _pump_states(self, client: aiomqtt.Client) -> None:
+        while True:
+            self._state_wake.clear()
+            if self._dirty:
+                keys = list(self._dirty)
+                self._dirty.clear()
+                try:
+                    await _all_acked(
+                        client.publish(
+                            self.topics.jig_state(*key),
+                            encode(self._states[key].payload()),
+                            qos=1,
+                            retain=True,
+                        )
+                        for key in keys
+                    )
+                except BaseException:
+                    self._dirty.update(keys)
+                    raise
+                continue
+            if self._closing.is_set():
+                return
+            await _either(self._state_wake, self._closing)
+
+    # --- results -----------------------------------------------------------------------------
+
+    async def _pump_results(self, client: aiomqtt.Client) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._results_wake.clear()
+            closing = self._closing.is_set()
+            if closing and loop.time() > self._drain_deadline:
+                _log.warning("results_left_in_outbox", reason="drain_timeout")
+                return
+            try:
+                rows = await self._outbox.pending_results(RESULTS_BATCH)
+            except StoreError as exc:
+                _log.warning("results_unreadable", detail=str(exc))
+                if closing:
+                    return
+                await _nap(self._closing, STORE_RETRY)
+                continue
+            if rows:
+                await self._publish_results(client, rows)
+                continue
+            if closing:
+                return
+            await _nap(self._results_wake, RESULTS_POLL, also=self._closing)
+
+    async def _publish_results(self, client: aiomqtt.Client, rows: list[tuple[int, str]]) -> None:
+        topic = self.topics.results
+        outcomes = await asyncio.gather(
+            *(client.publish(topic, payload.encode(), qos=1) for _, payload in rows),
+            return_exceptions=True,
+        )
+        acked = [row_id for (row_id, _), err in zip(rows, outcomes, strict=True) if err is None]
+        if acked:
+            try:
+                await self._outbox.mark_results_sent(acked, utcnow())
+            except StoreError as exc:
+                # They go out again later: consumers de-duplicate on attempt_id.
+                _log.warning("results_not_marked", count=len(acked), detail=str(exc))
+            self.results_published += len(acked)
+            _log.debug("results_published", count=len(acked), last_id=acked[-1])
+        for err in outcomes:
+            if isinstance(err, BaseException):
+                raise err
+
+
+async def _watch(client: aiomqtt.Client) -> None:
+    """Raise MqttError when the connection drops (aiomqtt reports it to message readers)."""
+    async for _ in client.messages:
+        pass
+
+
+async def _all_acked(publishes: Iterable[Awaitable[None]]) -> None:
+    """Await every publish (sent pipelined); raise the first failure after all settled."""
+    outcomes = await asyncio.gather(*publishes, return_exceptions=True)
+    for err in outcomes:
+        if isinstance(err, BaseException):
+            raise err
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    if first.is_set() or second.is_set():
+        return
+    waiters = {asyncio.create_task(first.wait()), asyncio.create_task(second.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def _nap(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
+    """Sleep up to `seconds`, less if `event` (or `also`) is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            if also is None:
+                await event.wait()
+            else:
+                await _either(event, also)
+
+
+def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The MqttError behind a failed session; anything else (a bug) is re-raised as it is."""
+    leaves = list(_leaves(group))
+    for leaf in leaves:
+        if not isinstance(leaf, aiomqtt.MqttError):
+            return group
+    return leaves[0]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterable[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc

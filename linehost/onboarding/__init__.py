@@ -1,0 +1,1 @@
+"""Matter onboarding data per device: passcodes, discriminators, verifiers, codes, labels."""

@@ -1,0 +1,427 @@
+"""Pre-issued DAC bundles: reading a PKI provider's bundle, and the issuer that hands them out.
+
+A bundle maps chip UIDs to DACs made in advance for the key inside each chip (secure elements
+such as OPTIGA Trust M MTR). It comes as a directory of PEM files named by UID (Infineon /
+keySTREAM: `<UID>_keyOID=E0F0_DAC.pem`) or as a CSV `uid,dac_pem_or_path`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from linehost.errors import IssuerError, LinehostError, PkiError
+from linehost.pki.issuer import CsrInfo, IssuedDac
+from linehost.pki.local import load_certificate
+from linehost.pki.profile import (
+    OID_MATTER_PID,
+    OID_MATTER_VID,
+    check_chain_or_raise,
+    check_dac,
+    describe,
+)
+from linehost.protocol.outcomes import LIVE_STATUSES
+from linehost.store.bundles import BundleCount, BundleDac, BundlePool, ImportResult, PoolEntry
+from linehost.store.engine import create_engine
+
+#: A claim with no assignment after this long was left by an attempt that died; it may be
+#: taken over (the claim-to-record window is normally milliseconds).
+CLAIM_STALE: Final = timedelta(minutes=2)
+#: `<UID>.pem`, `<UID>_DAC.pem`, `<UID>_keyOID=E0F0_DAC.pem` (Infineon / keySTREAM), .crt, .der
+DAC_FILE_NAME: Final = re.compile(
+    r"(?P<uid>[0-9A-Fa-f]{8,64})(?:_keyOID=[0-9A-Fa-f]{4})?(?:_DAC)?\.(?:pem|crt|der)",
+    re.IGNORECASE,
+)
+_CERT_SUFFIXES: Final = (".pem", ".crt", ".der", ".cer")
+_UID: Final = re.compile(r"[0-9A-Fa-f]{8,64}")
+_BUNDLE_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:+-]{0,63}")
+_LIVE: Final = frozenset(s.value for s in LIVE_STATUSES)
+
+_log = structlog.get_logger("linehost.bundle")
+
+
+@dataclass(frozen=True, slots=True)
+class BundleItem:
+    """One line of a bundle source: a UID and its DAC bytes, or why it could not be read."""
+
+    source: str  # "FILE" or "FILE:LINE"
+    uid: str | None
+    data: bytes | None
+    problem: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImportReport:
+    """What `import-bundle` did: counts and one (source, reason) per rejected item."""
+
+    bundle: str
+    read: int
+    added: int
+    unchanged: int
+    rejected: list[tuple[str, str]]
+    skipped: list[str]
+
+
+def read_bundle(source: Path) -> Iterator[BundleItem]:
+    """Every item of a bundle directory or CSV file, in a stable order; raise PkiError when
+    `source` itself is unusable."""
+    if source.is_dir():
+        yield from _read_directory(source)
+    elif source.is_file():
+        yield from _read_csv(source)
+    else:
+        raise PkiError(f"bundle {source}: no such file or directory")
+
+
+def check_bundle_dac(
+    item: BundleItem, pai: x509.Certificate, pai_sha256: str, vid: str, pid: str, now: datetime
+) -> BundleDac:
+    """The item as a pool entry when its DAC passes the Matter checker under `pai` and is for
+    the configured VID/PID; raise PkiError with the reason otherwise."""
+    if item.problem is not None or item.data is None or item.uid is None:
+        raise PkiError(item.problem or "nothing to read")
+    data = item.data
+    try:
+        if b"-----BEGIN" in data:
+            certs = x509.load_pem_x509_certificates(data)
+            if len(certs) != 1:
+                raise PkiError(f"holds {len(certs)} certificates, not one DAC")
+            dac = certs[0]
+        else:
+            dac = x509.load_der_x509_certificate(data)
+    except ValueError:
+        raise PkiError("not a PEM or DER X.509 certificate") from None
+    violations = check_dac(dac, pai)
+    if violations:
+        raise PkiError(f"fails the Matter profile: {describe(violations)}")
+    dac_vid, dac_pid = _attr(dac, OID_MATTER_VID), _attr(dac, OID_MATTER_PID)
+    if dac_vid != vid:
+        raise PkiError(f"DAC VID {dac_vid} differs from configured vid {vid}")
+    if dac_pid != pid:
+        raise PkiError(f"DAC PID {dac_pid} differs from configured pid {pid}")
+    if now > dac.not_valid_after_utc:
+        raise PkiError(f"DAC expired on {dac.not_valid_after_utc:%Y-%m-%d %H:%M:%S}")
+    der = dac.public_bytes(serialization.Encoding.DER)
+    spki = dac.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return BundleDac(
+        uid=item.uid,
+        dac_pem=dac.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+        dac_serial=f"{dac.serial_number:X}",
+        dac_sha256=hashlib.sha256(der).hexdigest(),
+        public_key_sha256=hashlib.sha256(spki).hexdigest(),
+        pai_sha256=pai_sha256,
+        vid=vid,
+        pid=pid,
+        source=item.source,
+    )
+
+
+async def import_bundle(
+    pool: BundlePool,
+    source: Path,
+    *,
+    pai: x509.Certificate,
+    vid: str,
+    pid: str,
+    bundle: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImportReport:
+    """Validate every DAC of `source` against `pai` and add the good ones to the pool;
+    importing the same bundle again adds nothing and rejects nothing new."""
+    name = bundle if bundle is not None else _default_name(source)
+    if not _BUNDLE_NAME.fullmatch(name):
+        raise PkiError(f"bundle name {name!r}: 1-64 letters, digits, '_', '.', ':', '+', '-'")
+    pai_sha256 = hashlib.sha256(pai.public_bytes(serialization.Encoding.DER)).hexdigest()
+    now = datetime.now(UTC)
+    good: list[BundleDac] = []
+    rejected: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    read = 0
+    for item in read_bundle(source):
+        if item.uid is None and item.problem is None:
+            skipped.append(item.source)
+            continue
+        read += 1
+        try:
+            good.append(check_bundle_dac(item, pai, pai_sha256, vid, pid, now))
+        except PkiError as exc:
+            rejected.append((item.source, str(exc)))
+        if progress is not None and read % 100 == 0:
+            progress(read)
+    result: ImportResult = await pool.add(name, good, now)
+    rejected.extend(result.rejected)
+    rejected.sort(key=lambda r: _source_order(r[0]))
+    return ImportReport(name, read, result.added, result.unchanged, rejected, skipped)
+
+
+class BundleIssuer:
+    """Hands out the pre-issued DAC for a device's UID, only to the chip holding its key."""
+
+    def __init__(
+        self,
+        pai: x509.Certificate,
+        pool: BundlePool,
+        vid: str,
+        pid: str,
+        *,
+        line: str,
+        stale_after: timedelta = CLAIM_STALE,
+    ) -> None:
+        """Use `pai` and `pool` as given; BundleIssuer.load is the checked way in."""
+        self._pai = pai
+        self._pool = pool
+        self._vid = vid
+        self._pid = pid
+        self._line = line
+        self._stale_after = stale_after
+        self._pai_pem = pai.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        self._pai_sha256 = hashlib.sha256(pai.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+    @classmethod
+    def load(
+        cls,
+        pai_cert: Path,
+        vid: str,
+        pid: str,
+        *,
+        database_url: str,
+        line: str,
+        paa_cert: Path | None = None,
+    ) -> BundleIssuer:
+        """Load and check the PAI (and PAA); raise PkiError naming the file and the problem."""
+        pai = load_certificate(pai_cert, "PAI")
+        paa = load_certificate(paa_cert, "PAA") if paa_cert is not None else None
+        check_chain_or_raise(
+            pai,
+            paa,
+            datetime.now(UTC),
+            pai_name=f"PAI certificate {pai_cert}",
+            paa_name=f"PAA certificate {paa_cert}",
+        )
+        pai_vid = _attr(pai, OID_MATTER_VID)
+        if pai_vid != vid:
+            raise PkiError(
+                f"PAI certificate {pai_cert}: PAI VID {pai_vid} differs from configured vid {vid}"
+            )
+        pai_pid = _attr(pai, OID_MATTER_PID)
+        if pai_pid is not None and pai_pid != pid:
+            raise PkiError(
+                f"PAI certificate {pai_cert}: PAI PID {pai_pid} differs from configured pid {pid}"
+            )
+        pool = BundlePool(create_engine(database_url), owns_engine=True)
+        return cls(pai, pool, vid, pid, line=line)
+
+    @property
+    def pai_pem(self) -> str:
+        """The PAI certificate delivered after every DAC."""
+        return self._pai_pem
+
+    @property
+    def pai_sha256(self) -> str:
+        """Lower-case hex sha256 of the PAI DER."""
+        return self._pai_sha256
+
+    @property
+    def vid(self) -> str:
+        """The vendor id of the line's DACs."""
+        return self._vid
+
+    @property
+    def pid(self) -> str:
+        """The product id of the line's DACs."""
+        return self._pid
+
+    @property
+    def pool(self) -> BundlePool:
+        """The pool this issuer draws from."""
+        return self._pool
+
+    async def counts(self) -> list[BundleCount]:
+        """Depletion per bundle (for start-up logs and status)."""
+        return await self._pool.counts()
+
+    async def issue(self, uid: str, csr: CsrInfo) -> IssuedDac:
+        """The bundle DAC of `uid` when its key is the CSR's; raise IssuerError saying why not."""
+        try:
+            return await self._issue(uid, csr)
+        except IssuerError:
+            raise
+        except LinehostError as exc:  # the pool's database
+            raise IssuerError(f"bundle pool: {exc}") from None
+        except Exception as exc:  # never let one device take its jig down
+            _log.exception("bundle_issuer_failed", uid=uid)
+            raise IssuerError(f"bundle issuer failed: {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Release the pool's connections."""
+        await self._pool.close()
+
+    async def _issue(self, uid: str, csr: CsrInfo) -> IssuedDac:
+        entry = await self._pool.find(uid)
+        if entry is None:
+            raise IssuerError(f"no bundle entry for UID {uid}")
+        if entry.public_key_sha256 != csr.public_key_sha256:
+            raise IssuerError(
+                f"bundle DAC for UID {uid} (serial {entry.dac_serial}, bundle {entry.bundle}) "
+                f"is for another key: DAC key sha256 {entry.public_key_sha256[:16]}…, "
+                f"CSR key sha256 {csr.public_key_sha256[:16]}…"
+            )
+        if entry.pai_sha256 != self._pai_sha256:
+            raise IssuerError(
+                f"bundle DAC for UID {uid} was imported under another PAI "
+                f"({entry.pai_sha256[:16]}…)"
+            )
+        dac = x509.load_pem_x509_certificate(entry.dac_pem.encode("ascii"))
+        violations = check_dac(dac, self._pai)
+        if violations:
+            raise IssuerError(
+                f"bundle DAC for UID {uid} fails the Matter profile: {describe(violations)}"
+            )
+        await self._claim(entry, uid, csr)
+        der = dac.public_bytes(serialization.Encoding.DER)
+        return IssuedDac(
+            pem=entry.dac_pem,
+            der=der,
+            serial_hex=entry.dac_serial,
+            sha256=entry.dac_sha256,
+            public_key_sha256=entry.public_key_sha256,
+            pai_sha256=self._pai_sha256,
+            vid=entry.vid,
+            pid=entry.pid,
+            bundle_entry_id=entry.id,
+        )
+
+    async def _claim(self, entry: PoolEntry, uid: str, csr: CsrInfo) -> None:
+        """Claim the entry, or accept an earlier claim that a live assignment of this very
+        chip (UID and key) holds; raise IssuerError otherwise."""
+        now = datetime.now(UTC)
+        token = str(uuid.uuid4())
+        if entry.claimed_at is None:
+            if await self._pool.claim(entry.id, token=token, by=self._line, now=now):
+                _log.info("bundle_entry_claimed", uid=uid, entry=entry.id, bundle=entry.bundle)
+                return
+            fresh = await self._pool.find(uid)
+            assert fresh is not None
+            entry = fresh
+        used = await self._pool.used_by(entry.dac_sha256)
+        if used is not None:
+            same_chip = used.uid == uid and used.public_key_sha256 == csr.public_key_sha256
+            if same_chip and used.status in _LIVE:
+                return  # the store re-delivers it (or refuses) as for any DAC
+            raise IssuerError(
+                f"bundle DAC for UID {uid} was already used (assignment {used.id} is "
+                f"{used.status}); a bundle DAC is never handed out twice"
+            )
+        claimed_at = entry.claimed_at
+        assert claimed_at is not None
+        if claimed_at > now - self._stale_after:
+            raise IssuerError(
+                f"bundle entry for UID {uid} is claimed by another attempt in progress "
+                f"(line {entry.claimed_by}, since {claimed_at:%H:%M:%S})"
+            )
+        if not await self._pool.claim(
+            entry.id,
+            token=token,
+            by=self._line,
+            now=now,
+            stale_token=entry.claim_token,
+            stale_before=now - self._stale_after,
+        ):
+            raise IssuerError(f"bundle entry for UID {uid} was claimed concurrently")
+        _log.warning("bundle_claim_taken_over", uid=uid, entry=entry.id, since=str(claimed_at))
+
+
+def format_counts(counts: list[BundleCount]) -> list[str]:
+    """One line per bundle: `bundle NAME: R of T remaining (C claimed)`."""
+    return [
+        f"bundle {c.bundle}: {c.remaining} of {c.total} remaining ({c.claimed} claimed)"
+        for c in counts
+    ]
+
+
+def _read_directory(folder: Path) -> Iterator[BundleItem]:
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in _CERT_SUFFIXES:
+            continue
+        match = DAC_FILE_NAME.fullmatch(path.name)
+        if match is None:
+            yield BundleItem(str(path), None, None)  # a PAI, a PAA, ...: not keyed by UID
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            yield BundleItem(str(path), match["uid"].upper(), None, f"unreadable ({exc.strerror})")
+            continue
+        yield BundleItem(str(path), match["uid"].upper(), data)
+
+
+def _read_csv(path: Path) -> Iterator[BundleItem]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise PkiError(f"bundle {path}: cannot read ({reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    line = 1
+    for row in reader:
+        where = f"{path}:{line}"
+        line = reader.line_num + 1
+        if not row or all(not cell.strip() for cell in row):
+            continue
+        first = row[0].strip()
+        if first.lower() == "uid" or first.startswith("#"):
+            continue  # header or comment
+        if len(row) != 2:
+            yield BundleItem(where, first or None, None, f"{len(row)} fields, not uid,dac")
+            continue
+        if not _UID.fullmatch(first):
+            yield BundleItem(where, None, None, f"UID {first!r} is not 8-64 hex digits")
+            continue
+        value = row[1].strip()
+        if "-----BEGIN" in value:
+            yield BundleItem(
+                where, first.upper(), value.replace("\\n", "\n").encode("ascii", "replace")
+            )
+            continue
+        dac_path = Path(value)
+        if not dac_path.is_absolute():
+            dac_path = path.parent / dac_path
+        try:
+            data = dac_path.read_bytes()
+        except OSError as exc:
+            yield BundleItem(where, first.upper(), None, f"{dac_path}: {exc.strerror}")
+            continue
+        yield BundleItem(where, first.upper(), data)
+
+
+def _default_name(source: Path) -> str:
+    name = source.resolve().name
+    stem = name.rsplit(".", 1)[0] if source.is_file() else name
+    cleaned = re.sub(r"[^A-Za-z0-9_.:+-]", "-", stem).strip("-.")[:64]
+    return cleaned or "bundle"
+
+
+def _source_order(source: str) -> tuple[str, int]:
+    head, _, tail = source.rpartition(":")
+    if head and tail.isdigit():
+        return head, int(tail)
+    return source, 0
+
+
+def _attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
+    attrs = cert.subject.get_attributes_for_oid(oid)
+    return str(attrs[0].value) if attrs else None

@@ -1,0 +1,90 @@
+"""`linehost pki import-bundle` and `linehost audit bundles`: the pre-issued DAC pool by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from linehost.config import load_config
+from linehost.errors import StoreError
+from linehost.pki.bundle import ImportReport, format_counts
+from linehost.pki.bundle import import_bundle as run_import
+from linehost.pki.local import load_certificate
+from linehost.pki.profile import check_chain_or_raise
+from linehost.store.bundles import BundlePool
+from linehost.store.engine import create_engine
+from linehost.store.migrate import schema_is_current, upgrade_to_head
+
+EXIT_OK = 0
+EXIT_REJECTS = 1  # the import ran; some entries were rejected (listed on stdout)
+
+
+def import_bundle(args: argparse.Namespace) -> int:
+    """Validate and load a bundle; print progress on stderr and one line per reject."""
+    config = load_config(args.config)
+    pki = config.pki
+    pai = load_certificate(pki.pai_cert, "PAI")
+    paa = load_certificate(pki.paa_cert, "PAA") if pki.paa_cert is not None else None
+    check_chain_or_raise(
+        pai, paa, pai_name=f"PAI certificate {pki.pai_cert}", paa_name=f"PAA {pki.paa_cert}"
+    )
+
+    def progress(done: int) -> None:
+        print(f"  {done} checked…", file=sys.stderr, flush=True)
+
+    async def go() -> tuple[ImportReport, list[str]]:
+        engine = create_engine(config.database.url)
+        try:
+            if config.database.auto_migrate:
+                await upgrade_to_head(engine)
+            elif not await schema_is_current(engine):
+                raise StoreError(
+                    "the database is not at the current schema: run `linehost db upgrade`"
+                )
+            pool = BundlePool(engine)
+            report = await run_import(
+                pool,
+                args.source,
+                pai=pai,
+                vid=pki.vid,
+                pid=pki.pid,
+                bundle=args.bundle,
+                progress=progress,
+            )
+            return report, format_counts(await pool.counts())
+        finally:
+            await engine.dispose()
+
+    print(f"importing {args.source} (checking every DAC against {pki.pai_cert})", file=sys.stderr)
+    report, counts = asyncio.run(go())
+    for source, reason in report.rejected:
+        print(f"REJECT {source}: {reason}")
+    for source in report.skipped:
+        print(f"SKIP {source}: file name carries no UID")
+    print(
+        f"bundle {report.bundle}: {report.read} read, {report.added} added, "
+        f"{report.unchanged} already in the pool, {len(report.rejected)} rejected"
+    )
+    for line in counts:
+        print(line)
+    return EXIT_REJECTS if report.rejected else EXIT_OK
+
+
+def show_bundles(args: argparse.Namespace) -> int:
+    """Remaining entries per bundle."""
+    config = load_config(args.config)
+
+    async def go() -> list[str]:
+        pool = await BundlePool.open(config.database.url)
+        try:
+            return format_counts(await pool.counts())
+        finally:
+            await pool.close()
+
+    lines = asyncio.run(go())
+    if not lines:
+        print("no bundles imported")
+    for line in lines:
+        print(line)
+    return EXIT_OK

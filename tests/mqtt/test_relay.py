@@ -1,0 +1,164 @@
+"""MqttRelay against the real Mosquitto: status, state, results at least once, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from linehost.config import MqttSection
+from linehost.line.status import JigStatus
+from linehost.mqtt import relay as relay_module
+from linehost.mqtt.relay import MqttRelay
+from linehost.mqtt.topics import subscriptions
+from linehost.protocol.outcomes import JigState
+from tests.mqtt.broker import PrivateBroker
+from tests.mqtt.subscriber import Subscriber
+
+pytestmark = pytest.mark.mqtt
+
+
+class MemoryOutbox:
+    """The Store's outbox calls, in memory, recording what was marked when."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, str] = {}
+        self.sent: dict[int, datetime] = {}
+        self.marks: list[list[int]] = []
+        self._next = 1
+
+    def add(self, attempt_id: str) -> None:
+        self.rows[self._next] = json.dumps({"attempt_id": attempt_id, "seq": self._next})
+        self._next += 1
+
+    async def pending_results(self, limit: int) -> list[tuple[int, str]]:
+        pending = sorted(i for i in self.rows if i not in self.sent)
+        return [(i, self.rows[i]) for i in pending[:limit]]
+
+    async def mark_results_sent(self, ids: Sequence[int], at: datetime) -> None:
+        self.marks.append(list(ids))
+        for i in ids:
+            self.sent.setdefault(i, at)
+
+
+def settings(url: str, prefix: str, **extra: object) -> MqttSection:
+    return MqttSection.model_validate(
+        {"url": url, "topic_prefix": prefix, "drain_timeout": 5, **extra}
+    )
+
+
+def results_of(sub: Subscriber) -> list[int]:
+    return [m.json()["seq"] for m in sub.snapshot() if m.topic.endswith("/results")]
+
+
+async def test_status_state_and_results_reach_a_subscriber(broker_url: str, prefix: str) -> None:
+    outbox = MemoryOutbox()
+    for n in range(600):
+        outbox.add(f"a{n}")
+    sub = Subscriber(broker_url, subscriptions(prefix), f"t-{secrets.token_hex(4)}").start()
+    relay = MqttRelay(settings(broker_url, prefix), outbox, line="l1", jigs=1, version="9.9")
+    try:
+        relay.start()
+        status = JigStatus("l1", "st1", "j1", state=JigState.WAITING_FOR_DEVICE)
+        relay.jig_changed(status)
+        status.state, status.uid = JigState.PROVISIONING, "AB12"
+        relay.jig_changed(status)  # coalesced: the latest state is what counts
+        await asyncio.to_thread(
+            sub.wait_for, lambda _: len(results_of(sub)) == 600, 15, "600 results"
+        )
+        assert results_of(sub) == list(range(1, 601)), "results out of order"
+        for _ in range(100):  # marked once every PUBACK of the batch is in
+            if len(outbox.sent) == 600:
+                break
+            await asyncio.sleep(0.05)
+        assert set(outbox.sent) == set(outbox.rows)
+        assert max(len(m) for m in outbox.marks) > 1, "rows are marked in batches"
+        await asyncio.to_thread(
+            sub.wait_for,
+            lambda ms: any(m.topic.endswith("/j1/state") and m.json()["uid"] == "AB12" for m in ms),
+            5,
+            "provisioning state",
+        )
+    finally:
+        await relay.close()
+        sub.stop()
+    msgs = sub.snapshot()
+    host = [m.json() for m in msgs if m.topic == f"{prefix}/l1/host/status"]
+    assert host[0]["online"] is True
+    assert host[0]["version"] == "9.9"
+    assert host[-1] == {"online": False}, "a clean close publishes offline itself"
+    # retained: a late subscriber still sees the last jig state and the offline status
+    late = Subscriber(
+        broker_url, subscriptions(prefix), f"t-{secrets.token_hex(4)}", persistent=False
+    )
+    late.start()
+    try:
+        late.wait_for(lambda ms: len(ms) >= 2, 5, "retained messages")
+        retained = {m.topic: m.json() for m in late.snapshot() if m.retain}
+        assert retained[f"{prefix}/l1/host/status"] == {"online": False}
+        assert retained[f"{prefix}/l1/jigs/st1/j1/state"]["state"] == "provisioning"
+    finally:
+        late.stop()
+
+
+async def test_results_wait_for_the_broker_and_are_marked_only_after_puback(
+    own_broker: PrivateBroker, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "RESULTS_POLL", 0.2)
+    outbox = MemoryOutbox()
+    sub = Subscriber(own_broker.url, subscriptions(prefix), f"t-{secrets.token_hex(4)}").start()
+    relay = MqttRelay(settings(own_broker.url, prefix), outbox, line="l1", jigs=1)
+    relay.start()
+    try:
+        await asyncio.wait_for(relay.wait_connected(), 10)
+        for n in range(5):
+            outbox.add(f"before{n}")
+        relay.wake()
+        await asyncio.to_thread(sub.wait_for, lambda _: len(results_of(sub)) == 5, 10, "5")
+
+        own_broker.stop()
+        for n in range(50):
+            outbox.add(f"during{n}")
+        relay.wake()
+        await asyncio.sleep(1.0)
+        assert not relay.connected
+        assert len(outbox.sent) == 5, "nothing is marked sent while the broker is away"
+
+        own_broker.start()
+        await asyncio.to_thread(
+            sub.wait_for, lambda _: len(set(results_of(sub))) == 55, 30, "the backlog"
+        )
+        for _ in range(100):  # marked once every PUBACK of the batch is in
+            if len(outbox.sent) == 55:
+                break
+            await asyncio.sleep(0.05)
+        assert len(outbox.sent) == 55
+        received = results_of(sub)
+        assert sorted(set(received)) == list(range(1, 56))
+        first_seen = list(dict.fromkeys(received))
+        assert first_seen == sorted(first_seen), "the backlog arrives in order"
+    finally:
+        await relay.close()
+        sub.stop()
+
+
+async def test_close_without_a_broker_returns_within_the_drain_timeout(tmp_path: Path) -> None:
+    from tests.mqtt.broker import free_port
+
+    outbox = MemoryOutbox()
+    outbox.add("x")
+    relay = MqttRelay(
+        settings(f"mqtt://127.0.0.1:{free_port()}", "p", drain_timeout=1), outbox, line="l", jigs=0
+    )
+    relay.start()
+    await asyncio.sleep(0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await relay.close()
+    assert loop.time() - started < 3
+    assert outbox.sent == {}
