@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -16,7 +16,9 @@ def configure_logging(
     level: str = "info", fmt: LogFormat = "logfmt", file: Path | None = None
 ) -> None:
     """Route structlog and stdlib logging to stderr (or `file`, appended) at `level`."""
-    stream = sys.stderr if file is None else file.open("a", encoding="utf-8", buffering=1)
+    stream: Any = (
+        _CurrentStderr() if file is None else file.open("a", encoding="utf-8", buffering=1)
+    )
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         numeric = logging.INFO
@@ -44,3 +46,16 @@ def configure_logging(
     logging.basicConfig(
         level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(message)s"
     )
+
+
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is now, so a replaced or closed stream is never held."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(sys.stderr, name)
