@@ -189,12 +189,15 @@ def test_failing_pre_step_shows_pre_step_failed_and_is_retried(
             lambda: tries("hang") >= 2, 30, "the hanging pre step tried again after a back-off"
         )
         mode.write_text("fail")
-        wait_for(
-            lambda: "No STM32 target found" in (jig()["last_detail"] or ""),
-            90,
-            "the failing pre step's output in linehost status",
-        )
-        assert jig()["state"] == "pre_step_failed"
+
+        def failing_shown() -> bool:
+            # One snapshot: with a 0.3 s back-off the jig is soon back in `pre_step` (retrying).
+            now = jig()
+            return now["state"] == "pre_step_failed" and "No STM32 target found" in (
+                now["last_detail"] or ""
+            )
+
+        wait_for(failing_shown, 90, "pre_step_failed with the failing step's output in status")
         # no device was provisioned, no attempt recorded while the pre step fails
         assert jsonl(linehost("audit", "--config", config, "attempts").stdout) == []
         assert tries("fail") >= 1
