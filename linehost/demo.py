@@ -66,11 +66,15 @@ drain_timeout = 3
 class DemoDisplay:
     """Prints each finished attempt as it happens and a table of every jig now and then."""
 
-    def __init__(self, out: TextIO = sys.stdout) -> None:
+    def __init__(self, out: TextIO = sys.stdout, expected: int | None = None) -> None:
+        """Print on `out`; `expected` devices make each line show how far the run is."""
         self.out = out
+        self.expected = expected
         self.jigs: dict[tuple[str, str], JigStatus] = {}
         self.outcomes: Counter[str] = Counter()
         self._seen: dict[tuple[str, str], int] = {}
+        self._devices: set[str] = set()  # UIDs with a finished attempt (a retry is not progress)
+        self._no_uid = 0  # attempts that ended before the device said its UID
 
     def jig_changed(self, status: JigStatus) -> None:
         """StatusListener: called by every runner on every change."""
@@ -81,11 +85,21 @@ class DemoDisplay:
             self._seen[key] = done
             outcome = status.last_outcome.value if status.last_outcome else "?"
             self.outcomes[outcome] += 1
+            if status.last_uid:
+                self._devices.add(status.last_uid)
+            else:
+                self._no_uid += 1
             mark = "OK  " if status.last_outcome is Outcome.PROVISIONED else "FAIL"
             self._print(
-                f"  {mark} {status.station}/{status.jig:<4} {status.last_uid or '-':<18}"
+                f"  {self._count()} {mark} {status.station}/{status.jig:<4} {status.last_uid or '-':<18}"
                 f" {outcome:<20} {status.last_detail or ''}"
             )
+
+    def _count(self) -> str:
+        done = len(self._devices) + self._no_uid
+        if self.expected is None:
+            return f"[{done}]"
+        return f"[{done:>{len(str(self.expected))}}/{self.expected}]"
 
     def table(self) -> None:
         """Every jig's state and counts."""
@@ -176,7 +190,7 @@ async def _run_demo(
     stack.push_async_callback(dashboard.close)
     dashboard_url = await _start_dashboard(dashboard, dashboard_listen)
     say(f"dashboard {dashboard_url}  <- open it in a browser")
-    display = DemoDisplay(out)
+    display = DemoDisplay(out, expected=per_jig * jigs)
     stop = asyncio.Event()
     install_stop_signals(stop)
     started = time.monotonic()

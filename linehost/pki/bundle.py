@@ -12,11 +12,11 @@ import hashlib
 import io
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 from cryptography import x509
@@ -62,6 +62,22 @@ class BundleItem:
     problem: str | None = None
 
 
+class ImportProgress(Protocol):
+    """Told how an import moves along: items checked, then entries stored."""
+
+    def checking(self, total: int) -> None:
+        """`total` items are about to be checked."""
+
+    def checked(self) -> None:
+        """One more item checked (accepted, rejected or skipped)."""
+
+    def storing(self, total: int) -> None:
+        """`total` good entries are about to be written to the pool."""
+
+    def stored(self, count: int) -> None:
+        """`count` more entries written (added or already there)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ImportReport:
     """What `import-bundle` did: counts and one (source, reason) per rejected item."""
@@ -83,6 +99,26 @@ def read_bundle(source: Path) -> Iterator[BundleItem]:
         yield from _read_csv(source)
     else:
         raise PkiError(f"bundle {source}: no such file or directory")
+
+
+def count_bundle(source: Path) -> int:
+    """How many items `read_bundle(source)` will yield, without reading any DAC (for progress)."""
+    if source.is_dir():
+        return sum(
+            1 for p in source.iterdir() if p.is_file() and p.suffix.lower() in _CERT_SUFFIXES
+        )
+    try:
+        text = source.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return 0  # read_bundle says why
+    return sum(1 for row in csv.reader(io.StringIO(text, newline="")) if _is_csv_item(row))
+
+
+def _is_csv_item(row: list[str]) -> bool:
+    if not row or all(not cell.strip() for cell in row):
+        return False
+    first = row[0].strip()
+    return not (first.lower() == "uid" or first.startswith("#"))  # header or comment
 
 
 def check_bundle_dac(
@@ -138,7 +174,7 @@ async def import_bundle(
     vid: str,
     pid: str,
     bundle: str | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: ImportProgress | None = None,
 ) -> ImportReport:
     """Validate every DAC of `source` against `pai` and add the good ones to the pool;
     importing the same bundle again adds nothing and rejects nothing new."""
@@ -151,7 +187,11 @@ async def import_bundle(
     rejected: list[tuple[str, str]] = []
     skipped: list[str] = []
     read = 0
+    if progress is not None:
+        progress.checking(count_bundle(source))
     for item in read_bundle(source):
+        if progress is not None:
+            progress.checked()
         if item.uid is None and item.problem is None:
             skipped.append(item.source)
             continue
@@ -160,9 +200,11 @@ async def import_bundle(
             good.append(check_bundle_dac(item, pai, pai_sha256, vid, pid, now))
         except PkiError as exc:
             rejected.append((item.source, str(exc)))
-        if progress is not None and read % 100 == 0:
-            progress(read)
-    result: ImportResult = await pool.add(name, good, now)
+    if progress is not None:
+        progress.storing(len(good))
+    result: ImportResult = await pool.add(
+        name, good, now, stored=progress.stored if progress is not None else None
+    )
     rejected.extend(result.rejected)
     rejected.sort(key=lambda r: _source_order(r[0]))
     return ImportReport(name, read, result.added, result.unchanged, rejected, skipped)
@@ -380,11 +422,9 @@ def _read_csv(path: Path) -> Iterator[BundleItem]:
     for row in reader:
         where = f"{path}:{line}"
         line = reader.line_num + 1
-        if not row or all(not cell.strip() for cell in row):
+        if not _is_csv_item(row):
             continue
         first = row[0].strip()
-        if first.lower() == "uid" or first.startswith("#"):
-            continue  # header or comment
         if len(row) != 2:
             yield BundleItem(where, first or None, None, f"{len(row)} fields, not uid,dac")
             continue

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable
 
 from linehost.config import load_config
 from linehost.errors import StoreError
@@ -12,6 +13,7 @@ from linehost.pki.bundle import ImportReport, format_counts
 from linehost.pki.bundle import import_bundle as run_import
 from linehost.pki.local import load_certificate
 from linehost.pki.profile import check_chain_or_raise
+from linehost.progress import Meter, progress_display
 from linehost.store.bundles import BundlePool
 from linehost.store.engine import create_engine
 from linehost.store.migrate import schema_is_current, upgrade_to_head
@@ -30,10 +32,7 @@ def import_bundle(args: argparse.Namespace) -> int:
         pai, paa, pai_name=f"PAI certificate {pki.pai_cert}", paa_name=f"PAA {pki.paa_cert}"
     )
 
-    def progress(done: int) -> None:
-        print(f"  {done} checked…", file=sys.stderr, flush=True)
-
-    async def go() -> tuple[ImportReport, list[str]]:
+    async def go(progress: _ImportMeters) -> tuple[ImportReport, list[str]]:
         engine = create_engine(config.database.url)
         try:
             if config.database.auto_migrate:
@@ -57,7 +56,8 @@ def import_bundle(args: argparse.Namespace) -> int:
             await engine.dispose()
 
     print(f"importing {args.source} (checking every DAC against {pki.pai_cert})", file=sys.stderr)
-    report, counts = asyncio.run(go())
+    with progress_display() as meter_for:
+        report, counts = asyncio.run(go(_ImportMeters(meter_for)))
     for source, reason in report.rejected:
         print(f"REJECT {source}: {reason}")
     for source in report.skipped:
@@ -69,6 +69,35 @@ def import_bundle(args: argparse.Namespace) -> int:
     for line in counts:
         print(line)
     return EXIT_REJECTS if report.rejected else EXIT_OK
+
+
+class _ImportMeters:
+    """ImportProgress on two meters: checking, then storing."""
+
+    def __init__(self, meter_for: Callable[[str, int | None], Meter]) -> None:
+        self._meter_for = meter_for
+        self._checking: Meter | None = None
+        self._storing: Meter | None = None
+
+    def checking(self, total: int) -> None:
+        self._checking = self._meter_for("checking DACs", total)
+
+    def checked(self) -> None:
+        assert self._checking is not None
+        self._checking.advance()
+
+    def storing(self, total: int) -> None:
+        if self._checking is not None:
+            self._checking.finish()
+        self._storing = self._meter_for("adding to the pool", total)
+        if total == 0:
+            self._storing.finish()
+
+    def stored(self, count: int) -> None:
+        assert self._storing is not None
+        self._storing.advance(count)
+        if self._storing.done >= (self._storing.total or 0):
+            self._storing.finish()
 
 
 def show_bundles(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ entry; the assignments table's UNIQUE dac_sha256 is the last line behind it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -117,8 +117,16 @@ class BundlePool:
         if self._owns_engine:
             await self._engine.dispose()
 
-    async def add(self, bundle: str, dacs: Sequence[BundleDac], now: datetime) -> ImportResult:
-        """Add `dacs` to `bundle`; an entry already in the pool is left as it is (idempotent)."""
+    async def add(
+        self,
+        bundle: str,
+        dacs: Sequence[BundleDac],
+        now: datetime,
+        *,
+        stored: Callable[[int], None] | None = None,
+    ) -> ImportResult:
+        """Add `dacs` to `bundle`; an entry already in the pool is left as it is (idempotent).
+        `stored` hears the size of every chunk written."""
         added = unchanged = 0
         rejected: list[tuple[str, str]] = []
         for start in range(0, len(dacs), IMPORT_CHUNK):
@@ -136,6 +144,8 @@ class BundlePool:
                     raise translate_error(exc, self._engine) from exc
                 added, unchanged = added + a, unchanged + u
                 rejected.extend(r)
+                if stored is not None:
+                    stored(len(chunk))
                 break
         return ImportResult(added, unchanged, rejected)
 

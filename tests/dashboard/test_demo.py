@@ -20,6 +20,9 @@ def test_demo_runs_an_embedded_broker_and_the_dashboard(tmp_path: Path) -> None:
     assert "embedded MQTT broker (amqtt, MQTT 3.1.1) on mqtt://127.0.0.1:" in out
     assert re.search(r"dashboard http://127\.0\.0\.1:\d+/", out)
     assert "4 of 4 attempt(s) provisioned" in out
+    # each finished device moves the run's counter on: [1/4] ... [4/4]
+    counters = re.findall(r"^  \[(\d)/4\] OK ", out, re.M)
+    assert counters == ["1", "2", "3", "4"], out
     assert "Traceback" not in proc.stderr
     log = (tmp_path / "demo" / "linehost.log").read_text()
     assert "event=mqtt_connected" in log
