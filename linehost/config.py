@@ -174,6 +174,9 @@ class MqttSection(_Section):
     protocol: Literal["auto", "5", "3.1.1"] = "auto"  # auto: v5, else 3.1.1 if refused
     keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
     drain_timeout: Annotated[float, Field(ge=0, le=600)] = 5.0
+    # Seconds between two publishes of one jig's state: changes in between are coalesced
+    # (the latest wins). A dashboard needs no more than 10 updates/s per jig; 0 = every change.
+    state_interval: Annotated[float, Field(ge=0, le=10)] = 0.1
 
     @field_validator("url")
     @classmethod

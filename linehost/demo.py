@@ -90,8 +90,9 @@ class DemoDisplay:
             else:
                 self._no_uid += 1
             mark = "OK  " if status.last_outcome is Outcome.PROVISIONED else "FAIL"
+            where = f"{status.station}/{status.jig:<4}"
             self._print(
-                f"  {self._count()} {mark} {status.station}/{status.jig:<4} {status.last_uid or '-':<18}"
+                f"  {self._count()} {mark} {where} {status.last_uid or '-':<18}"
                 f" {outcome:<20} {status.last_detail or ''}"
             )
 

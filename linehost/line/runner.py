@@ -299,7 +299,7 @@ class JigRunner:
         )
         self._attempt = _Attempt(start)
         self.status.attempt_id = start.attempt_id
-        self._log.info("attempt_started", uid=started.uid, attempt_id=start.attempt_id)
+        self._log.debug("attempt_started", uid=started.uid, attempt_id=start.attempt_id)
 
     async def _provision(self, ready: CsrReady) -> list[Effect]:
         attempt = self._attempt

@@ -171,6 +171,7 @@ class MqttRelay:
     # --- jig state ---------------------------------------------------------------------------
 
     async def _pump_states(self, client: aiomqtt.Client) -> None:
+        interval = self._settings.state_interval
         while True:
             self._state_wake.clear()
             if self._dirty:
@@ -189,6 +190,9 @@ class MqttRelay:
                 except BaseException:
                     self._dirty.update(keys)
                     raise
+                if interval > 0 and not self._closing.is_set():
+                    # Changes meanwhile are coalesced: the next publish carries the latest.
+                    await _nap(self._closing, interval)
                 continue
             if self._closing.is_set():
                 return

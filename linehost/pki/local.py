@@ -7,13 +7,20 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from cryptography.x509.oid import NameOID
 
 from linehost.errors import IssuerError, PkiError
+from linehost.pki.dac_template import (
+    P256_SPKI_LENGTH,
+    P256_SPKI_PREFIX,
+    BuilderFactory,
+    DacTemplate,
+    matches_builder,
+)
 from linehost.pki.issuer import CsrInfo, IssuedDac
 from linehost.pki.profile import (
     OID_MATTER_PID,
@@ -22,11 +29,14 @@ from linehost.pki.profile import (
     check_dac,
     describe,
 )
-from linehost.pki.signer import Signer, sign_certificate
+from linehost.pki.signer import FileKeySigner, Signer, assemble_certificate, tbs_certificate
+
+_log = structlog.get_logger("linehost.pki")
 
 #: Matter's "no well-defined expiration date" (RFC 5280 4.1.2.5, 99991231235959Z).
 NO_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
-#: ub-common-name (RFC 5280): the longest subject CN.
+#: ub-common-name (RFC 5280): the longest subject CN, counted in UTF-8 bytes as cryptography
+#: and OpenSSL count it.
 MAX_CN_LENGTH = 64
 
 _HEX4 = re.compile(r"[0-9A-Fa-f]{4}")
@@ -72,8 +82,25 @@ class LocalIssuer:
             False,
             x509.AuthorityKeyIdentifier(pai_skid.key_identifier, None, None),
         )
-        self._vid_attr = x509.NameAttribute(OID_MATTER_VID, vid)
-        self._pid_attr = x509.NameAttribute(OID_MATTER_PID, pid)
+        self._builder_for = BuilderFactory(
+            self._issuer_name,
+            not_after,
+            [x509.NameAttribute(OID_MATTER_VID, vid), x509.NameAttribute(OID_MATTER_PID, pid)],
+            self._fixed_extensions,
+            self._akid,
+        )
+        self._template: DacTemplate | None = DacTemplate(
+            self._builder_for(
+                1, self._pai_not_before, "0", ec.generate_private_key(ec.SECP256R1()).public_key()
+            )
+        )
+        if not matches_builder(self._template, self._builder_for):
+            # Never expected; if a cryptography release changes its encoding, stay correct.
+            _log.warning("dac_template_disabled", reason="differs from cryptography's builder")
+            self._template = None
+        # A key in a file is ours and proven to be the PAI's at start-up: its signatures need
+        # no re-verification. A token's signature is checked (a faulty HSM must not brick).
+        self._verify_signatures = not isinstance(signer, FileKeySigner)
 
     @classmethod
     def load(
@@ -164,53 +191,41 @@ class LocalIssuer:
         now = datetime.now(UTC).replace(microsecond=0)
         if now > self._pai_not_after:
             raise IssuerError(f"PAI expired on {self._pai_not_after:%Y-%m-%d %H:%M:%S}")
-        try:
-            key = serialization.load_der_public_key(csr.public_key_der)
-        except ValueError:
-            raise IssuerError("CSR public key cannot be loaded") from None
-        if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(
-            key.curve, ec.SECP256R1
-        ):
-            raise IssuerError("CSR public key is not EC P-256")
+        spki = csr.public_key_der
+        if len(spki) != P256_SPKI_LENGTH or not spki.startswith(P256_SPKI_PREFIX):
+            raise IssuerError("CSR public key is not an uncompressed EC P-256 key")
         cn = self._cn_template.format(uid=uid, vid=self._vid, pid=self._pid)
-        if not 0 < len(cn) <= MAX_CN_LENGTH:
-            raise IssuerError(f"DAC common name is {len(cn)} characters (1..{MAX_CN_LENGTH})")
-        subject = x509.Name(
-            [x509.NameAttribute(NameOID.COMMON_NAME, cn), self._vid_attr, self._pid_attr]
-        )
-        builder = x509.CertificateBuilder(
-            issuer_name=self._issuer_name,
-            subject_name=subject,
-            public_key=key,
-            serial_number=x509.random_serial_number(),
-            not_valid_before=max(now - self._backdate, self._pai_not_before),
-            not_valid_after=self._not_after,
-            extensions=[
-                *self._fixed_extensions,
-                x509.Extension(
-                    x509.SubjectKeyIdentifier.oid,
-                    False,
-                    x509.SubjectKeyIdentifier.from_public_key(key),
-                ),
-                self._akid,
-            ],
-        )
+        size = len(cn.encode("utf-8"))
+        if not 0 < size <= MAX_CN_LENGTH:
+            raise IssuerError(f"DAC common name is {size} bytes in UTF-8 (1..{MAX_CN_LENGTH})")
+        serial = x509.random_serial_number()
+        not_before = max(now - self._backdate, self._pai_not_before)
+        if self._template is not None:
+            tbs = self._template.tbs(serial=serial, not_before=not_before, cn=cn, spki=spki)
+        else:
+            key = serialization.load_der_public_key(spki)
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            tbs = tbs_certificate(self._builder_for(serial, not_before, cn, key))
         try:
-            dac = await sign_certificate(builder, self._signer)
+            signature = await self._signer.sign(tbs)
         except IssuerError:
             raise
         except Exception as exc:  # a pluggable signer: any failure is an issuer failure
             raise IssuerError(f"signer failed: {type(exc).__name__}: {exc}") from exc
-        violations = check_dac(dac, self._pai)
+        try:
+            der = assemble_certificate(tbs, signature)
+            dac = x509.load_der_x509_certificate(der)
+        except ValueError as exc:
+            raise IssuerError(f"signer returned an unusable signature ({exc})") from None
+        violations = check_dac(dac, self._pai, verify_signature=self._verify_signatures)
         if violations:
             raise IssuerError(f"issued DAC fails the Matter profile: {describe(violations)}")
-        der = dac.public_bytes(serialization.Encoding.DER)
         return IssuedDac(
             pem=dac.public_bytes(serialization.Encoding.PEM).decode("ascii"),
             der=der,
-            serial_hex=f"{dac.serial_number:X}",
+            serial_hex=f"{serial:X}",
             sha256=hashlib.sha256(der).hexdigest(),
-            public_key_sha256=hashlib.sha256(_spki(key)).hexdigest(),
+            public_key_sha256=hashlib.sha256(spki).hexdigest(),
             pai_sha256=self._pai_sha256,
             vid=self._vid,
             pid=self._pid,

@@ -41,3 +41,30 @@ def row_hash(
         }
     )
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def row_hash_of_json(
+    prev_hash: str,
+    *,
+    seq: int,
+    line: str,
+    at: str,
+    entity: str,
+    entity_id: str,
+    event: str,
+    data_json: str,
+) -> str:
+    """row_hash for `data` already in canonical JSON (`data_json`), without encoding it again.
+
+    The body is spelled out in canonical order (at, data, entity, entity_id, event, line, seq):
+    byte for byte what canonical_json gives for the whole record (tests/store/test_chain.py).
+    """
+    dump = _canonical_scalar
+    body = (
+        f'{{"at":{dump(at)},"data":{data_json},"entity":{dump(entity)},'
+        f'"entity_id":{dump(entity_id)},"event":{dump(event)},"line":{dump(line)},"seq":{seq:d}}}'
+    )
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+_canonical_scalar = json.JSONEncoder(ensure_ascii=False).encode

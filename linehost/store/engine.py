@@ -22,6 +22,7 @@ from linehost.errors import DatabaseUnavailable, LinehostError, StoreError
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 PG_CONNECT_TIMEOUT = 5.0  # seconds; an unreachable server must not hang start-up
 PG_COMMAND_TIMEOUT = 60.0
+PG_PREPARED_STATEMENTS = 2000  # per connection (SQLAlchemy's asyncpg default is 100)
 
 #: SQLSTATEs of a server that cannot serve now but may soon: connection exceptions (08...),
 #: admin / crash shutdown and "starting up" (57P01-57P03), too many connections (53300).
@@ -51,8 +52,13 @@ def database_url(url: str) -> URL:
     return parsed
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """An engine for `url` set up for durability (SQLite) or resilience (PostgreSQL)."""
+def create_engine(url: str, *, ping: bool = True) -> AsyncEngine:
+    """An engine for `url` set up for durability (SQLite) or resilience (PostgreSQL).
+
+    `ping` (PostgreSQL): test each pooled connection before use, so a reader never meets one
+    the server dropped. The store's writer turns it off: a round trip per group commit is
+    dear, and it runs a batch again itself when its connection turns out dead.
+    """
     parsed = database_url(url)
     try:
         if parsed.get_backend_name() == "sqlite":
@@ -61,10 +67,17 @@ def create_engine(url: str) -> AsyncEngine:
         else:
             engine = create_async_engine(
                 parsed,
-                pool_pre_ping=True,
+                pool_pre_ping=ping,
                 pool_size=5,
                 max_overflow=5,
-                connect_args={"timeout": PG_CONNECT_TIMEOUT, "command_timeout": PG_COMMAND_TIMEOUT},
+                connect_args={
+                    "timeout": PG_CONNECT_TIMEOUT,
+                    "command_timeout": PG_COMMAND_TIMEOUT,
+                    # A batch's IN lists differ in length from batch to batch: each length is a
+                    # statement of its own to prepare. Keep them all (bytes each) rather than
+                    # prepare again, which costs a round trip and server CPU.
+                    "prepared_statement_cache_size": PG_PREPARED_STATEMENTS,
+                },
             )
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(

@@ -19,13 +19,13 @@ from typing import Any, Final, Generic, TypeVar
 
 import structlog
 from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from linehost.errors import IssuerError, LinehostError, OnboardingCollision, StoreError
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 from linehost.store.audit import Audit
-from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash
+from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
 from linehost.store.decisions import (
     AssignDecision,
     LiveAssignment,
@@ -84,9 +84,20 @@ def utcnow() -> datetime:
 class Store:
     """Attempts, assignments, audit trail and outbox of one line, behind a group-commit writer."""
 
-    def __init__(self, engine: AsyncEngine, *, line: str, head: ChainHead | None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        line: str,
+        head: ChainHead | None,
+        write_engine: AsyncEngine | None = None,
+    ) -> None:
+        """Serve `line`: reads over `engine`, the writer's transactions over `write_engine`
+        (default: the same engine)."""
         self.line = line
+        self.reconnects = 0  # batches run again on a new connection after a dead one
         self._engine = engine
+        self._write_engine = write_engine or engine
         self._head = head
         self._head_stale = False
         self._clock: Callable[[], datetime] = utcnow
@@ -117,7 +128,7 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, line=line, head=head)
+        return cls(engine, line=line, head=head, write_engine=create_engine(url, ping=False))
 
     async def close(self) -> None:
         """Finish what is queued, stop the writer, release the connections."""
@@ -129,6 +140,8 @@ class Store:
         try:
             await asyncio.wait([self._writer])  # its end, without its cancellation
         finally:
+            if self._write_engine is not self._engine:
+                await self._write_engine.dispose()
             await self._engine.dispose()
 
     @property
@@ -275,7 +288,7 @@ class Store:
             await self._run_alone(ops[0])
             return
         try:
-            await self._commit(ops)
+            await self._commit_reconnecting(ops)
         except Exception as exc:
             self._head_stale = True
             if is_unavailable(exc):
@@ -294,7 +307,7 @@ class Store:
     async def _run_alone(self, op: _Op[Any]) -> None:
         for attempt in range(SINGLE_OP_TRIES):
             try:
-                await self._commit([op])
+                await self._commit_reconnecting([op])
             except IntegrityError as exc:
                 self._head_stale = True
                 violated = _violated(exc)
@@ -321,12 +334,30 @@ class Store:
             return
         op.fail(StoreError("database kept refusing the operation (concurrent writers?)"))
 
+    async def _commit_reconnecting(self, ops: list[_Op[Any]]) -> None:
+        """_commit; once more on a new connection when the pooled one turned out dead.
+
+        The pool does not ping each connection before use (a round trip per group commit):
+        a connection the server dropped (restart, failover, idle kill) fails its first
+        statement instead, SQLAlchemy invalidates the pool, and the batch runs again. Every
+        operation is idempotent, so a COMMIT whose answer was lost is safe to repeat.
+        """
+        try:
+            await self._commit(ops)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            self._head_stale = True
+            self.reconnects += 1
+            _log.info("database_reconnect", detail=str(translate_error(exc, self._engine)))
+            await self._commit(ops)
+
     async def _commit(self, ops: list[_Op[Any]]) -> None:
         batch = _Batch(self.line, self._clock())
         wants = _Wants()
         for op in ops:
             op.want(wants)
-        async with self._engine.connect() as conn:
+        async with self._write_engine.connect() as conn:
             await conn.execution_options(**{WRITE_TRANSACTION: True})
             async with conn.begin():
                 await batch.load(conn, wants)
@@ -721,7 +752,8 @@ class _Batch:
         rows = []
         for ev in self.events:
             seq += 1
-            digest = row_hash(
+            data_json = canonical_json(ev.data)
+            digest = row_hash_of_json(
                 prev,
                 seq=seq,
                 line=self.line,
@@ -729,7 +761,7 @@ class _Batch:
                 entity=ev.entity,
                 entity_id=ev.entity_id,
                 event=ev.event,
-                data=ev.data,
+                data_json=data_json,
             )
             rows.append(
                 {
@@ -739,7 +771,7 @@ class _Batch:
                     "entity": ev.entity,
                     "entity_id": ev.entity_id,
                     "event": ev.event,
-                    "data": canonical_json(ev.data),
+                    "data": data_json,
                     "prev_hash": prev,
                     "row_hash": digest,
                 }

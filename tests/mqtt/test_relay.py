@@ -162,3 +162,33 @@ async def test_close_without_a_broker_returns_within_the_drain_timeout(tmp_path:
     await relay.close()
     assert loop.time() - started < 3
     assert outbox.sent == {}
+
+
+async def test_jig_state_is_published_at_once_then_coalesced(broker_url: str, prefix: str) -> None:
+    """A burst of changes: the first is published at once, the rest as one, the latest."""
+    sub = Subscriber(broker_url, subscriptions(prefix), f"t-{secrets.token_hex(4)}").start()
+    relay = MqttRelay(
+        settings(broker_url, prefix, state_interval=0.5), MemoryOutbox(), line="l1", jigs=1
+    )
+    topic = f"{prefix}/l1/jigs/st1/j1/state"
+
+    def states() -> list[tuple[str, str | None]]:
+        return [(m.json()["state"], m.json()["uid"]) for m in sub.snapshot() if m.topic == topic]
+
+    try:
+        relay.start()
+        await relay.wait_connected()
+        status = JigStatus("l1", "st1", "j1", state=JigState.WAITING_FOR_DEVICE)
+        relay.jig_changed(status)
+        await asyncio.to_thread(sub.wait_for, lambda _: len(states()) == 1, 5, "first state")
+        burst = [JigState.PROVISIONING, JigState.WAITING_FOR_SWAP, JigState.WAITING_FOR_DEVICE]
+        for n, state in enumerate(burst * 4):  # twelve changes within the interval
+            status.state, status.uid = state, f"{n:04X}"
+            relay.jig_changed(status)
+            await asyncio.sleep(0.01)
+        await asyncio.to_thread(sub.wait_for, lambda _: len(states()) >= 2, 5, "coalesced state")
+        await asyncio.sleep(0.8)  # nothing more is coming: the burst was one publish
+    finally:
+        await relay.close()
+        sub.stop()
+    assert states() == [("waiting_for_device", None), ("waiting_for_device", "000B")]

@@ -196,7 +196,7 @@ async def test_cn_template_and_not_after(dev_pki: DevPki) -> None:
         == "Acme FFF1:8000 ABCD1234"
     )
     assert cert.not_valid_after_utc == until
-    with pytest.raises(IssuerError, match=r"^DAC common name is 65 characters \(1\.\.64\)$"):
+    with pytest.raises(IssuerError, match=r"^DAC common name is 65 bytes in UTF-8 \(1\.\.64\)$"):
         await issuer.issue("A" * 50, csr())
 
 

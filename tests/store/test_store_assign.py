@@ -341,7 +341,7 @@ async def test_database_refuses_duplicate_dacs_and_bad_status(store: Store, make
 def _count_commits(store: Store) -> Counter[str]:
     counts: Counter[str] = Counter()
 
-    @event.listens_for(store.engine.sync_engine, "commit")
+    @event.listens_for(store._write_engine.sync_engine, "commit")
     def _on_commit(_conn: Any) -> None:
         counts["commit"] += 1
 
@@ -483,12 +483,12 @@ async def test_two_hosts_race_for_the_same_keys(db_url: str, make: Any) -> None:
 async def test_unreachable_database_then_retry(
     store: Store, make: Any, raw: Any, tmp_path: Any
 ) -> None:
-    real = store._engine
+    real = store._write_engine
     if real.dialect.name == "sqlite":
         gone = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
     else:
         gone = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
-    store._engine = gone
+    store._write_engine = gone
     req = make.request()
     try:
         with pytest.raises(DatabaseUnavailable) as info:
@@ -499,7 +499,7 @@ async def test_unreachable_database_then_retry(
         )
         assert all(isinstance(r, DatabaseUnavailable) for r in batch)
     finally:
-        store._engine = real
+        store._write_engine = real
         await gone.dispose()
         await asyncio.sleep(0.1)  # see test_unopenable_sqlite_is_database_unavailable
     result = await store.assign(req)
@@ -567,6 +567,7 @@ async def test_lost_connections_are_replaced(store: Store, make: Any, raw: Any) 
             await admin.close()
     else:
         await store.engine.dispose()  # SQLite has no server: drop the pooled connections
+        await store._write_engine.dispose()
     req = make.request()
     for _ in range(3):  # at worst one DatabaseUnavailable; the caller retries
         try:

@@ -31,9 +31,13 @@ async def test_sqlite_is_durable(tmp_path: Path) -> None:
     assert pragmas["busy_timeout"] >= 1000
 
 
-def test_postgres_pings_before_use() -> None:
+def test_postgres_readers_ping_the_writer_does_not() -> None:
+    """Readers test a pooled connection before use; the writer pays no round trip per commit
+    and replaces a dead connection itself (tests/store/test_postgres_reconnect.py)."""
     engine = create_engine("postgresql+asyncpg://postgres@127.0.0.1/x")
     assert engine.pool._pre_ping  # type: ignore[attr-defined]
+    writer = create_engine("postgresql+asyncpg://postgres@127.0.0.1/x", ping=False)
+    assert not writer.pool._pre_ping  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
