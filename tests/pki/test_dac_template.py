@@ -26,8 +26,9 @@ from .builders import make_csr, openssl_verify, write
 KEYS = [ec.generate_private_key(ec.SECP256R1()).public_key() for _ in range(8)]
 common_names = st.one_of(
     st.text("0123456789ABCDEF", min_size=16, max_size=16),  # the default: the UID
-    st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=64)
-    .filter(lambda cn: len(cn.encode()) <= 64),  # ub-common-name, in UTF-8 bytes
+    st.text(
+        st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=64
+    ).filter(lambda cn: len(cn.encode()) <= 64),  # ub-common-name, in UTF-8 bytes
 )
 moments = st.datetimes(
     min_value=datetime(1990, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)
