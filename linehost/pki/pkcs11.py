@@ -6,13 +6,15 @@ import asyncio
 import contextlib
 import hashlib
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast
 from urllib.parse import unquote, unquote_to_bytes
 
 import pkcs11
+import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -30,6 +32,9 @@ if TYPE_CHECKING:
 #: Where Debian and Ubuntu install SoftHSM2's module.
 SOFTHSM2_MODULE = "/usr/lib/softhsm/libsofthsm2.so"
 
+#: Seconds between two attempts to reopen a lost token; signing fails at once in between.
+REOPEN_INTERVAL: Final = 1.0
+
 #: DER of the namedCurve OID prime256v1 (CKA_EC_PARAMS of a P-256 key).
 _P256_EC_PARAMS = bytes.fromhex("06082a8648ce3d030107")
 _P256_COORDINATE_BYTES = 32
@@ -37,6 +42,12 @@ _P256_COORDINATE_BYTES = 32
 _PATH_ATTRS = frozenset({"token", "serial", "manufacturer", "model", "object", "id", "type"})
 
 _T = TypeVar("_T")
+
+_log = structlog.get_logger("linehost.pki")
+
+
+class _PinRefused(PkiError):
+    """The token refused the PIN: trying it again only brings the lockout closer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +107,12 @@ def parse_pkcs11_uri(uri: str) -> Pkcs11Uri:
 
 
 class Pkcs11Signer:
-    """Signs with ECDSA-SHA256 by a P-256 private key on a PKCS#11 token, in a worker thread."""
+    """Signs with ECDSA-SHA256 by a P-256 private key on a PKCS#11 token, in a worker thread.
+
+    When the token fails (unplugged, reset, its session lost) the signer restarts the module,
+    logs in again and retries once; while the token stays away every signature fails at once
+    and a new reopen is tried at most every REOPEN_INTERVAL seconds.
+    """
 
     def __init__(
         self,
@@ -104,12 +120,19 @@ class Pkcs11Signer:
         key: SignMixin,
         public_key: ec.EllipticCurvePublicKey,
         description: str,
+        *,
+        reopen: Callable[[], tuple[pkcs11.Session, SignMixin, ec.EllipticCurvePublicKey]]
+        | None = None,
     ) -> None:
         """Take over an open, logged-in session and a key in it; Pkcs11Signer.open is the way in."""
         self._session: pkcs11.Session | None = session
-        self._key = key
+        self._key: SignMixin | None = key
         self._public_key = public_key
         self._description = description
+        self._reopen = reopen
+        self._closed = False
+        self._lost: str | None = None  # why the token is unusable, while it is
+        self._next_reopen = 0.0
         # The module is initialised without OS locking: one thread, one call at a time.
         self._lock = threading.Lock()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pkcs11-signer")
@@ -122,28 +145,25 @@ class Pkcs11Signer:
             lib = pkcs11.lib(module_path)
         except (PKCS11Error, OSError) as exc:
             raise PkiError(f"PKCS#11 module {module_path}: cannot load ({exc})") from None
-        token = _find_token(lib, where)
-        label = token.label
-        try:
-            session = token.open(user_pin=pin)
-        except pkcs11.exceptions.PinIncorrect:
-            raise PkiError(f"PKCS#11 token {label!r}: wrong PIN") from None
-        except pkcs11.exceptions.PinLocked:
-            raise PkiError(f"PKCS#11 token {label!r}: PIN locked") from None
-        except pkcs11.exceptions.UserAlreadyLoggedIn:
-            raise PkiError(
-                f"PKCS#11 token {label!r}: already logged in by this process "
-                "(use one Pkcs11Signer per token)"
-            ) from None
-        except PKCS11Error as exc:
-            raise PkiError(f"PKCS#11 token {label!r}: cannot log in ({_name(exc)})") from None
-        try:
-            key, public_key = _find_key(session, where, label)
-        except BaseException:
-            session.close()
-            raise
+        session, key, public_key, label = _log_in(lib, where, pin)
         name = where.object or (where.id.hex() if where.id else "?")
-        return cls(session, key, public_key, f"PKCS#11 key {name!r} on token {label!r}")
+
+        def reopen() -> tuple[pkcs11.Session, SignMixin, ec.EllipticCurvePublicKey]:
+            # Sessions and object handles die with the module; only a restart finds the token
+            # again once it is back (SoftHSM2 never re-reads a token directory that vanished).
+            with contextlib.suppress(PKCS11Error):
+                lib.finalize()
+            try:
+                lib.initialize()
+            except PKCS11Error as exc:
+                raise PkiError(
+                    f"PKCS#11 module {module_path}: cannot restart ({_name(exc)})"
+                ) from None
+            return _log_in(lib, where, pin)[:3]
+
+        return cls(
+            session, key, public_key, f"PKCS#11 key {name!r} on token {label!r}", reopen=reopen
+        )
 
     def public_key(self) -> ec.EllipticCurvePublicKey:
         """The public half of the token's key."""
@@ -152,7 +172,7 @@ class Pkcs11Signer:
     async def sign(self, data: bytes) -> bytes:
         """Return a DER ECDSA-SHA256 signature over `data`; raise IssuerError on any HSM failure."""
         digest = hashlib.sha256(data).digest()
-        raw = await self._run(lambda: self._key.sign(digest, mechanism=Mechanism.ECDSA))
+        raw = await self._run(lambda key: key.sign(digest, mechanism=Mechanism.ECDSA))
         if len(raw) != 2 * _P256_COORDINATE_BYTES:
             raise IssuerError(f"{self._description}: signature of {len(raw)} bytes, not 64")
         r = int.from_bytes(raw[:_P256_COORDINATE_BYTES], "big")
@@ -161,7 +181,7 @@ class Pkcs11Signer:
 
     async def aclose(self) -> None:
         """Log out and close the session, then stop the worker thread; idempotent."""
-        if self._session is None:
+        if self._closed:
             return
         try:
             await asyncio.get_running_loop().run_in_executor(self._worker, self._close)
@@ -170,27 +190,103 @@ class Pkcs11Signer:
 
     def _close(self) -> None:
         with self._lock:
-            session, self._session = self._session, None
+            self._closed = True
+            session, self._session, self._key = self._session, None, None
             # A token that is gone already has nothing left to release.
             if session is not None:
                 with contextlib.suppress(PKCS11Error):
                     session.close()
 
-    async def _run(self, call: Callable[[], _T]) -> _T:
+    async def _run(self, call: Callable[[SignMixin], _T]) -> _T:
         def locked() -> _T:
             with self._lock:
-                if self._session is None:
+                if self._closed:
                     raise IssuerError(f"{self._description}: signer is closed")
+                if self._key is None:
+                    away = self._try_reopen()
+                    if away is not None:
+                        raise IssuerError(f"{self._description}: HSM unavailable ({away})")
+                assert self._key is not None
                 try:
-                    return call()
+                    return call(self._key)
                 except PKCS11Error as exc:
-                    raise IssuerError(f"{self._description}: HSM failed ({_name(exc)})") from exc
+                    failed = f"HSM failed ({_name(exc)})"
+                    self._lose(failed)
+                away = self._try_reopen(force=True)
+                if away is not None:
+                    raise IssuerError(f"{self._description}: {failed}; {away}")
+                assert self._key is not None
+                try:
+                    return call(self._key)
+                except PKCS11Error as exc:
+                    failed = f"HSM failed ({_name(exc)})"
+                    self._lose(failed)
+                    raise IssuerError(f"{self._description}: {failed}") from exc
 
         try:
             future = asyncio.get_running_loop().run_in_executor(self._worker, locked)
         except RuntimeError:  # the worker was shut down by aclose
             raise IssuerError(f"{self._description}: signer is closed") from None
         return await future
+
+    def _lose(self, why: str) -> None:
+        # The old handles are not closed: after a module restart their numbers may be reused.
+        self._session, self._key = None, None
+        if self._lost is None:
+            _log.error("hsm_lost", key=self._description, detail=why)
+        self._lost = why
+
+    def _try_reopen(self, *, force: bool = False) -> str | None:
+        """Log in to the token again and find the key; return why not while it stays away."""
+        if self._reopen is None:
+            return self._lost or "the signer cannot reopen its token"
+        now = time.monotonic()
+        if not force and now < self._next_reopen:
+            return self._lost or "the token is away"
+        self._next_reopen = now + REOPEN_INTERVAL
+        try:
+            session, key, public_key = self._reopen()
+        except _PinRefused as exc:
+            self._reopen = None
+            self._lost = f"cannot reopen: {exc}; not trying again until the host restarts"
+            return self._lost
+        except PkiError as exc:
+            self._lost = f"cannot reopen: {exc}"
+            return self._lost
+        if public_key != self._public_key:
+            with contextlib.suppress(PKCS11Error):
+                session.close()
+            self._lost = "cannot reopen: the token now holds another key under that name"
+            return self._lost
+        self._session, self._key, self._lost = session, key, None
+        _log.warning("hsm_reopened", key=self._description)
+        return None
+
+
+def _log_in(
+    lib: Pkcs11Lib, where: Pkcs11Uri, pin: str
+) -> tuple[pkcs11.Session, SignMixin, ec.EllipticCurvePublicKey, str]:
+    token = _find_token(lib, where)
+    label = token.label
+    try:
+        session = token.open(user_pin=pin)
+    except pkcs11.exceptions.PinIncorrect:
+        raise _PinRefused(f"PKCS#11 token {label!r}: wrong PIN") from None
+    except pkcs11.exceptions.PinLocked:
+        raise _PinRefused(f"PKCS#11 token {label!r}: PIN locked") from None
+    except pkcs11.exceptions.UserAlreadyLoggedIn:
+        raise PkiError(
+            f"PKCS#11 token {label!r}: already logged in by this process "
+            "(use one Pkcs11Signer per token)"
+        ) from None
+    except PKCS11Error as exc:
+        raise PkiError(f"PKCS#11 token {label!r}: cannot log in ({_name(exc)})") from None
+    try:
+        key, public_key = _find_key(session, where, label)
+    except BaseException:
+        session.close()
+        raise
+    return session, key, public_key, label
 
 
 def _find_token(lib: Pkcs11Lib, where: Pkcs11Uri) -> pkcs11.Token:

@@ -1,17 +1,23 @@
-"""`linehost run` as a subprocess with the PAI key in SoftHSM2, with a pre-issued bundle, with a
-Certification Declaration; start-up refusals; and the PAI key material never leaking."""
+"""`linehost run` as a subprocess with the PAI key in SoftHSM2 (also unplugged mid-run), with a
+pre-issued bundle, with a Certification Declaration; start-up refusals; and the PAI key material
+never leaking, MQTT included."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
 import subprocess
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_hex
 from typing import Any
 
 import pytest
@@ -22,8 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from linehost.pki.csr import parse_csr
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
-from tests.e2e.harness import HostRun, SimRun, jsonl, linehost
+from tests.e2e.harness import HostRun, SimRun, jsonl, linehost, wait_for
 from tests.e2e.preset_sim import PRESET, Identity, write_identities
+from tests.mqtt.subscriber import Received, Subscriber
 
 MODULE = os.environ.get("SOFTHSM2_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
 TOKEN = "linehost-e2e"
@@ -31,6 +38,8 @@ PIN = "hsm-Pin-Q7x93Lk"  # letters: a PIN of digits could turn up in a log by ch
 SO_PIN = "so-Pin-5678"
 PIN_ENV = "LINEHOST_E2E_HSM_PIN"
 PASSPHRASE = "pass-Phrase-W4nq8Rz"
+#: The unplug test's devices: enough that a slow machine still has some when the token is back.
+DEVICES_PER_JIG = 24
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------
@@ -179,9 +188,15 @@ class PresetSimRun(SimRun):
 
 
 def line_config(
-    path: Path, pki: str, ports: dict[str, str], *, line: str = "pki-line", db: Path | None = None
+    path: Path,
+    pki: str,
+    ports: dict[str, str],
+    *,
+    line: str = "pki-line",
+    db: Path | None = None,
+    extra: str = "",
 ) -> Path:
-    """A station config whose [pki] section is `pki` (TOML lines)."""
+    """A station config whose [pki] section is `pki` (TOML lines), plus `extra` sections."""
     database = db or path.parent / "linehost.db"
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st1"\nport = "{port}"\n'
@@ -192,23 +207,28 @@ def line_config(
         f'[database]\nurl = "sqlite+aiosqlite:///{database}"\n'
         f"[pki]\n{pki}\n"
         "[protocol]\nsync_interval = 0.2\ncsr_timeout = 5\nresult_timeout = 3\n"
-        f"{jigs}"
+        f"{extra}{jigs}"
     )
     return path
+
+
+def start_host(config: Path, env: dict[str, str] | None = None) -> HostRun:
+    """`linehost run` with `env` added to this process's environment."""
+    old = dict(os.environ)
+    if env is not None:
+        os.environ.update(env)
+    try:
+        return HostRun(config).start()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
 
 
 def run_line(
     config: Path, sim: SimRun, env: dict[str, str] | None = None, timeout: float = 90
 ) -> HostRun:
     """Run the line until the simulator's devices are done; return the stopped host."""
-    old = dict(os.environ)
-    if env is not None:
-        os.environ.update(env)
-    try:
-        host = HostRun(config).start()
-    finally:
-        os.environ.clear()
-        os.environ.update(old)
+    host = start_host(config, env)
     try:
         sim.wait(timeout=timeout)
     finally:
@@ -247,16 +267,17 @@ def key_secrets(key_file: Path, *extra: str) -> dict[str, str]:
     key = serialization.load_pem_private_key(pem, None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     scalar = key.private_numbers().private_value
+    pkcs8 = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    raw = scalar.to_bytes(32, "big")
     out = {
         "scalar hex": f"{scalar:064x}",
         "scalar decimal": str(scalar),
-        "pkcs8 base64": base64.b64encode(
-            key.private_bytes(
-                serialization.Encoding.DER,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        ).decode()[:40],
+        "scalar base64": base64.b64encode(raw).decode()[:40],
+        "scalar base64url": base64.urlsafe_b64encode(raw).decode()[:40],
+        # the first 36 bytes (48 base64 characters) are the same for every P-256 PKCS#8 key
+        "pkcs8 base64": base64.b64encode(pkcs8).decode()[48:88],
     }
     body = [ln for ln in pem.decode().splitlines() if ln and not ln.startswith("-----")]
     out |= {f"PEM line {i}": ln for i, ln in enumerate(body) if len(ln) >= 16}
@@ -283,13 +304,103 @@ def assert_no_leak(places: dict[str, str], secrets: dict[str, str]) -> None:
             assert secret.lower() not in low, f"{what} found in {where}"
 
 
+# --- MQTT: capture everything the line publishes ------------------------------------------------
+
+
+def mqtt_section(url: str, prefix: str) -> str:
+    return f'[mqtt]\nurl = "{url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+
+
+def subscribe_all(url: str, prefix: str) -> Subscriber:
+    """A subscriber to everything under `prefix/`, connected before the host starts."""
+    return Subscriber(url, [f"{prefix}/#"], f"leak-{token_hex(4)}", persistent=False).start()
+
+
+def retained_under(url: str, prefix: str, jigs: int) -> list[Received]:
+    """What a subscriber arriving after the run is handed: host status and every jig state."""
+    late = subscribe_all(url, prefix)
+    try:
+        late.wait_for(
+            lambda got: len({m.topic for m in got if m.retain}) >= jigs + 1,
+            10,
+            "the retained host status and jig states",
+        )
+        time.sleep(0.3)  # anything else retained under the prefix
+        return late.snapshot()
+    finally:
+        late.stop()
+
+
+def wait_for_results(sub: Subscriber, prefix: str, line: str, attempt_ids: set[str]) -> None:
+    """Every attempt's result record arrived, and the host said it went offline."""
+    results, host = f"{prefix}/{line}/results", f"{prefix}/{line}/host/status"
+
+    def arrived(got: list[Received]) -> bool:
+        seen = {m.json()["attempt_id"] for m in got if m.topic == results}
+        offline = [m for m in got if m.topic == host and m.json() == {"online": False}]
+        return seen >= attempt_ids and bool(offline)
+
+    sub.wait_for(arrived, 15, f"{len(attempt_ids)} results and host offline on {prefix}/")
+
+
+def _json_text(value: Any) -> Iterator[str]:
+    """Every key and scalar of a decoded JSON document (escapes such as \\/ undone)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield str(key)
+            yield from _json_text(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _json_text(item)
+    else:
+        yield str(value)
+
+
+def mqtt_places(messages: list[Received], kind: str = "MQTT") -> dict[str, str]:
+    """Each message's topic, payload and JSON-decoded payload as text, named for the report."""
+    places: dict[str, str] = {}
+    for i, msg in enumerate(messages):
+        where = f"{kind} message {i} on {msg.topic}"
+        places[f"{where} (topic)"] = msg.topic
+        places[f"{where} (payload)"] = msg.payload.decode("utf-8", "replace")
+        try:
+            decoded = json.loads(msg.payload)
+        except ValueError:
+            continue
+        places[f"{where} (decoded)"] = "\n".join(_json_text(decoded))
+    return places
+
+
+def assert_no_key_bytes(messages: list[Received], key_file: Path, *extra: str) -> None:
+    """Neither the raw private scalar nor an extra secret is in any topic or payload, as bytes."""
+    key = serialization.load_pem_private_key(key_file.read_bytes(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    raw = {"raw scalar": key.private_numbers().private_value.to_bytes(32, "big")}
+    raw |= {f"secret {i} bytes": s.encode() for i, s in enumerate(extra)}
+    for i, msg in enumerate(messages):
+        for what, secret in raw.items():
+            assert secret not in msg.payload, f"{what} in MQTT message {i} on {msg.topic}"
+            assert secret not in msg.topic.encode(), f"{what} in MQTT topic {msg.topic}"
+
+
 # --- PKCS#11 -----------------------------------------------------------------------------------
 
 
+def hsm_pki(hsm: Hsm) -> str:
+    """The [pki] lines for the token's PAI key, the PIN from PIN_ENV."""
+    return (
+        f'pai_cert = "{hsm.pki / "pai.pem"}"\npaa_cert = "{hsm.pki / "paa.pem"}"\n'
+        f'pai_key = "pkcs11:token={TOKEN};object=pai"\npkcs11_module = "{MODULE}"\n'
+        f'pkcs11_pin_env = "{PIN_ENV}"\ncd_file = "{hsm.pki / "cd.der"}"\n'
+        'vid = "FFF1"\npid = "8000"\n'
+    )
+
+
 @pytest.mark.hsm
+@pytest.mark.mqtt
 @pytest.mark.timeout(180)
 def test_line_signs_with_the_pai_key_in_softhsm_and_delivers_the_cd(
-    tmp_path: Path, hsm: Hsm
+    tmp_path: Path, hsm: Hsm, broker_url: str, prefix: str
 ) -> None:
     chips = make_identities(8, "A1")
     sim = PresetSimRun(
@@ -301,18 +412,19 @@ def test_line_signs_with_the_pai_key_in_softhsm_and_delivers_the_cd(
         identities=write_identities(tmp_path / "chips.jsonl", chips),
         expect_cd=hsm.pki / "cd.der",
     ).start()
-    pki = (
-        f'pai_cert = "{hsm.pki / "pai.pem"}"\npaa_cert = "{hsm.pki / "paa.pem"}"\n'
-        f'pai_key = "pkcs11:token={TOKEN};object=pai"\npkcs11_module = "{MODULE}"\n'
-        f'pkcs11_pin_env = "{PIN_ENV}"\ncd_file = "{hsm.pki / "cd.der"}"\n'
-        'vid = "FFF1"\npid = "8000"\n'
+    config = line_config(
+        tmp_path / "line.toml", hsm_pki(hsm), sim.ports, extra=mqtt_section(broker_url, prefix)
     )
-    config = line_config(tmp_path / "line.toml", pki, sim.ports)
-    host = run_line(config, sim, env={"SOFTHSM2_CONF": str(hsm.conf), PIN_ENV: PIN})
+    sub = subscribe_all(broker_url, prefix)
+    try:
+        host = run_line(config, sim, env={"SOFTHSM2_CONF": str(hsm.conf), PIN_ENV: PIN})
+        attempts = attempts_of(config)
+        wait_for_results(sub, prefix, "pki-line", {a["attempt_id"] for a in attempts})
+    finally:
+        sub.stop()
     log = host.output()
     assert "key_source=pkcs11" in log
 
-    attempts = attempts_of(config)
     assert sorted(a["uid"] for a in attempts) == sorted(c.uid for c in chips)
     assert {a["outcome"] for a in attempts} == {"provisioned"}, attempts
     confirmed = [a for a in assignments_of(config) if a["status"] == "confirmed"]
@@ -331,11 +443,162 @@ def test_line_signs_with_the_pai_key_in_softhsm_and_delivers_the_cd(
     verify = linehost("audit", "--config", config, "verify")
     assert "audit verify: OK" in verify.stdout
 
+    live = sub.snapshot()
+    results = [m.json() for m in live if m.topic == f"{prefix}/pki-line/results"]
+    assert sorted(r["uid"] for r in results) == sorted(c.uid for c in chips)
+    assert len({m.topic for m in live if "/jigs/" in m.topic}) == 4
+    retained = retained_under(broker_url, prefix, jigs=4)
     secrets = key_secrets(hsm.key_file, PIN)
     assert_no_leak(
-        {"log": log, "database": dump_database(tmp_path / "linehost.db"), "audit": verify.stdout},
+        {"log": log, "database": dump_database(tmp_path / "linehost.db"), "audit": verify.stdout}
+        | mqtt_places(live)
+        | mqtt_places(retained, "retained MQTT"),
         secrets,
     )
+    assert_no_key_bytes([*live, *retained], hsm.key_file, PIN)
+
+
+def finished_attempts(db: Path) -> list[dict[str, Any]]:
+    """The ended attempts so far, read from the running host's SQLite file, oldest first."""
+    if not db.exists():
+        return []
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            conn.row_factory = sqlite3.Row
+            rows = conn.execute(
+                "SELECT uid, outcome, detail, dac_serial, assignment_id FROM attempts "
+                "WHERE outcome IS NOT NULL ORDER BY ended_at"
+            ).fetchall()
+    except sqlite3.Error:  # not migrated yet
+        return []
+    return [dict(r) for r in rows]
+
+
+def count(db: Path, outcome: str) -> int:
+    return sum(a["outcome"] == outcome for a in finished_attempts(db))
+
+
+@pytest.mark.hsm
+@pytest.mark.mqtt
+@pytest.mark.timeout(120)
+def test_hsm_unplugged_mid_run_fails_attempts_cleanly_and_provisioning_resumes(
+    tmp_path: Path, hsm: Hsm, broker_url: str, prefix: str
+) -> None:
+    # A token of its own: SoftHSM2 keeps it in a directory, and taking that directory away is
+    # this machine's way of pulling the HSM out (see docs/pki.md).
+    tokens = tmp_path / "tokens"
+    shutil.copytree(hsm.conf.parent / "tokens", tokens)
+    unplugged = tmp_path / "tokens-unplugged"
+    conf = tmp_path / "softhsm2.conf"
+    conf.write_text(
+        f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n"
+    )
+    sim = SimRun(
+        tmp_path, jigs=2, devices=DEVICES_PER_JIG, mix="good", paa=hsm.pki / "paa.pem",
+        swap_seconds=0.4,
+    ).start()  # fmt: skip
+    config = line_config(
+        tmp_path / "line.toml", hsm_pki(hsm), sim.ports, extra=mqtt_section(broker_url, prefix)
+    )
+    db = tmp_path / "linehost.db"
+    sub = subscribe_all(broker_url, prefix)
+    host = start_host(config, {"SOFTHSM2_CONF": str(conf), PIN_ENV: PIN})
+    try:
+        wait_for(lambda: count(db, "provisioned") >= 2, 30, "two devices provisioned")
+        tokens.rename(unplugged)
+        signed_before = count(db, "provisioned") + 2  # each jig may have one signed in flight
+        wait_for(lambda: count(db, "issuer_error") >= 2, 20, "attempts failing on the HSM")
+
+        def status_shows_it() -> dict[str, Any] | None:
+            snapshot = json.loads(linehost("status", "--config", config, "--json").stdout)
+            failing = [j for j in snapshot["jigs"] if j["last_outcome"] == "issuer_error"]
+            return failing[0] if failing else None
+
+        wait_for(status_shows_it, 15, "`linehost status` showing the issuer_error")
+        during = status_shows_it()
+        assert during is not None
+        assert count(db, "provisioned") <= signed_before
+
+        unplugged.rename(tokens)
+        resumed_from = count(db, "provisioned")
+        wait_for(lambda: count(db, "provisioned") >= resumed_from + 3, 30, "provisioning again")
+        sim.wait(timeout=60)
+    finally:
+        if unplugged.exists():
+            unplugged.rename(tokens)
+        sim.stop()
+        code = host.stop()
+    log = host.output()
+    assert code == 0, log[-3000:]
+    assert "Traceback" not in log
+    attempts = attempts_of(config)
+    try:
+        wait_for_results(sub, prefix, "pki-line", {a["attempt_id"] for a in attempts})
+    finally:
+        sub.stop()
+
+    # every device got an outcome: provisioned, or issuer_error while the token was away
+    assert len(attempts) == 2 * DEVICES_PER_JIG
+    assert {a["outcome"] for a in attempts} == {"provisioned", "issuer_error"}
+    ended = finished_attempts(db)
+    failed = [a for a in ended if a["outcome"] == "issuer_error"]
+    after = ended[ended.index(failed[-1]) + 1 :]
+    assert len(after) >= 3
+    assert {a["outcome"] for a in after} == {"provisioned"}
+    # the attempt that met the dead session says so; the rest say the token is still away
+    where = f"PKCS#11 key 'pai' on token '{TOKEN}': "
+    first = [a for a in failed if a["detail"].startswith(where + "HSM failed (")]
+    assert len(first) == 1
+    assert "; cannot reopen: " in first[0]["detail"]
+    for attempt in failed:
+        if attempt is not first[0]:
+            assert attempt["detail"].startswith(where + "HSM unavailable (cannot reopen: ")
+    for attempt in failed:
+        assert attempt["assignment_id"] is None
+        assert attempt["dac_serial"] is None
+
+    # no DAC recorded for, nor stored by, a device whose attempt failed
+    lost = {a["uid"] for a in failed}
+    assignments = assignments_of(config)
+    assert not lost & {a["uid"] for a in assignments}
+    stored = {d["uid"]: d["stored_dac_sha256"] for d in sim.devices_seen()}
+    assert {uid: stored[uid] for uid in lost} == dict.fromkeys(lost)
+    provisioned = {a["uid"] for a in attempts if a["outcome"] == "provisioned"}
+    assert {a["uid"]: a["dac_sha256"] for a in assignments} == {
+        uid: stored[uid] for uid in provisioned
+    }
+    assert {a["status"] for a in assignments} == {"confirmed"}
+    openssl_verify_all(hsm.pki, [a["dac_pem"] for a in assignments], tmp_path)
+
+    # what the line showed: status during the outage, the log, the jig states and results
+    assert during["last_detail"].startswith(where + "HSM ")
+    assert during["failed"] >= 1
+    assert log.count("event=hsm_lost") == 1
+    assert log.count("event=hsm_reopened") == 1
+    assert log.index("event=hsm_lost") < log.index("event=hsm_reopened")
+    assert log.count("event=issuer_failed") == len(failed)
+    live = sub.snapshot()
+    states = [m.json() for m in live if m.topic.endswith("/state")]
+    showing = [s for s in states if s["last_outcome"] == "issuer_error"]
+    assert showing
+    assert all(s["last_detail"].startswith(where + "HSM ") for s in showing)
+    results = {
+        r["attempt_id"]: r
+        for r in (m.json() for m in live if m.topic == f"{prefix}/pki-line/results")
+    }
+    for attempt in attempts:
+        sent = results[attempt["attempt_id"]]
+        assert (sent["outcome"], sent["detail"]) == (attempt["outcome"], attempt["detail"])
+        if attempt["outcome"] == "issuer_error":
+            assert sent["dac_serial"] is None
+    retained = retained_under(broker_url, prefix, jigs=2)
+    final = [m.json() for m in retained if m.topic.endswith("/state")]
+    assert {s["last_outcome"] for s in final} == {"provisioned"}  # the line recovered
+    assert_no_leak(
+        {"log": log, "database": dump_database(db)} | mqtt_places(live),
+        key_secrets(hsm.key_file, PIN),
+    )
+    assert_no_key_bytes(live, hsm.key_file, PIN)
 
 
 @pytest.mark.hsm
@@ -587,8 +850,11 @@ def _encrypt(plain: Path, out: Path, passphrase: str) -> None:
 # --- the key never leaks ------------------------------------------------------------------------
 
 
+@pytest.mark.mqtt
 @pytest.mark.timeout(180)
-def test_encrypted_file_key_material_never_leaks(tmp_path: Path, dev_pki: Path) -> None:
+def test_encrypted_file_key_material_never_leaks(
+    tmp_path: Path, dev_pki: Path, broker_url: str, prefix: str
+) -> None:
     enc = tmp_path / "pai-enc.key"
     _encrypt(dev_pki / "pai.key", enc, PASSPHRASE)
     sim = SimRun(
@@ -599,19 +865,41 @@ def test_encrypted_file_key_material_never_leaks(tmp_path: Path, dev_pki: Path) 
         f'pai_key = "{enc}"\npai_key_passphrase_env = "LINEHOST_E2E_PASS"\n'
         f'cd_file = "{dev_pki / "cd.der"}"\nvid = "FFF1"\npid = "8000"\n'
     )
-    config = line_config(tmp_path / "line.toml", pki, sim.ports)
-    host = run_line(config, sim, env={"LINEHOST_E2E_PASS": PASSPHRASE})
-    attempts = attempts_of(config)
-    assert len(attempts) == 6
-    assert {a["outcome"] for a in attempts} == {"provisioned", "device_error"}
-    # a failing start (wrong passphrase) prints one line, no traceback, no key
-    (tmp_path / "wrong").write_text("wrong")
-    env = {**os.environ, "LINEHOST_E2E_PASS": "wrong"}
-    failed = subprocess.run(
-        _linehost_cmd("run", "--config", config), capture_output=True, text=True, env=env,
-        timeout=60, check=False,
-    )  # fmt: skip
-    assert failed.returncode == 2
+    config = line_config(
+        tmp_path / "line.toml", pki, sim.ports, extra=mqtt_section(broker_url, prefix)
+    )
+    sub = subscribe_all(broker_url, prefix)
+    try:
+        host = run_line(config, sim, env={"LINEHOST_E2E_PASS": PASSPHRASE})
+        attempts = attempts_of(config)
+        assert len(attempts) == 6
+        assert {a["outcome"] for a in attempts} == {"provisioned", "device_error"}
+        wait_for_results(sub, prefix, "pki-line", {a["attempt_id"] for a in attempts})
+        # a failing start (wrong passphrase) prints one line, no traceback, no key
+        env = {**os.environ, "LINEHOST_E2E_PASS": "wrong"}
+        failed = subprocess.run(
+            _linehost_cmd("run", "--config", config), capture_output=True, text=True, env=env,
+            timeout=60, check=False,
+        )  # fmt: skip
+        assert failed.returncode == 2
+        time.sleep(0.5)  # whatever that start might have published
+    finally:
+        sub.stop()
+    live = sub.snapshot()
+    retained = retained_under(broker_url, prefix, jigs=3)
+    # what was captured is the whole run: a result per attempt, every jig's states, the host
+    results = [m.json() for m in live if m.topic == f"{prefix}/pki-line/results"]
+    assert sorted(r["attempt_id"] for r in results) == sorted(a["attempt_id"] for a in attempts)
+    assert {r["dac_serial"] for r in results if r["outcome"] == "provisioned"} == {
+        a["dac_serial"] for a in attempts if a["outcome"] == "provisioned"
+    }
+    jig_topics = {m.topic for m in live if "/jigs/" in m.topic}
+    assert jig_topics == {f"{prefix}/pki-line/jigs/st1/{j}/state" for j in sim.ports}
+    host_status = [m.json()["online"] for m in live if m.topic.endswith("/host/status")]
+    assert host_status[0] is True
+    assert host_status[-1] is False
+    assert {m.topic for m in retained} == jig_topics | {f"{prefix}/pki-line/host/status"}
+
     export = linehost("audit", "--config", config, "export", "--format", "csv").stdout
     outputs = {
         "log": host.output(),
@@ -620,6 +908,7 @@ def test_encrypted_file_key_material_never_leaks(tmp_path: Path, dev_pki: Path) 
         "export": export,
         "attempts": linehost("audit", "--config", config, "attempts").stdout,
     }
+    outputs |= mqtt_places(live) | mqtt_places(retained, "retained MQTT")
     secrets = key_secrets(dev_pki / "pai.key", PASSPHRASE)
     secrets |= {
         f"encrypted PEM line {i}": ln
@@ -627,6 +916,25 @@ def test_encrypted_file_key_material_never_leaks(tmp_path: Path, dev_pki: Path) 
         if len(ln) >= 16 and not ln.startswith("-----")
     }
     assert_no_leak(outputs, secrets)
-    # the check is not vacuous: the same scan finds the key in the key file itself
+    assert_no_key_bytes([*live, *retained], dev_pki / "pai.key", PASSPHRASE)
+    # the checks are not vacuous: the same scans find the key in the key file itself, and in
+    # a message that carried it
     with pytest.raises(AssertionError, match="found in key file"):
         assert_no_leak({"key file": (dev_pki / "pai.key").read_text()}, secrets)
+    planted = Received(f"{prefix}/x", (dev_pki / "pai.key").read_bytes(), False, 1)
+    with pytest.raises(AssertionError, match="found in MQTT message 0"):
+        assert_no_leak(mqtt_places([planted]), secrets)
+    key_der = serialization.load_pem_private_key((dev_pki / "pai.key").read_bytes(), None)
+    escaped = "".join(f"\\u{ord(c):04x}" for c in base64.b64encode(_der(key_der)).decode())
+    as_json = '{"k": "' + escaped + '"}'  # valid JSON that hides the key from a plain grep
+    with pytest.raises(AssertionError, match=r"found in MQTT message 0 on .* \(decoded\)"):
+        assert_no_leak(mqtt_places([Received(planted.topic, as_json.encode(), False, 1)]), secrets)
+    with pytest.raises(AssertionError, match="raw scalar"):
+        assert_no_key_bytes([Received(planted.topic, _der(key_der), False, 1)], dev_pki / "pai.key")
+
+
+def _der(key: Any) -> bytes:
+    der: bytes = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return der

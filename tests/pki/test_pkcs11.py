@@ -1,11 +1,13 @@
-"""Pkcs11Signer against SoftHSM2: DACs signed in the token, verified by openssl; failures."""
+"""Pkcs11Signer against SoftHSM2: DACs signed in the token, verified by openssl; failures,
+an unplugged token and its reopening."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,3 +226,91 @@ def test_softhsm_pki_key_file_is_the_one_imported(softhsm: SoftHsm) -> None:
     key = serialization.load_pem_private_key(softhsm.pki.pai_key.read_bytes(), None)
     cert = x509.load_pem_x509_certificate(softhsm.pki.pai_cert.read_bytes())
     assert key.public_key() == cert.public_key()
+
+
+@contextlib.contextmanager
+def unplugged(softhsm: SoftHsm) -> Iterator[Callable[[], None]]:
+    """Take the token directory away (SoftHSM2's unplug); the callable plugs it back in."""
+    tokens = softhsm.workdir / "tokens"
+    away = softhsm.workdir / "tokens-unplugged"
+    tokens.rename(away)
+
+    def plug_in() -> None:
+        if away.exists():
+            away.rename(tokens)
+
+    try:
+        yield plug_in
+    finally:
+        plug_in()
+
+
+async def test_unplugged_token_fails_signing_until_it_is_back(
+    softhsm: SoftHsm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("linehost.pki.pkcs11.REOPEN_INTERVAL", 0.0)
+    signer = Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=pai", softhsm.module, PIN)
+    try:
+        assert await signer.sign(b"before")
+        with unplugged(softhsm) as plug_in:
+            # the session still open dies with the token directory; the module cannot restart
+            with pytest.raises(IssuerError) as first:
+                await signer.sign(b"during")
+            assert str(first.value).startswith(
+                "PKCS#11 key 'pai' on token 'linehost-test': HSM failed (ObjectHandleInvalid); "
+                "cannot reopen: PKCS#11 module "
+            )
+            with pytest.raises(IssuerError, match=r": HSM unavailable \(cannot reopen: "):
+                await signer.sign(b"still away")
+            plug_in()
+            signature = await signer.sign(b"after")
+        signer.public_key().verify(signature, b"after", ec.ECDSA(hashes.SHA256()))
+    finally:
+        await signer.aclose()
+
+
+async def test_a_lost_token_is_reopened_at_most_every_interval(
+    softhsm: SoftHsm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("linehost.pki.pkcs11.REOPEN_INTERVAL", 1.0)
+    signer = Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=pai", softhsm.module, PIN)
+    try:
+        with unplugged(softhsm) as plug_in:
+            with pytest.raises(IssuerError, match="HSM failed"):
+                await signer.sign(b"during")
+            plug_in()
+            # back, but the last try is too recent: fail at once, without touching the module
+            with pytest.raises(IssuerError, match=r"HSM unavailable \(cannot reopen: "):
+                await signer.sign(b"too soon")
+        await asyncio.sleep(1.1)
+        assert await signer.sign(b"a second later")
+    finally:
+        await signer.aclose()
+
+
+async def test_a_changed_pin_stops_the_reopening(
+    softhsm: SoftHsm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("linehost.pki.pkcs11.REOPEN_INTERVAL", 0.0)
+    signer = Pkcs11Signer.open(f"pkcs11:token={TOKEN};object=pai", softhsm.module, PIN)
+    token = pkcs11.lib(softhsm.module).get_token(token_label=TOKEN)
+    new_pin = "9876"
+    with token.open(rw=True) as session:  # shares the signer's login
+        session.set_pin(PIN, new_pin)
+    try:
+        assert await signer.sign(b"still logged in")
+        with unplugged(softhsm), pytest.raises(IssuerError, match="HSM failed"):
+            await signer.sign(b"while away")
+        with pytest.raises(IssuerError) as failed:
+            await signer.sign(b"reopen with the old PIN")
+        assert "cannot reopen: PKCS#11 token 'linehost-test': wrong PIN" in str(failed.value)
+        assert "not trying again until the host restarts" in str(failed.value)
+        assert PIN not in str(failed.value)
+        # no more log-in attempts against a PIN counter
+        with pytest.raises(IssuerError, match="not trying again"):
+            await signer.sign(b"again")
+    finally:
+        await signer.aclose()
+        token = pkcs11.lib(softhsm.module).get_token(token_label=TOKEN)
+        with token.open(rw=True, user_pin=new_pin) as session:
+            session.set_pin(new_pin, PIN)
