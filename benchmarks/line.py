@@ -353,6 +353,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
                     "--format",
                     "raw",
                     "--nonblocking",
+                    *(["--gil"] if args.profile_gil else []),
                     "-o",
                     str(args.profile_out or work / "profile.txt"),
                 ],
@@ -623,6 +624,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--profile", choices=["py-spy", "pyinstrument"], default=None)
     parser.add_argument("--profile-out", type=Path, default=None, help="profile output file")
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="py-spy: sample only while holding the GIL (Python CPU, not waiting)",
+    )
     parser.add_argument("--timeout", type=float, default=900, help="seconds before giving up")
     parser.add_argument("--keep", type=Path, default=None, help="keep the work files in DIR")
     parser.add_argument("--naive-host", default=None, help=argparse.SUPPRESS)
