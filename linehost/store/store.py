@@ -18,7 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, Final, Generic, TypeVar
 
 import structlog
-from sqlalchemy import ColumnElement, and_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, any_, bindparam, insert, or_, select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -543,9 +544,12 @@ class _Batch:
         self.onboarding = OnboardingBook(now)
 
     async def load(self, conn: AsyncConnection, wants: _Wants) -> None:
+        one_of = _one_of_for(conn)
         if wants.work_orders:
             t = work_orders
-            stmt = select(t.c.id, t.c.quantity, t.c.claimed).where(t.c.id.in_(wants.work_orders))
+            stmt = select(t.c.id, t.c.quantity, t.c.claimed).where(
+                one_of(t.c.id, wants.work_orders)
+            )
             for row in await _fetch(conn, stmt):
                 self.work_orders[row.id] = (int(row.quantity), int(row.claimed))
         await self.onboarding.load(conn, wants.onboarding_uids, wants.onboarding)
@@ -553,7 +557,7 @@ class _Batch:
         if wants.attempt_ids or wants.running_line is not None:
             clauses: list[ColumnElement[bool]] = []
             if wants.attempt_ids:
-                clauses.append(attempts.c.attempt_id.in_(wants.attempt_ids))
+                clauses.append(one_of(attempts.c.attempt_id, wants.attempt_ids))
             if wants.running_line is not None:
                 clauses.append(
                     and_(attempts.c.line == wants.running_line, attempts.c.outcome.is_(None))
@@ -571,14 +575,14 @@ class _Batch:
             return
         where: list[ColumnElement[bool]] = []
         if assignment_ids:
-            where.append(assignments.c.id.in_(assignment_ids))
+            where.append(one_of(assignments.c.id, assignment_ids))
         if wants.keys or wants.uids:
             where.append(
                 and_(
                     assignments.c.status.in_(_LIVE),
                     or_(
-                        assignments.c.public_key_sha256.in_(wants.keys),
-                        assignments.c.uid.in_(wants.uids),
+                        one_of(assignments.c.public_key_sha256, wants.keys),
+                        one_of(assignments.c.uid, wants.uids),
                     ),
                 )
             )
@@ -779,6 +783,24 @@ class _Batch:
             prev = digest
         await conn.execute(insert(audit_log), rows)
         return seq, prev
+
+
+def _one_of_for(conn: AsyncConnection) -> Callable[[Any, Iterable[Any]], ColumnElement[bool]]:
+    """`column IN (values)` as the connection's database likes it best.
+
+    On PostgreSQL `column = ANY($1)` with one array parameter: the same SQL text for any number
+    of values, so one prepared statement serves every batch (an IN list of a new length is a
+    new statement: a prepare round trip and server CPU each time).
+    """
+    if conn.dialect.name != "postgresql":
+        return lambda column, values: column.in_(list(values))
+
+    def any_of(column: Any, values: Iterable[Any]) -> ColumnElement[bool]:
+        array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+        match: ColumnElement[bool] = column == any_(array)
+        return match
+
+    return any_of
 
 
 async def _fetch(conn: AsyncConnection, stmt: Any) -> Sequence[Any]:
