@@ -206,22 +206,21 @@ class Pkcs11Signer:
                     away = self._try_reopen()
                     if away is not None:
                         raise IssuerError(f"{self._description}: HSM unavailable ({away})")
-                assert self._key is not None
-                try:
-                    return call(self._key)
-                except PKCS11Error as exc:
-                    failed = f"HSM failed ({_name(exc)})"
-                    self._lose(failed)
-                away = self._try_reopen(force=True)
-                if away is not None:
-                    raise IssuerError(f"{self._description}: {failed}; {away}")
-                assert self._key is not None
-                try:
-                    return call(self._key)
-                except PKCS11Error as exc:
-                    failed = f"HSM failed ({_name(exc)})"
-                    self._lose(failed)
-                    raise IssuerError(f"{self._description}: {failed}") from exc
+                failed = ""
+                for retry in (False, True):
+                    if retry:  # the token failed: reopen it and try once more
+                        away = self._try_reopen(force=True)
+                        if away is not None:
+                            raise IssuerError(f"{self._description}: {failed}; {away}")
+                    assert self._key is not None
+                    try:
+                        return call(self._key)
+                    except PKCS11Error as exc:
+                        failed = f"HSM failed ({_name(exc)})"
+                        self._lose(failed)
+                        if retry:
+                            raise IssuerError(f"{self._description}: {failed}") from exc
+                raise AssertionError("unreachable")
 
         try:
             future = asyncio.get_running_loop().run_in_executor(self._worker, locked)

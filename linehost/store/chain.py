@@ -29,18 +29,10 @@ def row_hash(
 ) -> str:
     """sha256 hex of prev_hash + canonical JSON of {seq, line, at, entity, entity_id, event,
     data}."""
-    body = canonical_json(
-        {
-            "seq": seq,
-            "line": line,
-            "at": at,
-            "entity": entity,
-            "entity_id": entity_id,
-            "event": event,
-            "data": data,
-        }
-    )
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+    return row_hash_of_json(
+        prev_hash, seq=seq, line=line, at=at, entity=entity, entity_id=entity_id, event=event,
+        data_json=canonical_json(data),
+    )  # fmt: skip
 
 
 def row_hash_of_json(
@@ -57,7 +49,8 @@ def row_hash_of_json(
     """row_hash for `data` already in canonical JSON (`data_json`), without encoding it again.
 
     The body is spelled out in canonical order (at, data, entity, entity_id, event, line, seq):
-    byte for byte what canonical_json gives for the whole record (tests/store/test_chain.py).
+    byte for byte what canonical_json gives for the whole record (tests/store/test_chain.py);
+    the writer encodes each row's data once and stores that same text.
     """
     dump = _canonical_scalar
     body = (
