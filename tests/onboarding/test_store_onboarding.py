@@ -6,6 +6,7 @@ import asyncio
 import base64
 import time
 from collections import Counter
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, select, text
@@ -24,11 +25,12 @@ async def test_assign_records_onboarding_with_the_dac(store: Store, devices: Dev
     ob = make_onboarding(serial_template="{line}-{yyyymmdd}-{seq:06d}", rotating_id=True,
                          hw_ver=3, hw_ver_str="rev C")  # fmt: skip
     req = await devices.request(ob)
+    store._clock = lambda: datetime(2027, 3, 4, 23, 59, 59, tzinfo=UTC)  # not the attempt's date
     result = await store.assign(req)
     assert result.kind == "issued"
     record = result.onboarding
     assert record is not None
-    assert record.serial_num == f"{LINE}-20261122-000000"  # batch date from the store clock
+    assert record.serial_num == f"{LINE}-20270304-000000"  # batch date from the store clock
     assert record.discriminator == 0
     assert (record.hw_ver, record.hw_ver_str) == (3, "rev C")
     assert record.rd_uid is not None
