@@ -14,7 +14,7 @@ from linehost.config import LineConfig
 from linehost.errors import LinehostError
 from linehost.line.operations import LineOperations, with_work_order
 from linehost.line.runner import JigRunner, JigSpec
-from linehost.line.status import JigStatus, StatusListener, utcnow
+from linehost.line.status import StatusListener
 from linehost.line.supervisor import LineSupervisor
 from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
@@ -23,6 +23,7 @@ from linehost.pki.issuer import Issuer
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import open_signer
 from linehost.protocol.host import Timing
+from linehost.records import JigStatus, utcnow
 from linehost.store.store import Store
 from linehost.transport.serial import ensure_fd_limit
 

@@ -14,11 +14,11 @@ from typing import Any, Final, TextIO
 from linehost.app import install_stop_signals, run_line
 from linehost.config import load_config, parse_listen
 from linehost.dashboard.app import Dashboard
-from linehost.line.status import JigStatus
 from linehost.logs import configure_logging
 from linehost.mqtt.embedded import EmbeddedBroker
 from linehost.pki.devpki import init_dev
 from linehost.protocol.outcomes import JigState, Outcome
+from linehost.records import JigStatus
 from linehost.sim.harness import SimulatedLine
 from linehost.store.audit import Audit
 

@@ -51,9 +51,17 @@ class ProtocolViolation(LinehostError):
     """The device broke jig protocol v1; the message is the attempt's `detail`."""
 
 
-class OnboardingError(IssuerError):
+class OnboardingError(LinehostError):
     """Onboarding data cannot be allocated for a device: a configured rule cannot be met."""
 
 
-class OnboardingCollision(IssuerError):
-    """Another device already holds this serial number or passcode pair: draw again."""
+class Collision(StoreError):
+    """A value the database holds once is already taken by another record: draw again."""
+
+
+class DacCollision(Collision):
+    """Another assignment already holds this DAC serial number or fingerprint."""
+
+
+class OnboardingCollision(Collision):
+    """Another device already holds this serial number or passcode pair."""

@@ -11,8 +11,8 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from linehost.line.status import JigStatus
 from linehost.protocol.outcomes import JigState, Outcome
+from linehost.records import JigStatus
 
 NAMESPACE: Final = "linehost"
 #: Seconds: a device's whole attempt, from its UID line to its result (steps included).

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from linehost.line import supervisor as supervisor_module
-from linehost.line.status import JigStatus
 from linehost.line.supervisor import LineSupervisor
+from linehost.records import JigStatus
 
 
 @dataclass

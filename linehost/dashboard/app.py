@@ -15,7 +15,7 @@ from aiohttp import web
 
 from linehost.config import MqttSection
 from linehost.dashboard.board import Board, Event
-from linehost.mqtt.link import Backoff, BrokerLink, default_client_id, describe
+from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
 from linehost.mqtt.payloads import decode
 from linehost.mqtt.topics import parse_topic, subscriptions
 
@@ -104,7 +104,7 @@ class Dashboard:
     # --- MQTT --------------------------------------------------------------------------------
 
     async def _follow(self) -> None:
-        backoff = Backoff()
+        backoff = reconnect_backoff()
         while True:
             try:
                 async with self._link.client(

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Final, Protocol, TypeVar
 import structlog
 
 from linehost.errors import (
+    Collision,
     CsrRejected,
+    DacCollision,
     DatabaseUnavailable,
     IssuerError,
     OnboardingError,
@@ -21,7 +23,7 @@ from linehost.errors import (
     TransportError,
 )
 from linehost.line import latency
-from linehost.line.status import JigStatus, StatusListener, utcnow
+from linehost.line.status import StatusListener
 from linehost.line.steps import (
     PRE_NOT_READY,
     PRE_RETRY_MAX,
@@ -48,14 +50,16 @@ from linehost.protocol.host import (
     Timing,
 )
 from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
-from linehost.store.records import (
+from linehost.records import (
     AssignRequest,
     AssignResult,
     AttemptEnd,
     AttemptStart,
+    JigStatus,
     OnboardingRecord,
+    utcnow,
 )
-from linehost.transport.serial import Backoff, JigPort, PortLost, open_port
+from linehost.transport.serial import JigPort, PortLost, open_port, reopen_backoff
 
 if TYPE_CHECKING:
     from linehost.metrics import JigMetrics
@@ -145,7 +149,7 @@ class JigRunner:
         self._stopping = False
         self._abort_detail: str | None = None
         self._wake = asyncio.Event()
-        self._backoff = Backoff()
+        self._backoff = reopen_backoff()
         self._loop = asyncio.get_running_loop()
         self._probe = latency.probe()
         self._steps = steps if steps is not None and steps.any else None
@@ -342,8 +346,9 @@ class JigRunner:
             except OnboardingError as exc:  # a rule the config cannot meet: retrying won't help
                 log.error("onboarding_failed", detail=str(exc))
                 return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
-            except IssuerError as exc:  # a serial collision: draw a new DAC
-                log.warning("dac_collision", detail=str(exc))
+            except Collision as exc:  # a DAC serial or onboarding value is taken: draw again
+                event = "dac_collision" if isinstance(exc, DacCollision) else "onboarding_collision"
+                log.warning(event, detail=str(exc))
                 continue
             except StoreError as exc:
                 log.error("assign_failed", detail=str(exc))
@@ -351,10 +356,10 @@ class JigRunner:
             break
         else:
             return self._session.reject(Outcome.ISSUER_ERROR, "repeated DAC collisions", now())
-        if result.kind == "rejected":
+        if result.kind in ("rejected", "quota_full"):
             attempt.recorded = True
             assert result.outcome is not None
-            if self._gate is not None and self._gate.is_quota_refusal(result.detail):
+            if self._gate is not None and result.kind == "quota_full":
                 self._gate.set_complete(True)
             log.warning("assignment_rejected", outcome=result.outcome.value, detail=result.detail)
             return self._session.reject(result.outcome, result.detail, now())

@@ -10,7 +10,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import LinehostError
-from linehost.line.status import JigStatus, utcnow
+from linehost.records import JigStatus, utcnow
 from linehost.store.jigboard import upsert_jig_status
 
 FLUSH_INTERVAL: Final = 0.5  # seconds: changed jigs are written at most this often

@@ -44,11 +44,6 @@ class WorkOrderGate:
         for listener in self._listeners:
             listener()
 
-    @staticmethod
-    def is_quota_refusal(detail: str) -> bool:
-        """True for the store's refusal of a device because the work order is full."""
-        return detail.startswith(WORK_ORDER_COMPLETE)
-
     @property
     def refusal(self) -> str:
         """The attempt detail for a device refused while the work order is complete."""

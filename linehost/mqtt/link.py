@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import random
 import re
 import socket
 import ssl
-from dataclasses import dataclass, field
 from typing import Final
 
 import aiomqtt
@@ -15,6 +13,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from linehost.backoff import Backoff
 from linehost.config import MqttSection
 from linehost.errors import ConfigError
 
@@ -29,25 +28,9 @@ _UNSUPPORTED_PROTOCOL: Final = frozenset({1, 0x84})
 _CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-@dataclass(slots=True)
-class Backoff:
-    """Capped exponential backoff with jitter; `reset()` after a good connection."""
-
-    low: float = RECONNECT_MIN
-    high: float = RECONNECT_MAX
-    jitter: float = RECONNECT_JITTER
-    rng: random.Random = field(default_factory=random.Random)
-    _next: float = 0.0
-
-    def next_delay(self) -> float:
-        """The delay before the next try."""
-        base = self._next or self.low
-        self._next = min(self.high, base * 2)
-        return base * (1 + self.rng.uniform(-self.jitter, self.jitter))
-
-    def reset(self) -> None:
-        """Start again from the shortest delay."""
-        self._next = 0.0
+def reconnect_backoff() -> Backoff:
+    """The pacing of reconnects to the broker."""
+    return Backoff(low=RECONNECT_MIN, high=RECONNECT_MAX, jitter=RECONNECT_JITTER)
 
 
 def default_client_id(purpose: str, line: str) -> str:

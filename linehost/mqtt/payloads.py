@@ -6,7 +6,7 @@ import json
 from datetime import datetime
 from typing import Any, Final
 
-from linehost.line.status import iso
+from linehost.records import iso_utc
 
 #: The Will, and what a clean shutdown publishes itself.
 HOST_OFFLINE: Final = b'{"online":false}'
@@ -20,7 +20,7 @@ def encode(payload: dict[str, Any]) -> bytes:
 def host_online(version: str, started_at: datetime, line: str, jigs: int) -> bytes:
     """The retained `host/status` payload while the line host runs."""
     return encode(
-        {"online": True, "version": version, "started_at": iso(started_at), "line": line,
+        {"online": True, "version": version, "started_at": iso_utc(started_at), "line": line,
          "jigs": jigs}
     )  # fmt: skip
 

@@ -19,10 +19,10 @@ import structlog
 from linehost import __version__
 from linehost.config import MqttSection
 from linehost.errors import StoreError
-from linehost.line.status import JigStatus, utcnow
-from linehost.mqtt.link import Backoff, BrokerLink, default_client_id, describe
+from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
 from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_online
 from linehost.mqtt.topics import LineTopics
+from linehost.records import JigStatus, utcnow
 
 RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined, marked in one statement
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the relay at once
@@ -68,7 +68,7 @@ class MqttRelay:
         self._closing = asyncio.Event()
         self._drain_deadline = 0.0
         self._connected = asyncio.Event()
-        self._backoff = Backoff()
+        self._backoff = reconnect_backoff()
         self._task: asyncio.Task[None] | None = None
 
     # --- StatusListener --------------------------------------------------------------------

@@ -10,8 +10,8 @@ from linehost.config import load_config
 from linehost.errors import ConfigError, LinehostError
 from linehost.onboarding.labels import LabelData
 from linehost.onboarding.service import open_seal, output_label, seal_context, setup_payload
+from linehost.records import OnboardingRecord
 from linehost.store.audit import Audit
-from linehost.store.records import OnboardingRecord
 
 
 class UnknownDevice(LinehostError):

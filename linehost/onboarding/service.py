@@ -23,7 +23,7 @@ from linehost.onboarding.labels import (
 from linehost.onboarding.sealing import PasscodeSeal
 from linehost.onboarding.setup_payload import CommissioningFlow, Discovery, SetupPayload
 from linehost.onboarding.spake2p import compute_verifier, generate_passcode, generate_salt
-from linehost.store.records import OnboardingRecord, OnboardingRequest
+from linehost.records import OnboardingRecord, OnboardingRequest
 
 _log = structlog.get_logger("linehost.onboarding")
 

@@ -23,7 +23,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.errors import IssuerError, LinehostError, PkiError
-from linehost.pki.issuer import CsrInfo, IssuedDac
 from linehost.pki.local import load_certificate
 from linehost.pki.profile import (
     OID_MATTER_PID,
@@ -33,6 +32,7 @@ from linehost.pki.profile import (
     describe,
 )
 from linehost.protocol.outcomes import LIVE_STATUSES
+from linehost.records import CsrInfo, IssuedDac
 from linehost.store.bundles import BundleCount, BundleDac, BundlePool, ImportResult, PoolEntry
 from linehost.store.engine import create_engine
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from linehost.errors import CsrRejected
-from linehost.pki.issuer import CsrInfo
+from linehost.records import CsrInfo
 
 #: Upper bound on the PEM text of one CSR (jig protocol v1, step 3).
 MAX_CSR_PEM_BYTES = 4096

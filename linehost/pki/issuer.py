@@ -2,32 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-
-@dataclass(frozen=True, slots=True)
-class CsrInfo:
-    """A CSR that passed every check: the device's public key, ready for a DAC."""
-
-    public_key_der: bytes  # SubjectPublicKeyInfo, DER
-    public_key_sha256: str  # lower-case hex of sha256(public_key_der)
-    csr_der: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class IssuedDac:
-    """A DAC ready to be recorded and delivered (not yet recorded: nothing may send it yet)."""
-
-    pem: str  # one PEM CERTIFICATE block, LF line ends, trailing LF
-    der: bytes
-    serial_hex: str  # upper-case hex of the serial integer, no prefix, no leading zeros
-    sha256: str  # lower-case hex of sha256(der)
-    public_key_sha256: str  # lower-case hex of sha256(SubjectPublicKeyInfo DER)
-    pai_sha256: str  # lower-case hex of sha256(PAI DER)
-    vid: str  # 4 upper-case hex digits
-    pid: str  # 4 upper-case hex digits
-    bundle_entry_id: int | None = None  # set by the bundle issuer
+from linehost.records import CsrInfo, IssuedDac
 
 
 class Issuer(Protocol):

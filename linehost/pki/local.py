@@ -21,7 +21,6 @@ from linehost.pki.dac_template import (
     DacTemplate,
     matches_builder,
 )
-from linehost.pki.issuer import CsrInfo, IssuedDac
 from linehost.pki.profile import (
     OID_MATTER_PID,
     OID_MATTER_VID,
@@ -30,6 +29,7 @@ from linehost.pki.profile import (
     describe,
 )
 from linehost.pki.signer import FileKeySigner, Signer, assemble_certificate, tbs_certificate
+from linehost.records import CsrInfo, IssuedDac
 
 _log = structlog.get_logger("linehost.pki")
 

@@ -12,6 +12,7 @@ from sqlalchemy import Select, and_, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import LinehostError, StoreError
+from linehost.records import assignment_record, attempt_record, iso_utc
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash
 from linehost.store.engine import create_engine, safe_url, translate_error
 from linehost.store.migrate import schema_is_current
@@ -24,7 +25,6 @@ from linehost.store.models import (
     outbox,
     work_orders,
 )
-from linehost.store.records import assignment_record, attempt_record, iso_utc
 
 STREAM_CHUNK: Final = 500  # rows fetched per round trip while streaming an export
 MAX_PROBLEMS: Final = 50  # per kind of check; the rest is summarised

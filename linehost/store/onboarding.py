@@ -25,8 +25,8 @@ from linehost.onboarding.allocation import (
     render_serial,
     sequential_discriminator,
 )
+from linehost.records import AttemptStart, OnboardingRecord, OnboardingRequest
 from linehost.store.models import onboarding, onboarding_counters
-from linehost.store.records import AttemptStart, OnboardingRecord, OnboardingRequest
 
 SERIAL_COUNTER: Final = "serial"
 

@@ -23,8 +23,18 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from linehost.errors import IssuerError, LinehostError, OnboardingCollision, StoreError
+from linehost.errors import DacCollision, LinehostError, OnboardingCollision, StoreError
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
+from linehost.records import (
+    AssignRequest,
+    AssignResult,
+    AttemptEnd,
+    AttemptStart,
+    OnboardingRecord,
+    OnboardingRequest,
+    attempt_record,
+    iso_utc,
+)
 from linehost.store.audit import Audit
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
 from linehost.store.decisions import (
@@ -50,16 +60,6 @@ from linehost.store.models import (
     work_orders,
 )
 from linehost.store.onboarding import OnboardingBook, OnboardingRow
-from linehost.store.records import (
-    AssignRequest,
-    AssignResult,
-    AttemptEnd,
-    AttemptStart,
-    OnboardingRecord,
-    OnboardingRequest,
-    attempt_record,
-    iso_utc,
-)
 
 MAX_BATCH: Final = 256  # operations per group commit
 SINGLE_OP_TRIES: Final = 3  # after a failed batch, tries per operation on its own
@@ -192,7 +192,7 @@ class Store:
         """Decide and durably record which DAC (if any) this attempt's device gets.
 
         Idempotent per attempt_id: a retry returns the recorded result, whatever its candidate.
-        Raises IssuerError when the candidate's serial or fingerprint is already taken.
+        Raises DacCollision when the candidate's serial or fingerprint is already taken.
         """
         start = req.attempt
         self._check_start(start)
@@ -316,7 +316,7 @@ class Store:
                     op.fail(OnboardingCollision("onboarding serial number or passcode collision"))
                     return
                 if violated == "dac":
-                    op.fail(IssuerError("DAC serial collision"))
+                    op.fail(DacCollision("DAC serial collision"))
                     return
                 if violated is None:
                     op.fail(translate_error(exc, self._engine))
@@ -909,6 +909,7 @@ class _AssignOp(_Op[AssignResult]):
         self.force_duplicate = False
         self._answer: tuple[str, _AssignmentRow | None, Outcome | None, str] | None = None
         self._onboarding: OnboardingRecord | None = None
+        self._quota_full = False
 
     def want(self, wants: _Wants) -> None:
         start = self.req.attempt
@@ -957,6 +958,7 @@ class _AssignOp(_Op[AssignResult]):
                 if rows[id(old)].work_order == work_order and old.status in LIVE_STATUSES
             )
             if not batch.has_slot(work_order, freed):
+                self._quota_full = True
                 quantity = batch.work_orders[work_order][0]
                 decision = AssignDecision(
                     kind="reject",
@@ -1061,6 +1063,8 @@ class _AssignOp(_Op[AssignResult]):
         assert self._answer is not None
         kind, row, outcome, detail = self._answer
         if row is None:
+            if self._quota_full:
+                return AssignResult(kind="quota_full", outcome=outcome, detail=detail)
             return AssignResult(kind="rejected", outcome=outcome, detail=detail)
         return AssignResult(
             kind="issued" if kind == "issued" else "redelivered",

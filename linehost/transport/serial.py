@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import random
 import resource
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import serial
 import serial_asyncio_fast
 import structlog
 
+from linehost.backoff import Backoff
 from linehost.errors import PortBusy, PortGone, PortMissing, TransportError
 from linehost.protocol.framing import Frame, LineFramer
 
@@ -28,6 +28,11 @@ FDS_PER_JIG: Final = 4  # the port, pyserial's abort pipe pair, a reopen in flig
 FDS_RESERVED: Final = 256
 
 _log = structlog.get_logger("linehost.transport")
+
+
+def reopen_backoff() -> Backoff:
+    """The pacing of reopens of a missing, busy or lost port."""
+    return Backoff(low=RECONNECT_MIN, high=RECONNECT_MAX, jitter=RECONNECT_JITTER)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,31 +141,6 @@ def classify_open_error(url: str, exc: BaseException) -> TransportError:
     if code in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ETIMEDOUT) or "refused" in text:
         return PortMissing(f"{url}: serial server unreachable ({text})")
     return PortGone(f"{url}: cannot open ({text})")
-
-
-class Backoff:
-    """Capped exponential backoff with jitter, so a line of unplugged jigs does not spin."""
-
-    def __init__(
-        self,
-        minimum: float = RECONNECT_MIN,
-        maximum: float = RECONNECT_MAX,
-        jitter: float = RECONNECT_JITTER,
-    ) -> None:
-        self.minimum = minimum
-        self.maximum = maximum
-        self.jitter = jitter
-        self._next = minimum
-
-    def next_delay(self) -> float:
-        """The delay before the next try; grows until `maximum`."""
-        base = self._next
-        self._next = min(self.maximum, self._next * 2)
-        return base * (1 + random.uniform(-self.jitter, self.jitter))
-
-    def reset(self) -> None:
-        """Call after a success."""
-        self._next = self.minimum
 
 
 def _direct_reader(fd: int) -> Callable[[int], bytes]:

@@ -45,11 +45,10 @@ async def test_quantity_is_never_exceeded_and_refusals_are_recorded(
 ) -> None:
     await store.open_work_order(WO, 3)
     results = [await store.assign(make.request(work_order=WO)) for _ in range(5)]
-    assert [r.kind for r in results] == ["issued"] * 3 + ["rejected"] * 2
+    assert [r.kind for r in results] == ["issued"] * 3 + ["quota_full"] * 2
     refused = results[3]
     assert refused.outcome is Outcome.ISSUER_ERROR
     assert refused.detail.startswith(WORK_ORDER_COMPLETE)
-    assert WorkOrderGate.is_quota_refusal(refused.detail)
     assert await claimed(store) == 3
     audit = store.audit()
     progress = await audit.work_order_progress(WO)
@@ -72,7 +71,7 @@ async def test_a_failed_device_frees_its_slot_and_confirmed_ones_keep_theirs(
     await store.end_attempt(
         first.attempt, make.end(assignment_id=r1.assignment_id, status=AssignmentStatus.CONFIRMED)
     )
-    assert (await store.assign(make.request(work_order=WO))).kind == "rejected"
+    assert (await store.assign(make.request(work_order=WO))).kind == "quota_full"
     await store.end_attempt(
         second.attempt,
         make.end(
@@ -138,7 +137,7 @@ async def test_concurrent_hosts_on_one_work_order_stop_at_quantity(db_url: str, 
         results = [r for batch in await asyncio.gather(*(host(s) for s in stores)) for r in batch]
         kinds = [r.kind for r in results]
         assert kinds.count("issued") == quantity
-        assert kinds.count("rejected") == hosts * per_host - quantity
+        assert kinds.count("quota_full") == hosts * per_host - quantity
         assert await claimed(stores[0]) == quantity
         audit = Audit(stores[0].engine)
         progress = await audit.work_order_progress(WO)

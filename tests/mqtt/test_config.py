@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from linehost.backoff import Backoff
 from linehost.config import load_config, parse_listen
 from linehost.errors import ConfigError
-from linehost.mqtt.link import Backoff, BrokerLink
+from linehost.mqtt.link import BrokerLink
 from tests.test_config import MINIMAL, write
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from linehost.config import MqttSection
-from linehost.line.status import JigStatus
 from linehost.mqtt import relay as relay_module
 from linehost.mqtt.relay import MqttRelay
 from linehost.mqtt.topics import subscriptions
 from linehost.protocol.outcomes import JigState
+from linehost.records import JigStatus
 from tests.mqtt.broker import PrivateBroker
 from tests.mqtt.subscriber import Subscriber
 

@@ -12,8 +12,7 @@ import pytest
 from linehost.config import LabelsSection, OnboardingSection
 from linehost.onboarding.sealing import PasscodeSeal
 from linehost.onboarding.service import Onboarding
-from linehost.pki.issuer import IssuedDac
-from linehost.store.records import AssignRequest, AttemptStart
+from linehost.records import AssignRequest, AttemptStart, IssuedDac
 from linehost.store.store import Store
 
 LINE = "line-1"

@@ -15,8 +15,8 @@ from sqlalchemy.exc import IntegrityError
 from linehost.errors import OnboardingError
 from linehost.onboarding.spake2p import compute_verifier, is_valid_passcode
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import AttemptEnd
 from linehost.store.models import onboarding
-from linehost.store.records import AttemptEnd
 from linehost.store.store import Store
 from tests.onboarding.conftest import LINE, Devices, make_onboarding
 
@@ -146,7 +146,7 @@ async def test_database_refuses_a_repeated_serial_or_passcode_pair(
 async def test_passcode_pair_collision_makes_the_line_draw_again(
     store: Store, devices: Devices
 ) -> None:
-    """A clash on the pair (astronomically rare) surfaces as a retryable IssuerError."""
+    """A clash on the pair (astronomically rare) surfaces as a retryable OnboardingCollision."""
     from linehost.errors import OnboardingCollision
 
     ob = make_onboarding()

@@ -24,11 +24,10 @@ from linehost.pki.bundle import (
 )
 from linehost.pki.csr import parse_csr
 from linehost.pki.devpki import DevPki, init_dev
-from linehost.pki.issuer import CsrInfo
 from linehost.pki.local import LocalIssuer
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import AssignRequest, AttemptEnd, AttemptStart, CsrInfo
 from linehost.store.bundles import BundlePool
-from linehost.store.records import AssignRequest, AttemptEnd, AttemptStart
 from linehost.store.store import Store
 
 from .builders import make_csr

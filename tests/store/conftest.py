@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from linehost.pki.issuer import IssuedDac
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
-from linehost.store.records import AssignRequest, AttemptEnd, AttemptStart
+from linehost.records import AssignRequest, AttemptEnd, AttemptStart, IssuedDac
 from linehost.store.store import Store
 
 LINE = "line-1"

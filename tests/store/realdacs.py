@@ -20,7 +20,7 @@ from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
-from linehost.store.records import AssignRequest, AttemptEnd, AttemptStart
+from linehost.records import AssignRequest, AttemptEnd, AttemptStart
 from linehost.store.store import Store
 
 T0 = datetime(2026, 11, 22, 6, 0, 0, tzinfo=UTC)

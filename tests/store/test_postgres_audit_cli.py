@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.cli import main
 from linehost.protocol.outcomes import Outcome
+from linehost.records import iso_utc
 from linehost.store.chain import row_hash
 from linehost.store.engine import create_engine
 from linehost.store.models import audit_log
-from linehost.store.records import iso_utc
 from tests.e2e.harness import jsonl, linehost
 from tests.store.realdacs import Device, dev_pki, provision, write_config
 

@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import event, insert
 from sqlalchemy.exc import IntegrityError
 
-from linehost.errors import DatabaseUnavailable, IssuerError, StoreError
+from linehost.errors import DacCollision, DatabaseUnavailable, StoreError
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import AssignResult
 from linehost.store import store as store_module
 from linehost.store.engine import create_engine
 from linehost.store.models import assignments
-from linehost.store.records import AssignResult
 from linehost.store.store import Store
 
 pytestmark = pytest.mark.timeout(120)
@@ -262,7 +262,7 @@ async def test_dac_collision_is_an_issuer_error(
     else:
         dac = make.dac(key, sha256=first.candidate.sha256)
     req = make.request(key=key, dac=dac)
-    with pytest.raises(IssuerError, match="DAC serial collision"):
+    with pytest.raises(DacCollision, match="DAC serial collision"):
         await store.assign(req)
     assert await raw.scalar("SELECT count(*) FROM attempts") == 1  # nothing of it recorded
     # The caller draws a new DAC and retries the same attempt.
@@ -413,7 +413,7 @@ async def test_one_bad_operation_does_not_spoil_its_batch(
     outcomes = await asyncio.gather(
         *(store.assign(r) for r in [*good[:15], bad, *good[15:]]), return_exceptions=True
     )
-    assert isinstance(outcomes[15], IssuerError)
+    assert isinstance(outcomes[15], DacCollision)
     assert all(isinstance(r, AssignResult) and r.kind == "issued" for r in outcomes[:15])
     assert all(isinstance(r, AssignResult) and r.kind == "issued" for r in outcomes[16:])
     assert await raw.scalar("SELECT count(*) FROM assignments") == 31

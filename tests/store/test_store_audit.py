@@ -11,10 +11,10 @@ from sqlalchemy import insert, select, text
 
 from linehost.errors import StoreError
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import iso_utc
 from linehost.store.audit import Audit
 from linehost.store.chain import row_hash
 from linehost.store.models import attempts, audit_log
-from linehost.store.records import iso_utc
 from linehost.store.store import Store
 
 EXPORT_FIELDS = [

@@ -9,9 +9,9 @@ import pytest
 
 from linehost.protocol.outcomes import AssignmentStatus as S
 from linehost.protocol.outcomes import Outcome
+from linehost.records import iso_utc
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash
 from linehost.store.decisions import LiveAssignment, decide_assign, next_assignment_status
-from linehost.store.records import iso_utc
 
 UID = "AABBCCDD00112233"
 OTHER_UID = "1122334455667788"

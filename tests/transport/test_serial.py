@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import serial
 
+from linehost.backoff import Backoff
 from linehost.errors import PortBusy, PortGone, PortMissing
 from linehost.protocol.framing import LineTooLong
-from linehost.transport.serial import Backoff, PortLost, classify_open_error, open_port
+from linehost.transport.serial import PortLost, classify_open_error, open_port
 
 
 @pytest.fixture
@@ -112,7 +113,7 @@ def test_error_classification() -> None:
 
 
 def test_backoff_grows_is_capped_and_jittered() -> None:
-    backoff = Backoff(minimum=0.5, maximum=4.0, jitter=0.2)
+    backoff = Backoff(low=0.5, high=4.0, jitter=0.2)
     delays = [backoff.next_delay() for _ in range(8)]
     assert 0.4 <= delays[0] <= 0.6
     assert 0.8 <= delays[1] <= 1.2

@@ -1,14 +1,38 @@
-"""What the line hands to the store and gets back: plain data, no SQL."""
+"""The plain records every layer passes around: data only, no I/O, imports nothing of ours but
+the outcome vocabulary (a leaf module, so that no package has to import another sideways)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from linehost.pki.issuer import IssuedDac
-from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class CsrInfo:
+    """A CSR that passed every check: the device's public key, ready for a DAC."""
+
+    public_key_der: bytes  # SubjectPublicKeyInfo, DER
+    public_key_sha256: str  # lower-case hex of sha256(public_key_der)
+    csr_der: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedDac:
+    """A DAC ready to be recorded and delivered (not yet recorded: nothing may send it yet)."""
+
+    pem: str  # one PEM CERTIFICATE block, LF line ends, trailing LF
+    der: bytes
+    serial_hex: str  # upper-case hex of the serial integer, no prefix, no leading zeros
+    sha256: str  # lower-case hex of sha256(der)
+    public_key_sha256: str  # lower-case hex of sha256(SubjectPublicKeyInfo DER)
+    pai_sha256: str  # lower-case hex of sha256(PAI DER)
+    vid: str  # 4 upper-case hex digits
+    pid: str  # 4 upper-case hex digits
+    bundle_entry_id: int | None = None  # set by the bundle issuer
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,9 +67,11 @@ class AssignResult:
     kind = "redelivered": an earlier live assignment for this UID and key is to be sent again.
     kind = "rejected": nothing is to be sent; `outcome` (duplicate_key / already_provisioned)
     and `detail` say why, and the attempt is already recorded as ended.
+    kind = "quota_full": refused like "rejected" (outcome issuer_error) because the attempt's
+    work order has no slot left; the line shows the work order complete.
     """
 
-    kind: Literal["issued", "redelivered", "rejected"]
+    kind: Literal["issued", "redelivered", "rejected", "quota_full"]
     assignment_id: int | None = None
     dac_pem: str | None = None
     dac_serial: str | None = None
@@ -162,3 +188,43 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "confirmed_at": iso_utc(row["confirmed_at"]),
         "work_order": row["work_order"],
     }
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now in UTC (the only clock for recorded times)."""
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class JigStatus:
+    """One jig's live status (contracts.md: the `jigs/{station}/{jig}/state` payload)."""
+
+    line: str
+    station: str
+    jig: str
+    state: JigState = JigState.OFFLINE
+    uid: str | None = None
+    attempt_id: str | None = None
+    since: datetime = field(default_factory=utcnow)
+    ok: int = 0
+    failed: int = 0
+    last_outcome: Outcome | None = None
+    last_detail: str | None = None
+    last_uid: str | None = None
+
+    def payload(self) -> dict[str, object]:
+        """The MQTT/dashboard JSON object."""
+        return {
+            "state": self.state.value,
+            "uid": self.uid,
+            "attempt_id": self.attempt_id,
+            "since": iso_utc(self.since),
+            "ok": self.ok,
+            "failed": self.failed,
+            "last_outcome": self.last_outcome.value if self.last_outcome else None,
+            "last_detail": self.last_detail,
+            "last_uid": self.last_uid,
+            "line": self.line,
+            "station": self.station,
+            "jig": self.jig,
+        }
