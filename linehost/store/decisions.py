@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
+
+#: The detail of an attempt refused because its work order has no slot left (issue 8).
+WORK_ORDER_COMPLETE: Final = "work order complete"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,9 +26,10 @@ class LiveAssignment:
 @dataclass(frozen=True, slots=True)
 class AssignDecision:
     """issue: record the candidate (after superseding `supersede`); redeliver: send `target`
-    again; reject: send nothing, end the attempt with `outcome` and `detail`."""
+    again; reject / quota_full: send nothing, end the attempt with `outcome` and `detail`
+    (quota_full: the work order has no slot left)."""
 
-    kind: Literal["issue", "redeliver", "reject"]
+    kind: Literal["issue", "redeliver", "reject", "quota_full"]
     target: LiveAssignment | None = None
     supersede: tuple[LiveAssignment, ...] = field(default_factory=tuple)
     outcome: Outcome | None = None
@@ -64,6 +68,20 @@ def decide_assign(
             ),
         )
     return AssignDecision(kind="issue", supersede=tuple(mine))
+
+
+def decide_quota(
+    decision: AssignDecision, work_order: str, quantity: int, claimed: int, freed: int
+) -> AssignDecision:
+    """`decision`, or a quota_full refusal when it would issue a DAC beyond the work order's
+    `quantity` (`claimed` slots taken so far, `freed` of them given back by its supersedes)."""
+    if decision.kind != "issue" or claimed - freed < quantity:
+        return decision
+    return AssignDecision(
+        kind="quota_full",
+        outcome=Outcome.ISSUER_ERROR,
+        detail=f"{WORK_ORDER_COMPLETE}: {work_order} has all {quantity} devices",
+    )
 
 
 def next_assignment_status(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -15,7 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import LinehostError, StoreError
-from linehost.store.engine import create_engine, translate_error
+from linehost.store.engine import create_engine, safe_url, translate_error
 
 # The source tree's migrations/; an installed copy (container image) names its own.
 MIGRATIONS_DIR = Path(
@@ -86,3 +87,19 @@ def _upgrade(conn: Connection, config: Config) -> None:
 
 def _current_heads(conn: Connection) -> set[str]:
     return set(MigrationContext.configure(conn).get_current_heads())
+
+
+async def open_current(url: str, **engine_options: Any) -> AsyncEngine:
+    """An engine on the database at `url`, which must be at the current schema (StoreError
+    telling to run `linehost db upgrade` otherwise)."""
+    engine = create_engine(url, **engine_options)
+    try:
+        if not await schema_is_current(engine):
+            raise StoreError(
+                f"database {safe_url(engine)} is not at the current schema: "
+                "run `linehost db upgrade`"
+            )
+    except BaseException:
+        await engine.dispose()
+        raise
+    return engine

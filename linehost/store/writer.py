@@ -1,0 +1,215 @@
+"""The group-commit writer: one task takes every queued operation, applies them in order in one
+transaction, commits once, and only then answers each caller. It alone extends the line's audit
+hash chain."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Final, TypeVar
+
+import structlog
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from linehost.errors import DacCollision, LinehostError, OnboardingCollision, StoreError
+from linehost.records import utcnow
+from linehost.store.batch import Batch, ChainHead, SlotRace, Wants, load_head
+from linehost.store.engine import WRITE_TRANSACTION, is_unavailable, translate_error
+from linehost.store.operations import Op
+
+MAX_BATCH: Final = 256  # operations per group commit
+SINGLE_OP_TRIES: Final = 3  # after a failed batch, tries per operation on its own
+
+_log = structlog.get_logger("linehost.store")
+
+T = TypeVar("T")
+#: Runs just before COMMIT, inside the transaction (fault tests: fail or drop the connection).
+CommitHook = Callable[[AsyncConnection], Awaitable[None]]
+
+
+class GroupWriter:
+    """Serialises a line's writes into group commits over `engine`."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        line: str,
+        head: ChainHead | None,
+        clock: Callable[[], datetime] = utcnow,
+        commit_hook: CommitHook | None = None,
+    ) -> None:
+        """Write for `line`, whose chain ends at `head`; `clock` dates each batch."""
+        self.line = line
+        self.engine = engine
+        self.clock = clock
+        self.commit_hook = commit_hook
+        self.reconnects = 0  # batches run again on a new connection after a dead one
+        self._head = head
+        self._head_stale = False
+        self._queue: asyncio.Queue[Op[Any] | None] = asyncio.Queue()
+        self._accepting = True  # new operations are taken
+        self._task = asyncio.create_task(self._write_loop(), name=f"store-writer-{line}")
+
+    async def submit(self, op: Op[T]) -> T:
+        """Queue `op` and wait for its answer, given after its batch committed."""
+        if not self._accepting:
+            raise StoreError("the store is closed")
+        if self._task.done():
+            raise StoreError("the store writer has stopped")
+        self._queue.put_nowait(op)
+        return await op.future
+
+    async def close(self) -> None:
+        """Finish what is queued and stop."""
+        self._accepting = False
+        self._queue.put_nowait(None)
+        await asyncio.wait([self._task])  # its end, without its cancellation
+
+    def abort(self) -> None:
+        """Stop at once (tests: a writer that died); queued callers get StoreError."""
+        self._task.cancel()
+
+    async def _write_loop(self) -> None:
+        ops: list[Op[Any]] = []
+        try:
+            stopping = False
+            while not stopping:
+                first = await self._queue.get()
+                if first is None:
+                    break
+                ops = [first]
+                while len(ops) < MAX_BATCH and not self._queue.empty():
+                    nxt = self._queue.get_nowait()
+                    if nxt is None:
+                        stopping = True
+                        break
+                    ops.append(nxt)
+                try:
+                    await self._run(ops)
+                except Exception as exc:  # a bug: fail the callers, keep serving others
+                    _log.exception("store_writer_error")
+                    for op in ops:
+                        op.fail(StoreError(f"store writer error: {exc}"))
+                ops = []
+        finally:
+            # Cancelled (or stopped): nobody may wait forever for an answer.
+            self._accepting = False
+            while not self._queue.empty():
+                queued = self._queue.get_nowait()
+                if queued is not None:
+                    ops.append(queued)
+            for op in ops:
+                op.fail(StoreError("the store is closed"))
+
+    async def _run(self, ops: list[Op[Any]]) -> None:
+        ops = [op for op in ops if not op.future.done()]  # callers that gave up
+        if not ops:
+            return
+        if len(ops) == 1:
+            await self._run_alone(ops[0])
+            return
+        try:
+            await self._commit_reconnecting(ops)
+        except Exception as exc:
+            self._head_stale = True
+            if is_unavailable(exc):
+                err = translate_error(exc, self.engine)
+                for op in ops:
+                    op.fail(err)
+                return
+            # One operation spoilt the batch (e.g. a key another host took): isolate it.
+            _log.warning("store_batch_split", ops=len(ops), detail=str(translate_error(exc)))
+            for op in ops:
+                await self._run_alone(op)
+            return
+        for op in ops:
+            op.succeed()
+
+    async def _run_alone(self, op: Op[Any]) -> None:
+        for attempt in range(SINGLE_OP_TRIES):
+            try:
+                await self._commit_reconnecting([op])
+            except IntegrityError as exc:
+                self._head_stale = True
+                violated = _violated(exc)
+                if violated == "onboarding":
+                    op.fail(OnboardingCollision("onboarding serial number or passcode collision"))
+                    return
+                if violated == "dac":
+                    op.fail(DacCollision("DAC serial collision"))
+                    return
+                if violated is None:
+                    op.fail(translate_error(exc, self.engine))
+                    return
+                # A key or UID taken concurrently, or the chain moved: the next read sees it.
+                if violated == "key" and attempt == SINGLE_OP_TRIES - 2:
+                    op.key_taken()
+                continue
+            except SlotRace:
+                continue  # another host took the last slot(s): the next read sees it
+            except Exception as exc:
+                self._head_stale = True
+                op.fail(translate_error(exc, self.engine))
+                return
+            op.succeed()
+            return
+        op.fail(StoreError("database kept refusing the operation (concurrent writers?)"))
+
+    async def _commit_reconnecting(self, ops: list[Op[Any]]) -> None:
+        """_commit; once more on a new connection when the pooled one turned out dead.
+
+        The pool does not ping each connection before use (a round trip per group commit):
+        a connection the server dropped (restart, failover, idle kill) fails its first
+        statement instead, SQLAlchemy invalidates the pool, and the batch runs again. Every
+        operation is idempotent, so a COMMIT whose answer was lost is safe to repeat.
+        """
+        try:
+            await self._commit(ops)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            self._head_stale = True
+            self.reconnects += 1
+            _log.info("database_reconnect", detail=str(translate_error(exc, self.engine)))
+            await self._commit(ops)
+
+    async def _commit(self, ops: list[Op[Any]]) -> None:
+        batch = Batch(self.line, self.clock())
+        wants = Wants()
+        for op in ops:
+            op.want(wants)
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**{WRITE_TRANSACTION: True})
+            async with conn.begin():
+                await batch.load(conn, wants)
+                for op in ops:
+                    op.error = None
+                    try:
+                        op.apply(batch)
+                    except (LinehostError, ValueError) as exc:  # raised before any change
+                        op.error = exc
+                head = await load_head(conn, self.line) if self._head_stale else self._head
+                head = await batch.flush(conn, head)
+                if self.commit_hook is not None:
+                    await self.commit_hook(conn)
+        self._head = head
+        self._head_stale = False
+
+
+def _violated(exc: IntegrityError) -> str | None:
+    """Which of our uniqueness rules an IntegrityError broke: dac, key, uid, chain or None."""
+    text = str(exc.orig).lower()
+    if "onboarding" in text:
+        return "onboarding"
+    if "dac_serial" in text or "dac_sha256" in text:
+        return "dac"
+    if "public_key_sha256" in text:
+        return "key"
+    if "ux_assignments_live_uid" in text or "assignments.uid" in text:
+        return "uid"
+    if "audit_log" in text:
+        return "chain"
+    return None
