@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 
 from linehost.config import load_config
-from linehost.errors import StoreError
 from linehost.pki.bundle import ImportReport, format_counts
 from linehost.pki.bundle import import_bundle as run_import
 from linehost.pki.local import load_certificate
@@ -16,7 +15,7 @@ from linehost.pki.profile import check_chain_or_raise
 from linehost.progress import Meter, progress_display
 from linehost.store.bundles import BundlePool
 from linehost.store.engine import create_engine
-from linehost.store.migrate import schema_is_current, upgrade_to_head
+from linehost.store.migrate import open_current, upgrade_to_head
 
 EXIT_OK = 0
 EXIT_REJECTS = 1  # the import ran; some entries were rejected (listed on stdout)
@@ -33,14 +32,16 @@ def import_bundle(args: argparse.Namespace) -> int:
     )
 
     async def go(progress: _ImportMeters) -> tuple[ImportReport, list[str]]:
-        engine = create_engine(config.database.url)
-        try:
-            if config.database.auto_migrate:
+        if config.database.auto_migrate:
+            engine = create_engine(config.database.url)
+            try:
                 await upgrade_to_head(engine)
-            elif not await schema_is_current(engine):
-                raise StoreError(
-                    "the database is not at the current schema: run `linehost db upgrade`"
-                )
+            except BaseException:
+                await engine.dispose()
+                raise
+        else:
+            engine = await open_current(config.database.url)
+        try:
             pool = BundlePool(engine)
             report = await run_import(
                 pool,

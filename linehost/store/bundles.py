@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from linehost.errors import StoreError
-from linehost.store.engine import WRITE_TRANSACTION, create_engine, safe_url, translate_error
-from linehost.store.migrate import schema_is_current
+from linehost.store.engine import WRITE_TRANSACTION, translate_error
+from linehost.store.migrate import open_current
 from linehost.store.models import assignments, bundle_entries
 
 IMPORT_CHUNK: Final = 500  # entries looked up and inserted per transaction
@@ -100,16 +100,7 @@ class BundlePool:
     @classmethod
     async def open(cls, url: str) -> BundlePool:
         """Connect to the database at `url`, which must be at the current schema."""
-        engine = create_engine(url)
-        try:
-            if not await schema_is_current(engine):
-                raise StoreError(
-                    f"database {safe_url(engine)} is not at the current schema: "
-                    "run `linehost db upgrade`"
-                )
-        except BaseException:
-            await engine.dispose()
-            raise
+        engine = await open_current(url)
         return cls(engine, owns_engine=True)
 
     async def close(self) -> None:

@@ -18,14 +18,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from linehost.errors import OnboardingError
-from linehost.onboarding.allocation import (
+from linehost.records import AttemptStart, OnboardingRecord, OnboardingRequest
+from linehost.store.allocation import (
     RANDOM_WINDOW,
     AllocationError,
     DiscriminatorWindow,
     render_serial,
     sequential_discriminator,
 )
-from linehost.records import AttemptStart, OnboardingRecord, OnboardingRequest
 from linehost.store.models import onboarding, onboarding_counters
 
 SERIAL_COUNTER: Final = "serial"

@@ -48,7 +48,7 @@ class Store:
         commit_hook: CommitHook | None = None,
     ) -> None:
         """Serve `line`: reads over `engine`, the writer's transactions over `write_engine`
-        (default: the same engine); `clock` dates every write, `commit_hook` runs before each
+        (default: the same engine); `clock` dates every write, `commit_hook` runs after each
         COMMIT (fault tests)."""
         self.line = line
         self._engine = engine

@@ -11,7 +11,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import DacCollision, LinehostError, OnboardingCollision, StoreError
 from linehost.records import utcnow
@@ -25,8 +25,8 @@ SINGLE_OP_TRIES: Final = 3  # after a failed batch, tries per operation on its o
 _log = structlog.get_logger("linehost.store")
 
 T = TypeVar("T")
-#: Runs just before COMMIT, inside the transaction (fault tests: fail or drop the connection).
-CommitHook = Callable[[AsyncConnection], Awaitable[None]]
+#: Runs after each COMMIT, before the writer trusts it (fault tests: a link lost after COMMIT).
+CommitHook = Callable[[], Awaitable[None]]
 
 
 class GroupWriter:
@@ -193,8 +193,8 @@ class GroupWriter:
                         op.error = exc
                 head = await load_head(conn, self.line) if self._head_stale else self._head
                 head = await batch.flush(conn, head)
-                if self.commit_hook is not None:
-                    await self.commit_hook(conn)
+        if self.commit_hook is not None:
+            await self.commit_hook()
         self._head = head
         self._head_stale = False
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from linehost.onboarding.allocation import (
+from linehost.store.allocation import (
     AllocationError,
     DiscriminatorWindow,
     render_serial,

@@ -25,7 +25,8 @@ async def test_assign_records_onboarding_with_the_dac(store: Store, devices: Dev
     ob = make_onboarding(serial_template="{line}-{yyyymmdd}-{seq:06d}", rotating_id=True,
                          hw_ver=3, hw_ver_str="rev C")  # fmt: skip
     req = await devices.request(ob)
-    store._clock = lambda: datetime(2027, 3, 4, 23, 59, 59, tzinfo=UTC)  # not the attempt's date
+    # not the attempt's date:
+    store.writer.clock = lambda: datetime(2027, 3, 4, 23, 59, 59, tzinfo=UTC)
     result = await store.assign(req)
     assert result.kind == "issued"
     record = result.onboarding

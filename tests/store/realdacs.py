@@ -81,7 +81,7 @@ async def provision(
             status = None
             if outcome in (Outcome.PROVISIONED, Outcome.DEVICE_ERROR):
                 dac = await issuer.issue(uid, info)
-                store._clock = lambda at=at: at  # issued_at on a known minute
+                store.writer.clock = lambda at=at: at  # issued_at on a known minute
                 result = await store.assign(AssignRequest(start, info.public_key_sha256, dac))
                 assert result.kind == "issued", result
                 serial, assignment_id = result.dac_serial, result.assignment_id

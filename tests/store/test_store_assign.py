@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from linehost.errors import DacCollision, DatabaseUnavailable, StoreError
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AssignResult
-from linehost.store import store as store_module
+from linehost.store import batch as batch_module
 from linehost.store.engine import create_engine
 from linehost.store.models import assignments
 from linehost.store.store import Store
@@ -341,7 +341,7 @@ async def test_database_refuses_duplicate_dacs_and_bad_status(store: Store, make
 def _count_commits(store: Store) -> Counter[str]:
     counts: Counter[str] = Counter()
 
-    @event.listens_for(store._write_engine.sync_engine, "commit")
+    @event.listens_for(store.writer.engine.sync_engine, "commit")
     def _on_commit(_conn: Any) -> None:
         counts["commit"] += 1
 
@@ -427,7 +427,7 @@ async def test_key_taken_by_another_host_between_read_and_write(
     other_uid = make.uid()
     key = make.key()
     await _insert(store, _assignment(make, other_uid, key))  # the other host's commit
-    original = store_module._Batch.load
+    original = batch_module.Batch.load
     hidden = {"times": 1}
 
     async def stale_load(self: Any, conn: Any, wants: Any) -> None:
@@ -436,7 +436,7 @@ async def test_key_taken_by_another_host_between_read_and_write(
             hidden["times"] -= 1
             self._by_key.pop(key, None)
 
-    monkeypatch.setattr(store_module._Batch, "load", stale_load)
+    monkeypatch.setattr(batch_module.Batch, "load", stale_load)
     result = await store.assign(make.request(key=key))
     assert result.kind == "rejected"
     assert result.outcome is Outcome.DUPLICATE_KEY
@@ -483,12 +483,12 @@ async def test_two_hosts_race_for_the_same_keys(db_url: str, make: Any) -> None:
 async def test_unreachable_database_then_retry(
     store: Store, make: Any, raw: Any, tmp_path: Any
 ) -> None:
-    real = store._write_engine
+    real = store.writer.engine
     if real.dialect.name == "sqlite":
         gone = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'x.db'}")
     else:
         gone = create_engine("postgresql+asyncpg://postgres@127.0.0.1:1/nothing")
-    store._write_engine = gone
+    store.writer.engine = gone
     req = make.request()
     try:
         with pytest.raises(DatabaseUnavailable) as info:
@@ -499,7 +499,7 @@ async def test_unreachable_database_then_retry(
         )
         assert all(isinstance(r, DatabaseUnavailable) for r in batch)
     finally:
-        store._write_engine = real
+        store.writer.engine = real
         await gone.dispose()
         await asyncio.sleep(0.1)  # see test_unopenable_sqlite_is_database_unavailable
     result = await store.assign(req)
@@ -508,22 +508,16 @@ async def test_unreachable_database_then_retry(
     assert await store.audit().verify_audit_chain() == []
 
 
-async def test_commit_that_succeeded_but_looked_failed(
-    store: Store, make: Any, raw: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_commit_that_succeeded_but_looked_failed(store: Store, make: Any, raw: Any) -> None:
     """The link drops after COMMIT: the caller sees DatabaseUnavailable and retries."""
-    original = Store._commit
     armed = {"on": True}
 
-    async def commit_then_drop(self: Store, ops: Any) -> None:
-        head = self._head
-        await original(self, ops)
+    async def drop_after_commit() -> None:
         if armed["on"]:
             armed["on"] = False
-            self._head = head  # the writer cannot know the chain moved
-            raise ConnectionResetError("connection reset by peer")
+            raise ConnectionResetError("connection reset by peer")  # the chain moved unseen
 
-    monkeypatch.setattr(Store, "_commit", commit_then_drop)
+    store.writer.commit_hook = drop_after_commit
     req = make.request()
     with pytest.raises(DatabaseUnavailable):
         await store.assign(req)
@@ -567,7 +561,7 @@ async def test_lost_connections_are_replaced(store: Store, make: Any, raw: Any) 
             await admin.close()
     else:
         await store.engine.dispose()  # SQLite has no server: drop the pooled connections
-        await store._write_engine.dispose()
+        await store.writer.engine.dispose()
     req = make.request()
     for _ in range(3):  # at worst one DatabaseUnavailable; the caller retries
         try:
@@ -585,7 +579,7 @@ async def test_a_cancelled_writer_fails_its_callers(db_url: str, make: Any) -> N
     try:
         tasks = [asyncio.create_task(store.assign(make.request())) for _ in range(5)]
         await asyncio.sleep(0)
-        store._writer.cancel()
+        store.writer.abort()
         done = await asyncio.gather(*tasks, return_exceptions=True)
         for outcome in done:
             assert isinstance(outcome, AssignResult | StoreError), outcome

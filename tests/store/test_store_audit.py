@@ -57,7 +57,7 @@ async def provision(store: Store, make: Any, **kw: Any) -> tuple[Any, Any]:
 @pytest.fixture
 async def history(store: Store, make: Any) -> dict[str, Any]:
     """A small line history: confirmed, failed, rejected and still-running attempts."""
-    store._clock = make.tick
+    store.writer.clock = make.tick
     ok = [await provision(store, make, station="st1", jig=f"j{i}") for i in range(3)]
     failed_req = make.request(station="st2", jig="j1")
     failed = await store.assign(failed_req)
@@ -154,7 +154,7 @@ async def test_exports_stream(store: Store, make: Any) -> None:
 
 
 async def test_uid_history(store: Store, make: Any) -> None:
-    store._clock = make.tick
+    store.writer.clock = make.tick
     req, first = await provision(store, make)
     uid = req.attempt.uid
     again = make.request(uid=uid, allow_reprovision=True)
