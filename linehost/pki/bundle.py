@@ -414,4 +414,3 @@ def _source_order(source: str) -> tuple[str, int]:
     if head and tail.isdigit():
         return head, int(tail)
     return source, 0
-

@@ -34,6 +34,7 @@ MAX_SERIAL_OCTETS = 20
 
 Kind = Literal["DAC", "PAI", "PAA"]
 
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One broken profile rule: a short rule id and a one-line message naming the rule."""
