@@ -190,7 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.handler(args)
     except LinehostError as exc:
-        print(f"linehost: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            print(f"linehost: error: {line}", file=sys.stderr)
         return EXIT_USAGE if _is_input_error(exc) else EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -405,9 +406,12 @@ def _positive_int(text: str) -> int:
 
 
 def _hex4(text: str, name: str) -> str:
-    if len(text) != 4 or any(c not in "0123456789abcdefABCDEF" for c in text):
-        raise UserError(f"{name} must be exactly 4 hex digits, got {text!r}")
-    return text.upper()
+    from linehost.pki.vidpid import parse_vid_pid
+
+    try:
+        return parse_vid_pid(text)
+    except ValueError:
+        raise UserError(f"{name} must be exactly 4 hex digits, got {text!r}") from None
 
 
 def _is_input_error(exc: LinehostError) -> bool:
