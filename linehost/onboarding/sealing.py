@@ -11,7 +11,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 from typing import Final
@@ -21,11 +20,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from linehost.config.types import SecretRef
 from linehost.errors import ConfigError, LinehostError
 
 KEY_LEN: Final = 32
 NONCE_LEN: Final = 12
 _SALT: Final = b"linehost onboarding v1"
+_KEY: Final = "onboarding.passcode_key"
 
 
 class SealError(LinehostError):
@@ -43,21 +44,24 @@ class PasscodeSeal:
         self.key_id = _derive(secret, b"key id")[:8].hex()
 
     @classmethod
+    def from_secret(cls, secret: SecretRef) -> PasscodeSeal:
+        """The key a config secret names: 32 raw bytes, 64 hex digits or base64 of 32 bytes."""
+        raw = secret.read()
+        if raw is None:
+            raise ConfigError(f"{secret.key}: no passcode key file or environment variable")
+        if secret.env and not raw:
+            raise ConfigError(f"environment variable {secret.env} (the passcode key) is not set")
+        return cls(_parse_key(raw, secret.source))
+
+    @classmethod
     def from_file(cls, path: Path) -> PasscodeSeal:
-        """The key in a file: 32 raw bytes, or 64 hex digits, or base64 of 32 bytes."""
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise ConfigError(f"passcode key file {path}: cannot read: {exc.strerror}") from None
-        return cls(_parse_key(raw, f"passcode key file {path}"))
+        """The key in a file (see from_secret)."""
+        return cls.from_secret(SecretRef(_KEY, file=path))
 
     @classmethod
     def from_env(cls, name: str) -> PasscodeSeal:
         """The key in an environment variable (hex or base64)."""
-        value = os.environ.get(name)
-        if not value:
-            raise ConfigError(f"environment variable {name} (the passcode key) is not set")
-        return cls(_parse_key(value.encode(), f"environment variable {name}"))
+        return cls.from_secret(SecretRef(_KEY, env=name))
 
     def seal(self, passcode: int, context: str) -> str:
         """base64(nonce || AES-GCM ciphertext), bound to `context` (e.g. the device UID)."""

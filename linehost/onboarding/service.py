@@ -11,7 +11,6 @@ from typing import Any
 import structlog
 
 from linehost.config import LabelsSection, LineConfig, OnboardingSection
-from linehost.errors import ConfigError
 from linehost.onboarding.labels import (
     LabelData,
     LabelError,
@@ -37,11 +36,7 @@ DISCOVERY = {"softap": Discovery.SOFT_AP, "ble": Discovery.BLE, "on_network": Di
 
 def open_seal(section: OnboardingSection) -> PasscodeSeal:
     """The passcode key named by `[onboarding]`."""
-    if section.passcode_key_file is not None:
-        return PasscodeSeal.from_file(section.passcode_key_file)
-    if section.passcode_key_env is not None:
-        return PasscodeSeal.from_env(section.passcode_key_env)
-    raise ConfigError("onboarding: no passcode_key_file or passcode_key_env")
+    return PasscodeSeal.from_secret(section.passcode_key)
 
 
 def seal_context(uid: str, vid: str, pid: str) -> str:

@@ -23,14 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.errors import IssuerError, LinehostError, PkiError
-from linehost.pki.local import load_certificate
-from linehost.pki.profile import (
-    OID_MATTER_PID,
-    OID_MATTER_VID,
-    check_chain_or_raise,
-    check_dac,
-    describe,
-)
+from linehost.pki.pai import IssuingPai, PaiIssuer, load_pai, subject_attribute
+from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
 from linehost.protocol.outcomes import LIVE_STATUSES
 from linehost.records import CsrInfo, IssuedDac
 from linehost.store.bundles import BundleCount, BundleDac, BundlePool, ImportResult, PoolEntry
@@ -142,7 +136,8 @@ def check_bundle_dac(
     violations = check_dac(dac, pai)
     if violations:
         raise PkiError(f"fails the Matter profile: {describe(violations)}")
-    dac_vid, dac_pid = _attr(dac, OID_MATTER_VID), _attr(dac, OID_MATTER_PID)
+    dac_vid = subject_attribute(dac, OID_MATTER_VID)
+    dac_pid = subject_attribute(dac, OID_MATTER_PID)
     if dac_vid != vid:
         raise PkiError(f"DAC VID {dac_vid} differs from configured vid {vid}")
     if dac_pid != pid:
@@ -181,7 +176,7 @@ async def import_bundle(
     name = bundle if bundle is not None else _default_name(source)
     if not _BUNDLE_NAME.fullmatch(name):
         raise PkiError(f"bundle name {name!r}: 1-64 letters, digits, '_', '.', ':', '+', '-'")
-    pai_sha256 = hashlib.sha256(pai.public_bytes(serialization.Encoding.DER)).hexdigest()
+    pai_sha256 = IssuingPai(pai, vid, pid).sha256
     now = datetime.now(UTC)
     good: list[BundleDac] = []
     rejected: list[tuple[str, str]] = []
@@ -210,7 +205,7 @@ async def import_bundle(
     return ImportReport(name, read, result.added, result.unchanged, rejected, skipped)
 
 
-class BundleIssuer:
+class BundleIssuer(PaiIssuer):
     """Hands out the pre-issued DAC for a device's UID, only to the chip holding its key."""
 
     def __init__(
@@ -224,14 +219,11 @@ class BundleIssuer:
         stale_after: timedelta = CLAIM_STALE,
     ) -> None:
         """Use `pai` and `pool` as given; BundleIssuer.load is the checked way in."""
+        self._issuing = IssuingPai(pai, vid, pid)
         self._pai = pai
         self._pool = pool
-        self._vid = vid
-        self._pid = pid
         self._line = line
         self._stale_after = stale_after
-        self._pai_pem = pai.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        self._pai_sha256 = hashlib.sha256(pai.public_bytes(serialization.Encoding.DER)).hexdigest()
 
     @classmethod
     def load(
@@ -245,47 +237,9 @@ class BundleIssuer:
         paa_cert: Path | None = None,
     ) -> BundleIssuer:
         """Load and check the PAI (and PAA); raise PkiError naming the file and the problem."""
-        pai = load_certificate(pai_cert, "PAI")
-        paa = load_certificate(paa_cert, "PAA") if paa_cert is not None else None
-        check_chain_or_raise(
-            pai,
-            paa,
-            datetime.now(UTC),
-            pai_name=f"PAI certificate {pai_cert}",
-            paa_name=f"PAA certificate {paa_cert}",
-        )
-        pai_vid = _attr(pai, OID_MATTER_VID)
-        if pai_vid != vid:
-            raise PkiError(
-                f"PAI certificate {pai_cert}: PAI VID {pai_vid} differs from configured vid {vid}"
-            )
-        pai_pid = _attr(pai, OID_MATTER_PID)
-        if pai_pid is not None and pai_pid != pid:
-            raise PkiError(
-                f"PAI certificate {pai_cert}: PAI PID {pai_pid} differs from configured pid {pid}"
-            )
+        pai = load_pai(pai_cert, vid, pid, paa_cert=paa_cert).certificate
         pool = BundlePool(create_engine(database_url), owns_engine=True)
         return cls(pai, pool, vid, pid, line=line)
-
-    @property
-    def pai_pem(self) -> str:
-        """The PAI certificate delivered after every DAC."""
-        return self._pai_pem
-
-    @property
-    def pai_sha256(self) -> str:
-        """Lower-case hex sha256 of the PAI DER."""
-        return self._pai_sha256
-
-    @property
-    def vid(self) -> str:
-        """The vendor id of the line's DACs."""
-        return self._vid
-
-    @property
-    def pid(self) -> str:
-        """The product id of the line's DACs."""
-        return self._pid
 
     @property
     def pool(self) -> BundlePool:
@@ -322,7 +276,7 @@ class BundleIssuer:
                 f"is for another key: DAC key sha256 {entry.public_key_sha256[:16]}…, "
                 f"CSR key sha256 {csr.public_key_sha256[:16]}…"
             )
-        if entry.pai_sha256 != self._pai_sha256:
+        if entry.pai_sha256 != self._issuing.sha256:
             raise IssuerError(
                 f"bundle DAC for UID {uid} was imported under another PAI "
                 f"({entry.pai_sha256[:16]}…)"
@@ -341,7 +295,7 @@ class BundleIssuer:
             serial_hex=entry.dac_serial,
             sha256=entry.dac_sha256,
             public_key_sha256=entry.public_key_sha256,
-            pai_sha256=self._pai_sha256,
+            pai_sha256=self._issuing.sha256,
             vid=entry.vid,
             pid=entry.pid,
             bundle_entry_id=entry.id,
@@ -460,8 +414,3 @@ def _source_order(source: str) -> tuple[str, int]:
     if head and tail.isdigit():
         return head, int(tail)
     return source, 0
-
-
-def _attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
-    attrs = cert.subject.get_attributes_for_oid(oid)
-    return str(attrs[0].value) if attrs else None

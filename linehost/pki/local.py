@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Final
 
 import structlog
 from cryptography import x509
@@ -21,14 +21,11 @@ from linehost.pki.dac_template import (
     DacTemplate,
     matches_builder,
 )
-from linehost.pki.profile import (
-    OID_MATTER_PID,
-    OID_MATTER_VID,
-    check_chain_or_raise,
-    check_dac,
-    describe,
-)
+from linehost.pki.pai import IssuingPai, PaiIssuer, load_pai
+from linehost.pki.pai import load_certificate as load_certificate  # its former home
+from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
 from linehost.pki.signer import FileKeySigner, Signer, assemble_certificate, tbs_certificate
+from linehost.pki.vidpid import parse_vid_pid
 from linehost.records import CsrInfo, IssuedDac
 
 _log = structlog.get_logger("linehost.pki")
@@ -39,10 +36,12 @@ NO_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 #: and OpenSSL count it.
 MAX_CN_LENGTH = 64
 
-_HEX4 = re.compile(r"[0-9A-Fa-f]{4}")
+#: The placeholders a `cn_template` may use.
+CN_PLACEHOLDERS: Final = frozenset({"uid", "vid", "pid"})
+_CN_FIELDS: Final = ", ".join("{" + name + "}" for name in sorted(CN_PLACEHOLDERS))
 
 
-class LocalIssuer:
+class LocalIssuer(PaiIssuer):
     """Issues Matter DACs signed by the PAI's key; one instance serves every jig of a line."""
 
     def __init__(
@@ -57,6 +56,7 @@ class LocalIssuer:
         backdate: timedelta = timedelta(0),
     ) -> None:
         """Use `pai` and its `signer` as given; LocalIssuer.load is the checked way in."""
+        self._issuing = IssuingPai(pai, vid, pid)
         self._pai = pai
         self._signer = signer
         self._vid = vid
@@ -64,9 +64,6 @@ class LocalIssuer:
         self._cn_template = cn_template
         self._not_after = not_after
         self._backdate = backdate
-        self._pai_pem = pai.public_bytes(serialization.Encoding.PEM).decode("ascii")
-        pai_der = pai.public_bytes(serialization.Encoding.DER)
-        self._pai_sha256 = hashlib.sha256(pai_der).hexdigest()
         self._pai_not_before = pai.not_valid_before_utc
         self._pai_not_after = pai.not_valid_after_utc
         self._issuer_name = pai.subject
@@ -116,36 +113,18 @@ class LocalIssuer:
         paa_cert: Path | None = None,
     ) -> LocalIssuer:
         """Load and check the PAI (and PAA); raise PkiError naming the file and the problem."""
-        vid = _hex4_or_raise(vid, "vid")
-        pid = _hex4_or_raise(pid, "pid")
+        vid = _vid_pid_or_raise(vid, "vid")
+        pid = _vid_pid_or_raise(pid, "pid")
         now = datetime.now(UTC)
-        pai = load_certificate(pai_cert, "PAI")
-        paa = load_certificate(paa_cert, "PAA") if paa_cert is not None else None
-        check_chain_or_raise(
-            pai,
-            paa,
-            now,
-            pai_name=f"PAI certificate {pai_cert}",
-            paa_name=f"PAA certificate {paa_cert}",
-        )
-        pai_vid = _attr(pai, OID_MATTER_VID)
-        if pai_vid != vid:
-            raise PkiError(
-                f"PAI certificate {pai_cert}: PAI VID {pai_vid} differs from configured vid {vid}"
-            )
-        pai_pid = _attr(pai, OID_MATTER_PID)
-        if pai_pid is not None and pai_pid != pid:
-            raise PkiError(
-                f"PAI certificate {pai_cert}: PAI PID {pai_pid} differs from configured pid {pid}"
-            )
+        pai = load_pai(pai_cert, vid, pid, paa_cert=paa_cert, now=now).certificate
         if _spki(signer.public_key()) != _spki(pai.public_key()):
             raise PkiError(f"PAI certificate {pai_cert}: signing key does not match its public key")
         try:
-            cn = cn_template.format(uid="0" * 64, vid=vid, pid=pid)
+            cn = cn_template.format(uid="0" * 64, vid=vid, pid=pid)  # CN_PLACEHOLDERS
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise PkiError(
                 f"cn_template {cn_template!r}: not a valid template ({type(exc).__name__}: {exc}); "
-                "fields are {uid}, {vid}, {pid}"
+                f"fields are {_CN_FIELDS}"
             ) from None
         if not cn.strip():
             raise PkiError(f"cn_template {cn_template!r}: gives an empty common name")
@@ -160,31 +139,6 @@ class LocalIssuer:
         return cls(
             pai, signer, vid, pid, cn_template=cn_template, not_after=not_after, backdate=backdate
         )
-
-    @property
-    def pai_certificate(self) -> x509.Certificate:
-        """The PAI certificate every DAC is issued under."""
-        return self._pai
-
-    @property
-    def pai_pem(self) -> str:
-        """The PAI certificate delivered after every DAC."""
-        return self._pai_pem
-
-    @property
-    def pai_sha256(self) -> str:
-        """Lower-case hex sha256 of the PAI DER."""
-        return self._pai_sha256
-
-    @property
-    def vid(self) -> str:
-        """The vendor id every DAC carries (4 upper-case hex digits)."""
-        return self._vid
-
-    @property
-    def pid(self) -> str:
-        """The product id every DAC carries (4 upper-case hex digits)."""
-        return self._pid
 
     async def issue(self, uid: str, csr: CsrInfo) -> IssuedDac:
         """Return a DAC for `uid` bound to `csr`'s key; raise IssuerError when it cannot."""
@@ -226,7 +180,7 @@ class LocalIssuer:
             serial_hex=f"{serial:X}",
             sha256=hashlib.sha256(der).hexdigest(),
             public_key_sha256=hashlib.sha256(spki).hexdigest(),
-            pai_sha256=self._pai_sha256,
+            pai_sha256=self._issuing.sha256,
             vid=self._vid,
             pid=self._pid,
         )
@@ -234,20 +188,6 @@ class LocalIssuer:
     async def aclose(self) -> None:
         """Release the signer (HSM session, thread pool)."""
         await self._signer.aclose()
-
-
-def load_certificate(path: Path, what: str) -> x509.Certificate:
-    """Read one PEM or DER certificate; raise PkiError naming the file and the problem."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise PkiError(f"{what} certificate {path}: unreadable ({exc.strerror or exc})") from None
-    try:
-        if b"-----BEGIN" in data:
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise PkiError(f"{what} certificate {path}: not a PEM or DER X.509 certificate") from None
 
 
 _DIGITAL_SIGNATURE_ONLY = x509.KeyUsage(
@@ -263,15 +203,11 @@ _DIGITAL_SIGNATURE_ONLY = x509.KeyUsage(
 )
 
 
-def _hex4_or_raise(value: str, name: str) -> str:
-    if not _HEX4.fullmatch(value):
-        raise PkiError(f"configured {name} {value!r}: not 4 hex digits")
-    return value.upper()
-
-
-def _attr(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | None:
-    attrs = cert.subject.get_attributes_for_oid(oid)
-    return str(attrs[0].value) if attrs else None
+def _vid_pid_or_raise(value: str, name: str) -> str:
+    try:
+        return parse_vid_pid(value)
+    except ValueError:
+        raise PkiError(f"configured {name} {value!r}: not 4 hex digits") from None
 
 
 def _spki(key: PublicKeyTypes) -> bytes:

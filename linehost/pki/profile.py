@@ -6,7 +6,6 @@ Each check returns every violation it finds; an empty list means the certificate
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,6 +20,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from linehost.errors import PkiError
 from linehost.pki import der
+from linehost.pki.vidpid import is_certificate_vid_pid
 
 #: Matter DN attributes (Matter core spec 6.1.1): vendor id and product id.
 OID_MATTER_VID = x509.ObjectIdentifier("1.3.6.1.4.1.37244.2.1")
@@ -33,8 +33,6 @@ KEY_ID_BYTES = 20
 MAX_SERIAL_OCTETS = 20
 
 Kind = Literal["DAC", "PAI", "PAA"]
-
-_HEX4 = re.compile(r"[0-9A-F]{4}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +192,7 @@ _issuer_facts = lru_cache(maxsize=8)(_facts)
 def _hex4(attrs: list[x509.NameAttribute[str | bytes]]) -> str | None:
     if len(attrs) != 1 or not isinstance(attrs[0].value, str):
         return None
-    return attrs[0].value if _HEX4.fullmatch(attrs[0].value) else None
+    return attrs[0].value if is_certificate_vid_pid(attrs[0].value) else None
 
 
 def _check_format(cert: x509.Certificate, kind: Kind, facts: _Facts) -> list[Violation]:

@@ -1,0 +1,30 @@
+"""`linehost workorder status`: done / failed / remaining (in linehost.status_cli)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+from linehost.commands import config_arg
+
+if TYPE_CHECKING:
+    from linehost.commands import Subparsers
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add `workorder status`."""
+    workorder = subparsers.add_parser(
+        "workorder", help="work orders: progress against the quantity"
+    )
+    wo_sub = workorder.add_subparsers(dest="workorder_command", required=True, metavar="ACTION")
+    wo_status = wo_sub.add_parser("status", help="done / failed / remaining")
+    config_arg(wo_status)
+    wo_status.add_argument("--id", default=None, help="another work order than [work_order]")
+    wo_status.add_argument("--json", action="store_true", help="print the counts as JSON")
+    wo_status.set_defaults(handler=_workorder_status)
+
+
+def _workorder_status(args: argparse.Namespace) -> int:
+    from linehost.status_cli import workorder_status
+
+    return workorder_status(args)

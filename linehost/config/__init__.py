@@ -1,0 +1,55 @@
+"""The station configuration: typed models, TOML loading, errors naming file, key and problem.
+
+`types` holds the value types (paths resolved by their type, secret references, VID/PID),
+`sections` the models of each table, `loading` the file reading and error reporting.
+"""
+
+from linehost.config.loading import ConfigProblems, load_config, parse_config
+from linehost.config.sections import (
+    DashboardSection,
+    DatabaseSection,
+    JigSection,
+    LabelsSection,
+    LineConfig,
+    LineSection,
+    MetricsSection,
+    MqttSection,
+    OnboardingSection,
+    PkiSection,
+    ProtocolSection,
+    StepsSection,
+    StepTimeout,
+    WorkOrderSection,
+)
+from linehost.config.types import (
+    ConfigPath,
+    SecretRef,
+    VidPid,
+    parse_listen,
+)
+from linehost.line.steps import STEP_PLACEHOLDERS as STEP_FIELDS
+
+__all__ = [
+    "STEP_FIELDS",
+    "ConfigPath",
+    "ConfigProblems",
+    "DashboardSection",
+    "DatabaseSection",
+    "JigSection",
+    "LabelsSection",
+    "LineConfig",
+    "LineSection",
+    "MetricsSection",
+    "MqttSection",
+    "OnboardingSection",
+    "PkiSection",
+    "ProtocolSection",
+    "SecretRef",
+    "StepTimeout",
+    "StepsSection",
+    "VidPid",
+    "WorkOrderSection",
+    "load_config",
+    "parse_config",
+    "parse_listen",
+]
