@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import structlog
@@ -14,8 +14,8 @@ import structlog
 from linehost.errors import (
     TransportError,
 )
-from linehost.line import latency
-from linehost.line.provisioning import Attempt, AttemptStore, Provisioner, Reject
+from linehost.line.latency import LatencyProbe
+from linehost.line.provisioning import Attempt, Provisioner, Reject
 from linehost.line.status import StatusListener
 from linehost.line.steps import (
     PRE_NOT_READY,
@@ -25,9 +25,6 @@ from linehost.line.steps import (
     StepResult,
     run_step,
 )
-from linehost.line.workorder import WorkOrderGate
-from linehost.onboarding.service import Onboarding
-from linehost.pki.issuer import Issuer
 from linehost.protocol.host import (
     AttemptEnded,
     AttemptStarted,
@@ -52,6 +49,17 @@ if TYPE_CHECKING:
     from linehost.metrics import JigMetrics
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class LineContext:
+    """What every jig of one line shares: its provisioner, timing, listener and port opener."""
+
+    provisioner: Provisioner
+    timing: Timing = field(default_factory=Timing)
+    listener: StatusListener | None = None
+    open_port: Callable[[str, int], Awaitable[JigPort]] = open_port
+    latency: LatencyProbe | None = None  # benchmarks only
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,35 +89,19 @@ class JigRunner:
     def __init__(
         self,
         spec: JigSpec,
+        line: LineContext,
         *,
-        issuer: Issuer,
-        store: AttemptStore,
-        timing: Timing,
-        listener: StatusListener | None = None,
-        allow_reprovision: bool = False,
-        work_order: str | None = None,
-        onboarding: Onboarding | None = None,
-        port_opener: Callable[[str, int], Awaitable[JigPort]] = open_port,
-        cd_b64: str | None = None,
         steps: JigSteps | None = None,
-        gate: WorkOrderGate | None = None,
         metrics: JigMetrics | None = None,
     ) -> None:
         self.spec = spec
         self.status = JigStatus(spec.line, spec.station, spec.name)
-        self._provisioner = Provisioner(
-            issuer,
-            store,
-            allow_reprovision=allow_reprovision,
-            onboarding=onboarding,
-            cd_b64=cd_b64,
-            gate=gate,
-            clock=asyncio.get_running_loop().time,
-        )
+        self._provisioner = provisioner = line.provisioner
+        timing = line.timing
         self._timing = timing
-        self._listener = listener
-        self._work_order = work_order
-        self._open = port_opener
+        self._listener = line.listener
+        self._work_order = provisioner.work_order
+        self._open = line.open_port
         self._log = structlog.get_logger("linehost.jig").bind(
             line=spec.line, station=spec.station, jig=spec.name
         )
@@ -122,12 +114,12 @@ class JigRunner:
         self._wake = asyncio.Event()
         self._backoff = reopen_backoff()
         self._loop = asyncio.get_running_loop()
-        self._probe = latency.probe()
+        self._probe = line.latency
         self._steps = steps if steps is not None and steps.any else None
         self._pre_pending = steps is not None and steps.pre is not None
         self._pre_result: StepResult | None = None  # the pre step of the coming device
         self._in_post = False
-        self._gate = gate
+        self._gate = gate = provisioner.gate
         self._metrics = metrics
         if gate is not None:
             gate.subscribe(self._on_work_order)
