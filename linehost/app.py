@@ -12,8 +12,10 @@ import structlog
 
 from linehost.config import LineConfig
 from linehost.errors import LinehostError
-from linehost.line.operations import LineOperations, with_work_order
-from linehost.line.runner import JigRunner, JigSpec
+from linehost.line.latency import LatencyProbe
+from linehost.line.operations import LineOperations, jig_steps, with_work_order
+from linehost.line.provisioning import Provisioner
+from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.status import StatusListener
 from linehost.line.supervisor import LineSupervisor
 from linehost.onboarding.service import Onboarding
@@ -124,7 +126,10 @@ def timing_of(config: LineConfig) -> Timing:
 
 
 async def run_line(
-    config: LineConfig, stop: asyncio.Event, listener: StatusListener | None = None
+    config: LineConfig,
+    stop: asyncio.Event,
+    listener: StatusListener | None = None,
+    latency: LatencyProbe | None = None,
 ) -> list[JigRunner]:
     """Run every jig of the line until `stop` is set; return the runners (for their counts)."""
     config = with_work_order(config)
@@ -141,17 +146,23 @@ async def run_line(
             await ops.start(store)
             listeners = [x for x in (listener, relay) if x is not None] + ops.listeners()
             fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
+            provisioner = Provisioner(
+                issuer,
+                store,
+                allow_reprovision=config.pki.allow_reprovision,
+                onboarding=onboarding,
+                cd_b64=cd_b64,
+                gate=ops.gate,
+            )
+            context = LineContext(
+                provisioner, timing, fanout if listeners else None, latency=latency
+            )
             runners = [
                 JigRunner(
                     JigSpec(config.line.name, jig.station, jig.name, jig.port, jig.baudrate),
-                    issuer=issuer,
-                    store=store,
-                    timing=timing,
-                    listener=fanout if listeners else None,
-                    allow_reprovision=config.pki.allow_reprovision,
-                    cd_b64=cd_b64,
-                    onboarding=onboarding,
-                    **ops.runner_kwargs(jig),
+                    context,
+                    steps=jig_steps(config, jig),
+                    metrics=ops.jig_metrics(jig),
                 )
                 for jig in config.jigs
             ]

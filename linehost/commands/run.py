@@ -40,7 +40,7 @@ def run_line_command(options: RunOptions) -> int:
         install_stop_signals(stop)
         probe = enable_from_env()  # benchmarks only: LINEHOST_LATENCY_FILE
         try:
-            await run_line(config, stop)
+            await run_line(config, stop, latency=probe)
         finally:
             if probe is not None:
                 probe.dump()

@@ -1,7 +1,7 @@
 """Host-added latency probes for benchmarks: off (one `is None` test per device) unless enabled.
 
-`linehost run` enables them when the environment variable LINEHOST_LATENCY_FILE names a file;
-the samples (seconds, loop clock) are written there as JSON at shutdown.
+`linehost run` installs one on its line when the environment variable LINEHOST_LATENCY_FILE
+names a file; the samples (seconds, loop clock) are written there as JSON at shutdown.
 """
 
 from __future__ import annotations
@@ -44,17 +44,7 @@ class LatencyProbe:
         tmp.replace(self.path)
 
 
-_probe: LatencyProbe | None = None
-
-
 def enable_from_env() -> LatencyProbe | None:
-    """Enable the probe when LINEHOST_LATENCY_FILE is set; return it (None when off)."""
-    global _probe
+    """A probe when LINEHOST_LATENCY_FILE is set (None when off); `run_line` installs it."""
     path = os.environ.get(ENV_VAR)
-    _probe = LatencyProbe(Path(path)) if path else None
-    return _probe
-
-
-def probe() -> LatencyProbe | None:
-    """The enabled probe, or None."""
-    return _probe
+    return LatencyProbe(Path(path)) if path else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -18,7 +18,7 @@ from linehost.line.workorder import WorkOrderGate, watch_line
 from linehost.store.audit import Audit
 
 if TYPE_CHECKING:
-    from linehost.metrics import LineMetrics
+    from linehost.metrics import JigMetrics, LineMetrics
     from linehost.store.store import Store
 
 _log = structlog.get_logger("linehost.app")
@@ -108,14 +108,9 @@ class LineOperations:
             found.append(self.metrics)
         return found
 
-    def runner_kwargs(self, jig: JigSection) -> dict[str, Any]:
-        """Extra JigRunner arguments for this jig."""
-        return {
-            "work_order": self.gate.id if self.gate is not None else None,
-            "gate": self.gate,
-            "steps": jig_steps(self.config, jig),
-            "metrics": self.metrics.jig(jig.station, jig.name) if self.metrics else None,
-        }
+    def jig_metrics(self, jig: JigSection) -> JigMetrics | None:
+        """The bound metric series of one jig (None without `[metrics]`)."""
+        return self.metrics.jig(jig.station, jig.name) if self.metrics is not None else None
 
     async def close(self) -> None:
         """Stop the background tasks (the board writes its last rows first)."""

@@ -4,25 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import structlog
 
 from linehost.errors import (
-    Collision,
-    CsrRejected,
-    DacCollision,
-    DatabaseUnavailable,
-    IssuerError,
-    OnboardingError,
-    StoreError,
     TransportError,
 )
-from linehost.line import latency
+from linehost.line.latency import LatencyProbe
+from linehost.line.provisioning import Attempt, Provisioner, Reject
 from linehost.line.status import StatusListener
 from linehost.line.steps import (
     PRE_NOT_READY,
@@ -32,11 +25,6 @@ from linehost.line.steps import (
     StepResult,
     run_step,
 )
-from linehost.line.workorder import WorkOrderGate
-from linehost.onboarding.sealing import SealError
-from linehost.onboarding.service import Onboarding
-from linehost.pki.csr import parse_csr
-from linehost.pki.issuer import Issuer
 from linehost.protocol.host import (
     AttemptEnded,
     AttemptStarted,
@@ -51,12 +39,8 @@ from linehost.protocol.host import (
 )
 from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
 from linehost.records import (
-    AssignRequest,
-    AssignResult,
-    AttemptEnd,
     AttemptStart,
     JigStatus,
-    OnboardingRecord,
     utcnow,
 )
 from linehost.transport.serial import JigPort, PortLost, open_port, reopen_backoff
@@ -64,19 +48,18 @@ from linehost.transport.serial import JigPort, PortLost, open_port, reopen_backo
 if TYPE_CHECKING:
     from linehost.metrics import JigMetrics
 
-DB_RETRY_MIN: Final = 0.5
-DB_RETRY_MAX: Final = 5.0
-ISSUE_RETRIES: Final = 3
-
 T = TypeVar("T")
 
 
-class AttemptStore(Protocol):
-    """What a runner needs from the store; every call returns only once committed."""
+@dataclass(frozen=True, slots=True)
+class LineContext:
+    """What every jig of one line shares: its provisioner, timing, listener and port opener."""
 
-    async def assign(self, req: AssignRequest) -> AssignResult: ...
-
-    async def end_attempt(self, start: AttemptStart, end: AttemptEnd) -> None: ...
+    provisioner: Provisioner
+    timing: Timing = field(default_factory=Timing)
+    listener: StatusListener | None = None
+    open_port: Callable[[str, int], Awaitable[JigPort]] = open_port
+    latency: LatencyProbe | None = None  # benchmarks only
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,15 +71,6 @@ class JigSpec:
     name: str
     port: str
     baudrate: int = 115200
-
-
-@dataclass(slots=True)
-class _Attempt:
-    start: AttemptStart
-    assignment_id: int | None = None
-    dac_serial: str | None = None
-    recorded: bool = False  # the store already ended it (a rejected assign)
-    onboarding: OnboardingRecord | None = None  # the device's commissioning data, delivered
 
 
 #: Between devices: shown as `work_order_complete` while the work order has no slot left.
@@ -115,48 +89,37 @@ class JigRunner:
     def __init__(
         self,
         spec: JigSpec,
+        line: LineContext,
         *,
-        issuer: Issuer,
-        store: AttemptStore,
-        timing: Timing,
-        listener: StatusListener | None = None,
-        allow_reprovision: bool = False,
-        work_order: str | None = None,
-        onboarding: Onboarding | None = None,
-        port_opener: Callable[[str, int], Awaitable[JigPort]] = open_port,
-        cd_b64: str | None = None,
         steps: JigSteps | None = None,
-        gate: WorkOrderGate | None = None,
         metrics: JigMetrics | None = None,
     ) -> None:
         self.spec = spec
         self.status = JigStatus(spec.line, spec.station, spec.name)
-        self._issuer = issuer
-        self._store = store
+        self._provisioner = provisioner = line.provisioner
+        timing = line.timing
         self._timing = timing
-        self._listener = listener
-        self._allow_reprovision = allow_reprovision
-        self._work_order = work_order
-        self._onboarding = onboarding
-        self._open = port_opener
-        self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
+        self._listener = line.listener
+        self._work_order = provisioner.work_order
+        self._open = line.open_port
         self._log = structlog.get_logger("linehost.jig").bind(
             line=spec.line, station=spec.station, jig=spec.name
         )
         self._session = HostSession(timing)
-        self._attempt: _Attempt | None = None
+        self._attempt: Attempt | None = None
+        self._before_wait: tuple[JigState, str | None] | None = None
         self._port: JigPort | None = None
         self._stopping = False
         self._abort_detail: str | None = None
         self._wake = asyncio.Event()
         self._backoff = reopen_backoff()
         self._loop = asyncio.get_running_loop()
-        self._probe = latency.probe()
+        self._probe = line.latency
         self._steps = steps if steps is not None and steps.any else None
         self._pre_pending = steps is not None and steps.pre is not None
         self._pre_result: StepResult | None = None  # the pre step of the coming device
         self._in_post = False
-        self._gate = gate
+        self._gate = gate = provisioner.gate
         self._metrics = metrics
         if gate is not None:
             gate.subscribe(self._on_work_order)
@@ -301,91 +264,25 @@ class JigRunner:
             started_at=utcnow(),
             work_order=self._work_order,
         )
-        self._attempt = _Attempt(start)
+        self._attempt = Attempt(
+            start, self._log, on_database_wait=self._database_wait, metrics=self._metrics
+        )
         self.status.attempt_id = start.attempt_id
         self._log.debug("attempt_started", uid=started.uid, attempt_id=start.attempt_id)
 
     async def _provision(self, ready: CsrReady) -> list[Effect]:
         attempt = self._attempt
         assert attempt is not None
-        log = self._log.bind(uid=ready.uid, attempt_id=attempt.start.attempt_id)
-        now = self._loop.time
-        try:
-            csr = parse_csr(ready.csr_pem)
-        except CsrRejected as exc:
-            log.warning("csr_rejected", detail=str(exc))
-            return self._session.reject(Outcome.CSR_REJECTED, str(exc), now())
-        log.debug("csr_received", key=csr.public_key_sha256[:16])
-        if self._gate is not None and self._gate.complete:
-            log.warning("work_order_complete", work_order=self._gate.id)
-            return self._session.reject(Outcome.ISSUER_ERROR, self._gate.refusal, now())
-        for _ in range(ISSUE_RETRIES):
-            try:
-                issue_started = now()
-                candidate = await self._issuer.issue(ready.uid, csr)
-                if self._metrics is not None:
-                    self._metrics.issuer_latency(now() - issue_started)
-            except IssuerError as exc:
-                log.error("issuer_failed", detail=str(exc))
-                return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
-            wanted = None
-            if self._onboarding is not None:
-                wanted = await self._onboarding.draw(ready.uid, candidate.vid, candidate.pid)
-            request = AssignRequest(
-                attempt=attempt.start,
-                public_key_sha256=csr.public_key_sha256,
-                candidate=candidate,
-                allow_reprovision=self._allow_reprovision,
-                onboarding=wanted,
-            )
-            try:
-                commit_started = now()
-                result = await self._with_database(functools.partial(self._store.assign, request))
-                if self._metrics is not None:
-                    self._metrics.db_assign.observe(now() - commit_started)
-            except OnboardingError as exc:  # a rule the config cannot meet: retrying won't help
-                log.error("onboarding_failed", detail=str(exc))
-                return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
-            except Collision as exc:  # a DAC serial or onboarding value is taken: draw again
-                event = "dac_collision" if isinstance(exc, DacCollision) else "onboarding_collision"
-                log.warning(event, detail=str(exc))
-                continue
-            except StoreError as exc:
-                log.error("assign_failed", detail=str(exc))
-                return self._session.reject(Outcome.ISSUER_ERROR, f"database: {exc}", now())
-            break
-        else:
-            return self._session.reject(Outcome.ISSUER_ERROR, "repeated DAC collisions", now())
-        if result.kind in ("rejected", "quota_full"):
-            attempt.recorded = True
-            assert result.outcome is not None
-            if self._gate is not None and result.kind == "quota_full":
-                self._gate.set_complete(True)
-            log.warning("assignment_rejected", outcome=result.outcome.value, detail=result.detail)
-            return self._session.reject(result.outcome, result.detail, now())
-        assert result.dac_pem is not None
-        attempt.assignment_id = result.assignment_id
-        attempt.dac_serial = result.dac_serial
-        log.info(
-            "dac_issued" if result.kind == "issued" else "dac_redelivered",
-            dac_serial=result.dac_serial,
-        )
-        factory_data: tuple[tuple[str, str], ...] = ()
-        if self._onboarding is not None and result.onboarding is not None:
-            attempt.onboarding = result.onboarding
-            try:
-                factory_data = self._onboarding.factory_data(result.onboarding)
-            except SealError as exc:
-                log.error("onboarding_failed", detail=str(exc))
-                return self._session.reject(Outcome.ISSUER_ERROR, str(exc), now())
-            log.info("onboarding_recorded", serial_num=result.onboarding.serial_num)
-        # The assignment is committed: only now may the DAC reach the port.
+        decision = await self._provisioner.provision(attempt, ready.csr_pem)
+        now = self._loop.time()
+        if isinstance(decision, Reject):
+            return self._session.reject(decision.outcome, decision.detail, now)
         return self._session.deliver(
-            result.dac_pem,
-            self._issuer.pai_pem,
-            now(),
-            cd_b64=self._cd_b64,
-            factory_data=factory_data,
+            decision.dac_pem,
+            decision.pai_pem,
+            now,
+            cd_b64=decision.cd_b64,
+            factory_data=decision.factory_data,
         )
 
     async def _end(self, ended: AttemptEnded) -> None:
@@ -394,14 +291,6 @@ class JigRunner:
         if attempt is None:
             return
         log = self._log.bind(uid=ended.uid, attempt_id=attempt.start.attempt_id)
-        status = None
-        if attempt.assignment_id is not None:
-            if ended.outcome is Outcome.PROVISIONED:
-                status = AssignmentStatus.CONFIRMED
-            elif ended.outcome is Outcome.DEVICE_ERROR:
-                status = AssignmentStatus.FAILED
-            else:
-                status = AssignmentStatus.UNKNOWN
         outcome, detail, transcript = ended.outcome, ended.detail, list(ended.transcript)
         if self._pre_result is not None:
             transcript[:0] = self._pre_result.transcript()
@@ -415,34 +304,18 @@ class JigRunner:
                     # The device keeps its DAC (confirmed below); only the step failed.
                     outcome, detail = Outcome.POST_STEP_FAILED, post.summary()
                     log.warning("post_step_failed", detail=detail)
-        end = AttemptEnd(
-            outcome=outcome,
-            detail=detail,
-            ended_at=utcnow(),
-            device_code=ended.device_code,
-            assignment_id=attempt.assignment_id,
-            assignment_status=status,
-            dac_serial=attempt.dac_serial,
-            transcript="\n".join(transcript),
+        end = await self._provisioner.record(
+            attempt,
+            outcome,
+            detail,
+            ended.device_code,
+            "\n".join(transcript),
+            provisioned=ended.outcome is Outcome.PROVISIONED,
         )
-        if not attempt.recorded:
-            try:
-                commit_started = self._loop.time()
-                await self._with_database(lambda: self._store.end_attempt(attempt.start, end))
-                if self._metrics is not None:
-                    self._metrics.db_end.observe(self._loop.time() - commit_started)
-            except StoreError as exc:
-                log.error("attempt_not_recorded", detail=str(exc))
-        if (
-            ended.outcome is Outcome.PROVISIONED
-            and attempt.onboarding is not None
-            and self._onboarding is not None
-        ):
-            self._onboarding.print_label_soon(attempt.onboarding, log)
         if self._metrics is not None:
             seconds = (end.ended_at - attempt.start.started_at).total_seconds()
             self._metrics.attempt_ended(
-                outcome, seconds, confirmed=status is AssignmentStatus.CONFIRMED
+                outcome, seconds, confirmed=end.assignment_status is AssignmentStatus.CONFIRMED
             )
         if outcome is Outcome.PROVISIONED:
             self.status.ok += 1
@@ -455,25 +328,14 @@ class JigRunner:
         log.info("attempt_ended", outcome=outcome.value, detail=detail)
         self._publish(self._session.state, None)
 
-    async def _with_database(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry while the database is away, showing `waiting_for_database` meanwhile."""
-        delay = DB_RETRY_MIN
-        previous: tuple[JigState, str | None] | None = None
-        while True:
-            try:
-                result = await call()
-            except DatabaseUnavailable as exc:
-                if previous is None:
-                    previous = (self.status.state, self.status.uid)
-                    self._log.warning("database_unavailable", detail=str(exc))
-                    self._publish(JigState.WAITING_FOR_DATABASE, self.status.uid)
-                await asyncio.sleep(delay)
-                delay = min(DB_RETRY_MAX, delay * 2)
-                continue
-            if previous is not None:
-                self._log.info("database_back")
-                self._publish(*previous)
-            return result
+    def _database_wait(self, waiting: bool) -> None:
+        """Show `waiting_for_database` while the provisioner waits, then the state before."""
+        if waiting:
+            self._before_wait = (self.status.state, self.status.uid)
+            self._publish(JigState.WAITING_FOR_DATABASE, self.status.uid)
+        elif self._before_wait is not None:
+            self._publish(*self._before_wait)
+            self._before_wait = None
 
     async def _port_lost(self, reason: str) -> None:
         await self._apply(
@@ -554,7 +416,7 @@ class JigRunner:
         complete = self._gate is not None and self._gate.complete
         self._session.hold_new_devices = pending and not complete
 
-    async def _post_step(self, step: StepCommand, uid: str | None, attempt: _Attempt) -> StepResult:
+    async def _post_step(self, step: StepCommand, uid: str | None, attempt: Attempt) -> StepResult:
         self._in_post = True
         try:
             self._publish(JigState.POST_STEP, uid)

@@ -6,12 +6,12 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, Protocol
 
 import structlog
 
-from linehost.line.runner import JigRunner
 from linehost.protocol.outcomes import JigState
+from linehost.records import JigStatus
 
 RESTART_MIN: Final = 1.0
 RESTART_MAX: Final = 30.0
@@ -21,10 +21,39 @@ RECORD_GRACE: Final = 5.0
 _log = structlog.get_logger("linehost.line")
 
 
+class JigName(Protocol):
+    """Where a supervised jig is, for task names and logs."""
+
+    @property
+    def station(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+class SupervisedJig(Protocol):
+    """What the supervisor needs of a jig runner (JigRunner, or a test's stand-in)."""
+
+    @property
+    def spec(self) -> JigName: ...
+
+    @property
+    def status(self) -> JigStatus: ...
+
+    @property
+    def busy(self) -> bool: ...
+
+    async def run(self) -> None: ...
+
+    def request_stop(self) -> None: ...
+
+    def request_abort(self, detail: str) -> None: ...
+
+
 class LineSupervisor:
     """Runs every jig of a line until `stop` is set, then shuts down in stages."""
 
-    def __init__(self, runners: Sequence[JigRunner], *, shutdown_grace: float) -> None:
+    def __init__(self, runners: Sequence[SupervisedJig], *, shutdown_grace: float) -> None:
         self.runners = list(runners)
         self.shutdown_grace = shutdown_grace
 
@@ -65,7 +94,7 @@ class LineSupervisor:
                 _log.error("jigs_cancelled", count=len(pending))
         _log.info("line_stopped")
 
-    async def _supervise(self, runner: JigRunner) -> None:
+    async def _supervise(self, runner: SupervisedJig) -> None:
         """Restart a runner that crashed, with jittered backoff; its siblings carry on."""
         delay = RESTART_MIN
         while True:

@@ -14,6 +14,18 @@ from enum import StrEnum
 from typing import Final
 
 from linehost.protocol.framing import Frame, LineFramer, LineTooLong
+from linehost.protocol.wire import (
+    ABORT,
+    BEGIN_CERTIFICATE,
+    CD_PREFIX,
+    END,
+    END_CERTIFICATE,
+    FD_PREFIX,
+    FINISH_PREFIX,
+    INIT,
+    START_PROVISIONING,
+    UID_PREFIX,
+)
 
 #: How long a device stays in one flow (from `Start_provisioning`) before giving up on the host.
 FLOW_TIMEOUT: Final = 90.0
@@ -22,16 +34,6 @@ MAX_PEM_BLOCK: Final = 4096
 #: The device's buffer for the Certification Declaration bytes.
 MAX_CD_BYTES: Final = 2048
 
-INIT: Final = "Init"
-ABORT: Final = "Abort"
-END: Final = "END"
-START_PROVISIONING: Final = "Start_provisioning"
-UID_PREFIX: Final = "UID:"
-CD_PREFIX: Final = "CD:"
-FD_PREFIX: Final = "FD:"
-FINISH_PREFIX: Final = "finish:"
-BEGIN_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
-END_CERTIFICATE: Final = "-----END CERTIFICATE-----"
 
 FINISH_DATA_NOT_FOUND: Final = 0x001
 FINISH_BUFFER_TOO_SMALL: Final = 0x002
@@ -55,6 +57,20 @@ def format_finish(code: int, digits: int | None = None) -> str:
 def is_base64_line(line: str) -> bool:
     """True when `line` may be part of a PEM body (anything else inside a block is a log line)."""
     return _BASE64_LINE.fullmatch(line) is not None
+
+
+__all__ = [  # the wire words stay importable from here for the simulator and the tests
+    "ABORT",
+    "BEGIN_CERTIFICATE",
+    "CD_PREFIX",
+    "END",
+    "END_CERTIFICATE",
+    "FD_PREFIX",
+    "FINISH_PREFIX",
+    "INIT",
+    "START_PROVISIONING",
+    "UID_PREFIX",
+]
 
 
 class DeviceState(StrEnum):

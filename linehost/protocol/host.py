@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final
 
+from linehost.protocol import wire
 from linehost.protocol.outcomes import FINISH_OK, JigState, Outcome, describe_finish
 
 SYNC_INTERVAL: Final = 1.0
@@ -24,11 +25,17 @@ MAX_CSR_BYTES: Final = 4096
 TRANSCRIPT_LINES: Final = 400
 TRANSCRIPT_LINE_CHARS: Final = 200
 
-START = "Start_provisioning"
-CSR_BEGIN = "-----BEGIN CERTIFICATE REQUEST-----"
-CSR_END = "-----END CERTIFICATE REQUEST-----"
-_UID_RE: Final = re.compile(r"UID:([0-9A-Fa-f]{8,64})")
-_FINISH_RE: Final = re.compile(r"finish:([0-9A-Fa-f]{3,4})")
+START: Final = wire.START_PROVISIONING
+CSR_BEGIN: Final = wire.BEGIN_CSR
+CSR_END: Final = wire.END_CSR
+_ABORT: Final = wire.ABORT
+_INIT: Final = wire.INIT
+_UID: Final = wire.UID_PREFIX
+_FINISH: Final = wire.FINISH_PREFIX
+_PEM_MARKERS: Final = (wire.PEM_BEGIN, wire.PEM_END)
+_PROTOCOL_PREFIXES: Final = (_UID, _FINISH, *_PEM_MARKERS)
+_UID_RE: Final = re.compile(re.escape(_UID) + r"([0-9A-Fa-f]{8,64})")
+_FINISH_RE: Final = re.compile(re.escape(_FINISH) + r"([0-9A-Fa-f]{3,4})")
 _BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 
 
@@ -161,7 +168,7 @@ class HostSession:
 
     def open(self, now: float) -> list[Effect]:
         """The port was just opened: reset any half-finished device, then start syncing."""
-        out: list[Effect] = [SendLine("Abort")]
+        out: list[Effect] = [SendLine(_ABORT)]
         self._unanswered_syncs = 0
         self._enter_sync(now, out, send_now=True)
         return out
@@ -213,12 +220,12 @@ class HostSession:
                     # Nobody answers: the finished device was taken out, the hold is over.
                     self._hold_uid = None
                     self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
-                out.append(SendLine("Init"))
+                out.append(SendLine(_INIT))
                 self._next_sync = now + self.timing.sync_interval
         elif self.deadline is not None and now >= self.deadline:
             if self.phase is Phase.IDENTIFYING:
                 # Start_provisioning without a UID: no attempt exists yet, just start over.
-                out.append(SendLine("Abort"))
+                out.append(SendLine(_ABORT))
                 self._enter_sync(now, out, send_now=False)
             elif self.phase is Phase.RECEIVING_CSR:
                 if self._in_csr_block:
@@ -245,9 +252,9 @@ class HostSession:
         for pem in (dac_pem, pai_pem):
             out.extend(SendLine(text) for text in pem.strip().splitlines())
         if cd_b64 is not None:
-            out.append(SendLine(f"CD:{cd_b64}"))
-        out.extend(SendLine(f"FD:{name}={value}") for name, value in factory_data)
-        out.append(SendLine("END"))
+            out.append(SendLine(f"{wire.CD_PREFIX}{cd_b64}"))
+        out.extend(SendLine(f"{wire.FD_PREFIX}{name}={value}") for name, value in factory_data)
+        out.append(SendLine(wire.END))
         self._delivered = True
         self.phase = Phase.AWAITING_RESULT
         self.deadline = now + self.timing.result_timeout
@@ -281,7 +288,7 @@ class HostSession:
     # --- phases ----------------------------------------------------------------------------
 
     def _on_identifying(self, line: str, now: float, out: list[Effect]) -> None:
-        if line.startswith("UID:"):
+        if line.startswith(_UID):
             match = _UID_RE.fullmatch(line)
             if match is None:
                 self.uid = None
@@ -294,13 +301,13 @@ class HostSession:
             uid = match.group(1).upper()
             if uid == self._hold_uid:
                 # The device just finished is still in the jig: no new attempt.
-                out.append(SendLine("Abort"))
+                out.append(SendLine(_ABORT))
                 self._set_state(JigState.WAITING_FOR_SWAP, uid, out)
                 self._enter_sync(now, out, send_now=False)
                 return
             self._hold_uid = None
             if self.hold_new_devices:
-                out.append(SendLine("Abort"))
+                out.append(SendLine(_ABORT))
                 out.append(DeviceArrived(uid))
                 self._enter_sync(now, out, send_now=False)
                 return
@@ -314,9 +321,9 @@ class HostSession:
             self.phase = Phase.RECEIVING_CSR
             out.append(AttemptStarted(uid, now))
             self._set_state(JigState.PROVISIONING, uid, out)
-        elif line.startswith("finish:") or line == CSR_BEGIN:
+        elif line.startswith(_FINISH) or line == CSR_BEGIN:
             # A device mid-flow that we never identified: make it start clean.
-            out.append(SendLine("Abort"))
+            out.append(SendLine(_ABORT))
             self._enter_sync(now, out, send_now=False)
         # Other lines (logs, a repeated Start_provisioning) are ignored before the UID.
 
@@ -339,7 +346,7 @@ class HostSession:
             assert self.uid is not None
             out.append(CsrReady(self.uid, pem))
             return
-        if line.startswith(("-----BEGIN ", "-----END ")):
+        if line.startswith(_PEM_MARKERS):
             # Any other line of dashes is not base64: a firmware log line (spec: transcript only).
             self._violation(f"unexpected PEM marker in CSR block {_head(line)!r}", now, out)
             return
@@ -361,7 +368,7 @@ class HostSession:
         self._csr_lines.append(line)
 
     def _on_result_line(self, line: str, now: float, out: list[Effect]) -> None:
-        if line.startswith("finish:"):
+        if line.startswith(_FINISH):
             match = _FINISH_RE.fullmatch(line)
             if match is None:
                 self._violation(f"malformed finish line {_head(line)!r}", now, out)
@@ -390,7 +397,7 @@ class HostSession:
         abort: bool = True,
     ) -> None:
         if abort:
-            out.append(SendLine("Abort"))
+            out.append(SendLine(_ABORT))
         hold = self.uid
         self._finish_attempt(outcome, detail, device_code, out)
         self._hold_uid = hold
@@ -417,7 +424,7 @@ class HostSession:
         if self._state is not JigState.WAITING_FOR_SWAP or self._hold_uid is None:
             self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
         if send_now:
-            out.append(SendLine("Init"))
+            out.append(SendLine(_INIT))
             self._next_sync = now + self.timing.sync_interval
         else:
             self._next_sync = now + self.timing.sync_interval
@@ -433,7 +440,7 @@ class HostSession:
 
 def _is_protocol_line(line: str) -> bool:
     """Lines that only the protocol may produce; anything else is firmware chatter."""
-    return line == START or line.startswith(("UID:", "finish:", "-----BEGIN ", "-----END "))
+    return line == START or line.startswith(_PROTOCOL_PREFIXES)
 
 
 def _head(line: str) -> str:

@@ -25,8 +25,6 @@ from cryptography.x509.oid import NameOID
 from linehost.onboarding.spake2p import compute_verifier, is_valid_passcode
 from linehost.protocol.device import (
     FLOW_TIMEOUT,
-    INIT,
-    START_PROVISIONING,
     Delivery,
     DeliveryComplete,
     DeviceEvent,
@@ -37,6 +35,7 @@ from linehost.protocol.device import (
     Send,
 )
 from linehost.protocol.framing import LineFramer
+from linehost.protocol.wire import BEGIN_CSR, END_CSR, INIT, START_PROVISIONING
 from linehost.sim import personalities as _knobs
 from linehost.sim.personalities import Curve, Personality
 
@@ -45,8 +44,6 @@ FINISH_PARAMETER_ERROR: Final = 0x003
 
 _CSR_SUBJECT: Final = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "linehost-sim")])
 _CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
-_CSR_BEGIN: Final = "-----BEGIN CERTIFICATE REQUEST-----"
-_CSR_END: Final = "-----END CERTIFICATE REQUEST-----"
 
 _LOG_TEMPLATES: Final = (
     "I ({ms}) app: heap free {n}",
@@ -351,7 +348,7 @@ class SimulatedDevice:
         while queue:
             event = queue.popleft()
             if isinstance(event, Send):
-                if event.line == _CSR_END and self.personality.csr_unclosed:
+                if event.line == END_CSR and self.personality.csr_unclosed:
                     continue  # the block never closes
                 if event.line == START_PROVISIONING:
                     started = True
@@ -445,8 +442,8 @@ class SimulatedDevice:
             noisy.append(ln)
         if csr_burst:
             # Guarantee at least one log line strictly inside the CSR block.
-            begin = noisy.index(_CSR_BEGIN) if _CSR_BEGIN in noisy else -1
-            end = noisy.index(_CSR_END) if _CSR_END in noisy else -1
+            begin = noisy.index(BEGIN_CSR) if BEGIN_CSR in noisy else -1
+            end = noisy.index(END_CSR) if END_CSR in noisy else -1
             if 0 <= begin < end:
                 noisy.insert(self._rng.randint(begin + 1, end), self._log_line(now))
         return noisy

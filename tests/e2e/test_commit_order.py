@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from linehost.line.runner import JigRunner, JigSpec
+from linehost.line.provisioning import Provisioner
+from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
@@ -62,14 +63,9 @@ async def test_no_dac_reaches_the_port_before_its_assignment_is_committed(
         swap_seconds=0.05,
         seed=3,
     ) as sim:
+        context = LineContext(Provisioner(issuer, store), timing, open_port=opener)
         runners = [
-            JigRunner(
-                JigSpec("order-line", "st1", name, path),
-                issuer=issuer,
-                store=store,
-                timing=timing,
-                port_opener=opener,
-            )
+            JigRunner(JigSpec("order-line", "st1", name, path), context)
             for name, path in sim.ports.items()
         ]
         stop = asyncio.Event()

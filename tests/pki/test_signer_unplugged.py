@@ -11,7 +11,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.errors import IssuerError
-from linehost.line.runner import JigRunner, JigSpec
+from linehost.line.provisioning import Provisioner
+from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
 from linehost.pki.devpki import DevPki
 from linehost.pki.local import LocalIssuer
@@ -63,7 +64,8 @@ async def test_unplugged_hsm_fails_attempts_without_recording_a_dac(
     ) as sim:
         runners = [
             JigRunner(
-                JigSpec("hsm-line", "st1", name, path), issuer=issuer, store=store, timing=timing
+                JigSpec("hsm-line", "st1", name, path),
+                LineContext(Provisioner(issuer, store), timing),
             )
             for name, path in sim.ports.items()
         ]

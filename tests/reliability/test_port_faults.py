@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from linehost.line.runner import JigRunner, JigSpec
+from linehost.line.provisioning import Provisioner
+from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
@@ -55,9 +56,7 @@ class Line:
     def runner(self, name: str) -> JigRunner:
         return JigRunner(
             JigSpec("fault-line", "st1", name, str(self.tmp / "jigs" / name)),
-            issuer=self.issuer,
-            store=self.store,
-            timing=TIMING,
+            LineContext(Provisioner(self.issuer, self.store), TIMING),
         )
 
     def provisioned(self, jig: str) -> int:

@@ -1,0 +1,280 @@
+"""Provisioner: one line's decision for a device that presented its key — deliver or refuse.
+
+It owns the issuer, the store, the onboarding draws, the work-order gate, the Certification
+Declaration and the retry policy (collisions draw again; an unreachable database is waited for).
+The runner only asks `provision()` and `record()`; nothing here touches a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+
+from linehost.backoff import Backoff
+from linehost.errors import (
+    Collision,
+    CsrRejected,
+    DacCollision,
+    DatabaseUnavailable,
+    IssuerError,
+    OnboardingError,
+    StoreError,
+)
+from linehost.line.workorder import WorkOrderGate
+from linehost.onboarding.sealing import SealError
+from linehost.onboarding.service import Onboarding
+from linehost.pki.csr import parse_csr
+from linehost.pki.issuer import Issuer
+from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import (
+    AssignRequest,
+    AssignResult,
+    AttemptEnd,
+    AttemptStart,
+    OnboardingRecord,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from linehost.metrics import JigMetrics
+
+DB_RETRY_MIN: Final = 0.5
+DB_RETRY_MAX: Final = 5.0
+ISSUE_RETRIES: Final = 3
+
+T = TypeVar("T")
+
+
+class AttemptStore(Protocol):
+    """What a provisioner needs from the store; every call returns only once committed."""
+
+    async def assign(self, req: AssignRequest) -> AssignResult: ...
+
+    async def end_attempt(self, start: AttemptStart, end: AttemptEnd) -> None: ...
+
+
+def database_backoff() -> Backoff:
+    """The pacing of retries while the database is away."""
+    return Backoff(low=DB_RETRY_MIN, high=DB_RETRY_MAX)
+
+
+@dataclass(frozen=True, slots=True)
+class Deliver:
+    """The assignment is committed: send these credentials to the device."""
+
+    dac_pem: str
+    pai_pem: str
+    cd_b64: str | None
+    factory_data: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Nothing may be sent: abandon the device with this outcome."""
+
+    outcome: Outcome
+    detail: str
+
+
+def _ignore_wait(waiting: bool) -> None:
+    """No jig to tell (tests, tools)."""
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One device's attempt as the provisioner sees it."""
+
+    start: AttemptStart
+    log: Any  # a structlog logger bound to the jig
+    #: Told True when the database went away during this attempt, False once it is back.
+    on_database_wait: Callable[[bool], None] = _ignore_wait
+    metrics: JigMetrics | None = None
+    assignment_id: int | None = None
+    dac_serial: str | None = None
+    recorded: bool = False  # the store already ended it (a refused assign)
+    onboarding: OnboardingRecord | None = None  # the device's commissioning data, delivered
+
+
+class Provisioner:
+    """Issues, records and refuses for every jig of one line."""
+
+    def __init__(
+        self,
+        issuer: Issuer,
+        store: AttemptStore,
+        *,
+        allow_reprovision: bool = False,
+        onboarding: Onboarding | None = None,
+        cd_b64: str | None = None,
+        gate: WorkOrderGate | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.issuer = issuer
+        self.store = store
+        self.gate = gate
+        self._allow_reprovision = allow_reprovision
+        self._onboarding = onboarding
+        self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
+        self._clock = clock
+
+    @property
+    def work_order(self) -> str | None:
+        """The work order every attempt of this line belongs to."""
+        return self.gate.id if self.gate is not None else None
+
+    @property
+    def work_order_complete(self) -> bool:
+        """True while the work order has no slot left (nothing will be provisioned)."""
+        return self.gate is not None and self.gate.complete
+
+    async def provision(self, attempt: Attempt, csr_pem: str) -> Deliver | Reject:
+        """Check the key, issue, record the assignment durably; only then say Deliver."""
+        uid = attempt.start.uid
+        assert uid is not None
+        log = attempt.log.bind(uid=uid, attempt_id=attempt.start.attempt_id)
+        now = self._clock
+        try:
+            csr = parse_csr(csr_pem)
+        except CsrRejected as exc:
+            log.warning("csr_rejected", detail=str(exc))
+            return Reject(Outcome.CSR_REJECTED, str(exc))
+        log.debug("csr_received", key=csr.public_key_sha256[:16])
+        gate = self.gate
+        if gate is not None and gate.complete:
+            log.warning("work_order_complete", work_order=gate.id)
+            return Reject(Outcome.ISSUER_ERROR, gate.refusal)
+        metrics = attempt.metrics
+        for _ in range(ISSUE_RETRIES):
+            try:
+                issue_started = now()
+                candidate = await self.issuer.issue(uid, csr)
+                if metrics is not None:
+                    metrics.issuer_latency(now() - issue_started)
+            except IssuerError as exc:
+                log.error("issuer_failed", detail=str(exc))
+                return Reject(Outcome.ISSUER_ERROR, str(exc))
+            wanted = None
+            if self._onboarding is not None:
+                wanted = await self._onboarding.draw(uid, candidate.vid, candidate.pid)
+            request = AssignRequest(
+                attempt=attempt.start,
+                public_key_sha256=csr.public_key_sha256,
+                candidate=candidate,
+                allow_reprovision=self._allow_reprovision,
+                onboarding=wanted,
+            )
+            try:
+                commit_started = now()
+                assign = functools.partial(self.store.assign, request)
+                result = await self._with_database(attempt, assign)
+                if metrics is not None:
+                    metrics.db_assign.observe(now() - commit_started)
+            except OnboardingError as exc:  # a rule the config cannot meet: retrying won't help
+                log.error("onboarding_failed", detail=str(exc))
+                return Reject(Outcome.ISSUER_ERROR, str(exc))
+            except Collision as exc:  # a DAC serial or onboarding value is taken: draw again
+                event = "dac_collision" if isinstance(exc, DacCollision) else "onboarding_collision"
+                log.warning(event, detail=str(exc))
+                continue
+            except StoreError as exc:
+                log.error("assign_failed", detail=str(exc))
+                return Reject(Outcome.ISSUER_ERROR, f"database: {exc}")
+            break
+        else:
+            return Reject(Outcome.ISSUER_ERROR, "repeated DAC collisions")
+        if result.kind == "rejected" or result.kind == "quota_full":
+            attempt.recorded = True
+            assert result.outcome is not None
+            if gate is not None and result.kind == "quota_full":
+                gate.set_complete(True)
+            log.warning("assignment_rejected", outcome=result.outcome.value, detail=result.detail)
+            return Reject(result.outcome, result.detail)
+        assert result.dac_pem is not None
+        attempt.assignment_id = result.assignment_id
+        attempt.dac_serial = result.dac_serial
+        log.info(
+            "dac_issued" if result.kind == "issued" else "dac_redelivered",
+            dac_serial=result.dac_serial,
+        )
+        factory_data: tuple[tuple[str, str], ...] = ()
+        if self._onboarding is not None and result.onboarding is not None:
+            attempt.onboarding = result.onboarding
+            try:
+                factory_data = self._onboarding.factory_data(result.onboarding)
+            except SealError as exc:
+                log.error("onboarding_failed", detail=str(exc))
+                return Reject(Outcome.ISSUER_ERROR, str(exc))
+            log.info("onboarding_recorded", serial_num=result.onboarding.serial_num)
+        # The assignment is committed: only now may the DAC reach the port.
+        return Deliver(result.dac_pem, self.issuer.pai_pem, self._cd_b64, factory_data)
+
+    async def record(
+        self,
+        attempt: Attempt,
+        outcome: Outcome,
+        detail: str,
+        device_code: int | None,
+        transcript: str,
+        *,
+        provisioned: bool,
+    ) -> AttemptEnd:
+        """Record how the attempt ended (unless the store already did); return the record.
+
+        `provisioned` says the device answered finish:000 (its DAC is confirmed even when a
+        post step then failed).
+        """
+        status = None
+        if attempt.assignment_id is not None:
+            if provisioned:
+                status = AssignmentStatus.CONFIRMED
+            elif outcome is Outcome.DEVICE_ERROR:
+                status = AssignmentStatus.FAILED
+            else:
+                status = AssignmentStatus.UNKNOWN
+        end = AttemptEnd(
+            outcome=outcome,
+            detail=detail,
+            ended_at=utcnow(),
+            device_code=device_code,
+            assignment_id=attempt.assignment_id,
+            assignment_status=status,
+            dac_serial=attempt.dac_serial,
+            transcript=transcript,
+        )
+        log = attempt.log.bind(uid=attempt.start.uid, attempt_id=attempt.start.attempt_id)
+        if not attempt.recorded:
+            try:
+                started = self._clock()
+                await self._with_database(
+                    attempt, lambda: self.store.end_attempt(attempt.start, end)
+                )
+                if attempt.metrics is not None:
+                    attempt.metrics.db_end.observe(self._clock() - started)
+                attempt.recorded = True
+            except StoreError as exc:
+                log.error("attempt_not_recorded", detail=str(exc))
+        if provisioned and attempt.onboarding is not None and self._onboarding is not None:
+            self._onboarding.print_label_soon(attempt.onboarding, log)
+        return end
+
+    async def _with_database(self, attempt: Attempt, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry while the database is away, telling the jig it waits meanwhile."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                result = await call()
+            except DatabaseUnavailable as exc:
+                if backoff is None:
+                    backoff = database_backoff()
+                    attempt.log.warning("database_unavailable", detail=str(exc))
+                    attempt.on_database_wait(True)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if backoff is not None:
+                attempt.log.info("database_back")
+                attempt.on_database_wait(False)
+            return result

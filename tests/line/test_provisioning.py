@@ -1,0 +1,154 @@
+"""Provisioner: the line's deliver-or-refuse decision with the real local issuer and SQLite."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import structlog
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from linehost.errors import DacCollision, DatabaseUnavailable
+from linehost.line import provisioning
+from linehost.line.provisioning import Attempt, Deliver, Provisioner, Reject
+from linehost.line.workorder import WorkOrderGate
+from linehost.pki.devpki import init_dev
+from linehost.pki.local import LocalIssuer
+from linehost.pki.signer import FileKeySigner
+from linehost.protocol.outcomes import Outcome
+from linehost.records import AssignRequest, AssignResult, AttemptEnd, AttemptStart, utcnow
+from linehost.store.store import Store
+
+LINE = "prov-line"
+
+
+def csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> str:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dut")])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def attempt(uid: str, waits: list[bool] | None = None) -> Attempt:
+    start = AttemptStart(str(uuid.uuid4()), LINE, "st1", "j1", uid, utcnow())
+    hook = waits.append if waits is not None else provisioning._ignore_wait
+    return Attempt(start, structlog.get_logger("test"), on_database_wait=hook)
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[LocalIssuer, Store]]:
+    pki = init_dev(tmp_path / "pki")
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", line=LINE)
+    issuer = LocalIssuer.load(
+        pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
+    )
+    yield issuer, store
+    await issuer.aclose()
+    await store.close()
+
+
+async def assignment_status(store: Store, serial: str) -> str | None:
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        return await conn.scalar(
+            text("SELECT status FROM assignments WHERE dac_serial = :s"), {"s": serial}
+        )
+
+
+async def test_a_good_csr_is_recorded_before_deliver_and_confirmed_by_record(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store, cd_b64="Q0Q=")
+    a = attempt("00112233AABBCCDD")
+    decision = await prov.provision(a, csr_pem())
+    assert isinstance(decision, Deliver)
+    assert decision.pai_pem == issuer.pai_pem
+    assert decision.cd_b64 == "Q0Q="
+    dac = x509.load_pem_x509_certificate(decision.dac_pem.encode())
+    assert a.dac_serial == format(dac.serial_number, "X")
+    assert await assignment_status(store, a.dac_serial) == "issued"  # committed already
+    end = await prov.record(a, Outcome.PROVISIONED, "done", 0, "t", provisioned=True)
+    assert end.assignment_status is not None
+    assert end.assignment_status.value == "confirmed"
+    assert await assignment_status(store, a.dac_serial) == "confirmed"
+
+
+async def test_a_bad_csr_is_refused_and_a_duplicate_key_too(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    bad = await prov.provision(attempt("00112233AABBCCDD"), "-----BEGIN CERTIFICATE REQUEST-----")
+    assert isinstance(bad, Reject)
+    assert bad.outcome is Outcome.CSR_REJECTED
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert isinstance(await prov.provision(attempt("0000000000000001"), csr_pem(key)), Deliver)
+    other = attempt("0000000000000002")
+    dup = await prov.provision(other, csr_pem(key))
+    assert isinstance(dup, Reject)
+    assert dup.outcome is Outcome.DUPLICATE_KEY
+    assert other.recorded  # the store ended it: record() writes nothing more
+
+
+async def test_a_full_work_order_is_a_typed_refusal_that_closes_the_gate(parts) -> None:
+    issuer, store = parts
+    await store.open_work_order("WO-1", 1)
+    gate = WorkOrderGate("WO-1", 1)
+    prov = Provisioner(issuer, store, gate=gate)
+
+    def wo_attempt(uid: str) -> Attempt:
+        a = attempt(uid)
+        a.start = AttemptStart(a.start.attempt_id, LINE, "st1", "j1", uid, utcnow(), "WO-1")
+        return a
+
+    assert isinstance(await prov.provision(wo_attempt("0000000000000001"), csr_pem()), Deliver)
+    full = await prov.provision(wo_attempt("0000000000000002"), csr_pem())
+    assert isinstance(full, Reject)
+    assert full.outcome is Outcome.ISSUER_ERROR
+    assert gate.complete
+    assert prov.work_order_complete
+    again = await prov.provision(wo_attempt("0000000000000003"), csr_pem())
+    assert isinstance(again, Reject)
+    assert again.detail == gate.refusal
+
+
+class FlakyStore:
+    """The real store behind a database that is away `outages` times, or collides."""
+
+    def __init__(self, store: Store, outages: int = 0, collisions: int = 0) -> None:
+        self.store, self.outages, self.collisions = store, outages, collisions
+
+    async def assign(self, req: AssignRequest) -> AssignResult:
+        if self.outages:
+            self.outages -= 1
+            raise DatabaseUnavailable("connection refused")
+        if self.collisions:
+            self.collisions -= 1
+            raise DacCollision("serial taken")
+        return await self.store.assign(req)
+
+    async def end_attempt(self, start: AttemptStart, end: AttemptEnd) -> None:
+        await self.store.end_attempt(start, end)
+
+
+async def test_the_database_is_waited_for_and_the_jig_told(parts, monkeypatch) -> None:
+    issuer, store = parts
+    monkeypatch.setattr(provisioning, "DB_RETRY_MIN", 0.01)
+    waits: list[bool] = []
+    prov = Provisioner(issuer, FlakyStore(store, outages=3))
+    assert isinstance(await prov.provision(attempt("00112233AABBCCDD", waits), csr_pem()), Deliver)
+    assert waits == [True, False]
+
+
+async def test_collisions_draw_again_then_give_up(parts) -> None:
+    issuer, store = parts
+    ok = await Provisioner(issuer, FlakyStore(store, collisions=2)).provision(
+        attempt("0000000000000001"), csr_pem()
+    )
+    assert isinstance(ok, Deliver)
+    stuck = Provisioner(issuer, FlakyStore(store, collisions=provisioning.ISSUE_RETRIES))
+    refused = await stuck.provision(attempt("0000000000000002"), csr_pem())
+    assert refused == Reject(Outcome.ISSUER_ERROR, "repeated DAC collisions")
