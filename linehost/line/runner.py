@@ -37,6 +37,7 @@ from linehost.onboarding.sealing import SealError
 from linehost.onboarding.service import Onboarding
 from linehost.pki.csr import parse_csr
 from linehost.pki.issuer import Issuer
+from linehost.protocol.framing import LineFramer
 from linehost.protocol.host import (
     AttemptEnded,
     AttemptStarted,
@@ -173,7 +174,7 @@ class JigRunner:
         self._stopping = True
         self._wake.set()
         if self._port is not None:
-            self._port.events.put_nowait([])  # wake the conversation loop
+            self._port.events.put_nowait(b"")  # wake the conversation loop
 
     def request_abort(self, detail: str) -> None:
         """Shutdown grace is over: end the running attempt (recorded) and stop."""
@@ -214,6 +215,7 @@ class JigRunner:
             await self._pre_step(port)
         await self._apply(session.open(self._loop.time()))
         events = port.events
+        framer = LineFramer()
         loop = self._loop
         while True:
             if self._stopping:
@@ -222,7 +224,7 @@ class JigRunner:
                         session.abort(Outcome.DISCONNECTED, self._abort_detail, loop.time())
                     )
                 if self._attempt is None:
-                    port.send(["Abort"])
+                    self._send(["Abort"])
                     raise _Stop
             elif self._pre_pending and self._pre_step_due(session):
                 await self._pre_step(port)
@@ -243,7 +245,7 @@ class JigRunner:
                 await self._port_lost(item.reason)
                 raise TransportError(item.reason)
             now = loop.time()
-            for frame in item:
+            for frame in framer.feed(item):  # interim adapter: the port now delivers raw bytes
                 if isinstance(frame, str):
                     effects = session.on_line(frame, now)
                 else:
@@ -289,7 +291,7 @@ class JigRunner:
 
     def _send(self, lines: list[str]) -> None:
         if self._port is not None:
-            self._port.send(lines)
+            self._port.send(("\n".join(lines) + "\n").encode("ascii", "replace"))
 
     def _begin(self, started: AttemptStarted) -> None:
         start = AttemptStart(
