@@ -179,7 +179,8 @@ async def test_a_port_on_a_descriptor_above_1024_reads_and_writes(pty_pair) -> N
         before = set(os.listdir("/proc/self/fd"))
         port = await open_port(path, 115200)
         opened = {int(fd) for fd in set(os.listdir("/proc/self/fd")) - before}
-        assert opened and min(opened) > 1024
+        assert opened
+        assert min(opened) > 1024
         try:
             os.write(master, b"UID:00112233\n")
             assert await read_port(port, 13) == b"UID:00112233\n"
