@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(handler=_cmd_status)
 
+    from linehost.commands import ports
+
+    ports.register(sub)
+
     workorder = sub.add_parser("workorder", help="work orders: progress against the quantity")
     wo_sub = workorder.add_subparsers(dest="workorder_command", required=True, metavar="ACTION")
     wo_status = wo_sub.add_parser("status", help="done / failed / remaining")
