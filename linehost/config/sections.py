@@ -23,8 +23,8 @@ from linehost.config.types import (
     check_placeholders,
     one_secret_source,
 )
-from linehost.onboarding.allocation import SERIAL_PLACEHOLDERS
 from linehost.pki.local import CN_PLACEHOLDERS
+from linehost.store.allocation import SERIAL_PLACEHOLDERS
 
 
 class _Section(BaseModel):

@@ -25,6 +25,7 @@ from linehost.line.steps import (
     StepResult,
     run_step,
 )
+from linehost.protocol.framing import LineFramer
 from linehost.protocol.host import (
     AttemptEnded,
     AttemptStarted,
@@ -136,7 +137,7 @@ class JigRunner:
         self._stopping = True
         self._wake.set()
         if self._port is not None:
-            self._port.events.put_nowait([])  # wake the conversation loop
+            self._port.events.put_nowait(b"")  # wake the conversation loop
 
     def request_abort(self, detail: str) -> None:
         """Shutdown grace is over: end the running attempt (recorded) and stop."""
@@ -177,6 +178,7 @@ class JigRunner:
             await self._pre_step(port)
         await self._apply(session.open(self._loop.time()))
         events = port.events
+        framer = LineFramer()
         loop = self._loop
         while True:
             if self._stopping:
@@ -185,7 +187,7 @@ class JigRunner:
                         session.abort(Outcome.DISCONNECTED, self._abort_detail, loop.time())
                     )
                 if self._attempt is None:
-                    port.send(["Abort"])
+                    self._send(["Abort"])
                     raise _Stop
             elif self._pre_pending and self._pre_step_due(session):
                 await self._pre_step(port)
@@ -206,7 +208,7 @@ class JigRunner:
                 await self._port_lost(item.reason)
                 raise TransportError(item.reason)
             now = loop.time()
-            for frame in item:
+            for frame in framer.feed(item):  # interim adapter: the port now delivers raw bytes
                 if isinstance(frame, str):
                     effects = session.on_line(frame, now)
                 else:
@@ -252,7 +254,7 @@ class JigRunner:
 
     def _send(self, lines: list[str]) -> None:
         if self._port is not None:
-            self._port.send(lines)
+            self._port.send(("\n".join(lines) + "\n").encode("ascii", "replace"))
 
     def _begin(self, started: AttemptStarted) -> None:
         start = AttemptStart(

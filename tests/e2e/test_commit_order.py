@@ -32,7 +32,8 @@ async def test_no_dac_reaches_the_port_before_its_assignment_is_committed(
     class WatchedPort(JigPort):
         """Before the bytes leave, ask a separate connection what the database holds."""
 
-        def send(self, lines: list[str]) -> None:
+        def send(self, data: bytes) -> None:
+            lines = data.decode("ascii").split("\n")
             if "-----BEGIN CERTIFICATE-----" in lines:
                 end = lines.index("-----END CERTIFICATE-----")
                 start = lines.index("-----BEGIN CERTIFICATE-----")
@@ -44,7 +45,7 @@ async def test_no_dac_reaches_the_port_before_its_assignment_is_committed(
                         "SELECT status FROM assignments WHERE dac_serial = ?", (serial,)
                     ).fetchone()
                 sightings.append((serial, None if row is None else row[0]))
-            super().send(lines)
+            super().send(data)
 
     async def opener(url: str, baudrate: int) -> JigPort:
         return await open_port(url, baudrate, factory=WatchedPort)
