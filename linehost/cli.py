@@ -161,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_sim_arguments(sim)
     sim.set_defaults(handler=_cmd_sim)
 
+    from linehost.commands import doctor as doctor_command  # the lead moves commands here
+
+    doctor_command.register(sub)
+
     status = sub.add_parser("status", help="live terminal table of every jig (from the database)")
     _config_arg(status)
     status.add_argument("--once", action="store_true", help="print one table and exit")
