@@ -8,9 +8,13 @@ FROM ${BASE} AS build
 WORKDIR /src
 RUN python3 -m venv /opt/venv
 COPY pyproject.toml README.md ./
+# The dependencies' wheels first, from pyproject.toml alone: a layer that outlives code changes.
+RUN mkdir linehost && touch linehost/__init__.py \
+    && /opt/venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
+    && rm -r linehost /wheels/linehost-*.whl
 COPY linehost ./linehost
 COPY migrations ./migrations
-RUN /opt/venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM ${BASE}
 LABEL org.opencontainers.image.title="linehost" \

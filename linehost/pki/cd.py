@@ -192,6 +192,8 @@ def _tlv_elements(data: bytes, path: list[int | None]) -> Iterator[tuple[int | N
             path.append(tag)
         elif kind <= 0x07:
             size = 1 << (kind & 0x03)
+            if pos + size > len(data):
+                raise ValueError("an integer runs past the end")
             yield tag, int.from_bytes(data[pos : pos + size], "little", signed=kind <= 0x03)
             pos += size
         elif kind in (0x08, 0x09, 0x14):
