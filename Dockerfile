@@ -11,7 +11,7 @@ COPY pyproject.toml README.md ./
 # The dependencies' wheels first, from pyproject.toml alone: a layer that outlives code changes.
 RUN mkdir linehost && touch linehost/__init__.py \
     && /opt/venv/bin/pip wheel --no-cache-dir --wheel-dir /wheels . \
-    && rm -r linehost /wheels/linehost-*.whl
+    && rm -rf linehost build linehost.egg-info /wheels/linehost-*.whl
 COPY linehost ./linehost
 COPY migrations ./migrations
 RUN /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
