@@ -83,6 +83,8 @@ say "podman build --build-arg BASE=$BASE_IMAGE -t $IMAGE"
 podman build --quiet --format docker --isolation chroot --network host --build-arg "BASE=$BASE_IMAGE" \
   -t "$IMAGE" -f Dockerfile . >/dev/null
 say "image built after $((SECONDS - started)) s"
+# Earlier builds' untagged layers: keep a few days' worth as the layer cache, drop the rest.
+podman image prune -f --filter until=72h >/dev/null 2>&1 || true
 
 # `podman run` is refused here (setrlimit, see docs/deployment.md); buildah runs processes in
 # the image's root filesystem with chroot isolation, on the host's network (the broker).
