@@ -7,6 +7,7 @@ signed CMS message with content and a signer; it does not judge the CSA's signat
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -43,6 +44,10 @@ class CertificationDeclaration:
     def b64(self) -> str:
         """The value of the `CD:` line."""
         return base64.b64encode(self.der).decode("ascii")
+
+    def products(self) -> tuple[int, frozenset[int]]:
+        """(vendor_id, product_id_array) of the certification elements; raise PkiError."""
+        return certified_products(self.content)
 
 
 def load_cd(path: Path) -> CertificationDeclaration:
@@ -146,3 +151,62 @@ def _test_certification_elements(vid: int, pid: int) -> bytes:
             b"\x18",  # end of structure
         )
     )
+
+
+_TLV_TAG_BYTES: Final = (0, 1, 2, 4, 2, 4, 6, 8)  # by tag control (the control byte's top 3 bits)
+_TLV_END: Final = 0x18
+_TAG_VENDOR_ID: Final = 1  # certification elements (Matter spec 6.3.1), context tags
+_TAG_PRODUCT_IDS: Final = 2
+
+
+def certified_products(content: bytes) -> tuple[int, frozenset[int]]:
+    """The vendor_id and product_id_array of Matter TLV certification elements; raise PkiError."""
+    vendor: int | None = None
+    products: set[int] = set()
+    path: list[int | None] = []  # the context tag of every open container
+    try:
+        for tag, value in _tlv_elements(content, path):
+            if len(path) == 1 and tag == _TAG_VENDOR_ID and isinstance(value, int):
+                vendor = value
+            elif path == [None, _TAG_PRODUCT_IDS] and isinstance(value, int):
+                products.add(value)
+    except (IndexError, ValueError) as exc:
+        raise PkiError(f"certification elements are not well-formed Matter TLV ({exc})") from None
+    if vendor is None or not products:
+        raise PkiError("certification elements lack vendor_id or product_id_array")
+    return vendor, frozenset(products)
+
+
+def _tlv_elements(data: bytes, path: list[int | None]) -> Iterator[tuple[int | None, object]]:
+    """(context tag, value) of each scalar in `data`; `path` tracks the open containers."""
+    pos = 0
+    while pos < len(data):
+        control = data[pos]
+        kind, tag_control = control & 0x1F, control >> 5
+        pos += 1
+        tag = data[pos] if tag_control == 1 else None
+        pos += _TLV_TAG_BYTES[tag_control]
+        if kind == _TLV_END:
+            path.pop()
+        elif kind in (0x15, 0x16, 0x17):
+            path.append(tag)
+        elif kind <= 0x07:
+            size = 1 << (kind & 0x03)
+            if pos + size > len(data):
+                raise ValueError("an integer runs past the end")
+            yield tag, int.from_bytes(data[pos : pos + size], "little", signed=kind <= 0x03)
+            pos += size
+        elif kind in (0x08, 0x09, 0x14):
+            yield tag, None
+        elif kind in (0x0A, 0x0B):
+            pos += 4 if kind == 0x0A else 8
+        elif 0x0C <= kind <= 0x13:
+            width = 1 << (kind & 0x03)
+            length = int.from_bytes(data[pos : pos + width], "little")
+            pos += width + length
+            if pos > len(data):
+                raise ValueError("a string runs past the end")
+        else:
+            raise ValueError(f"unknown element type 0x{kind:02x}")
+    if path:
+        raise ValueError("a container is not closed")

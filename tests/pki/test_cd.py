@@ -11,7 +11,7 @@ import pytest
 
 from linehost.errors import PkiError
 from linehost.pki import der
-from linehost.pki.cd import MAX_CD_BYTES, OID_DATA_DER, load_cd, parse_cd
+from linehost.pki.cd import MAX_CD_BYTES, OID_DATA_DER, certified_products, load_cd, parse_cd
 from linehost.pki.devpki import DevPki, init_dev
 
 from .builders import run_tool
@@ -108,3 +108,34 @@ def test_unreadable_cd_names_the_file(tmp_path: Path) -> None:
     bad.write_bytes(b"\x30\x00")
     with pytest.raises(PkiError, match=rf"^CD file {bad}: "):
         load_cd(bad)
+
+
+def test_products_of_a_test_cd(tmp_path: Path) -> None:
+    pki = init_dev(tmp_path / "pki", "FFF2", "8001", cd=True)
+    assert pki.cd is not None
+    assert load_cd(pki.cd).products() == (0xFFF2, frozenset({0x8001}))
+
+
+def test_products_of_several_pids_and_long_tags() -> None:
+    # vendor_id 0x1234 as a 2-byte uint, product_id_array [1, 0x10000], a string and a
+    # fully-qualified 8-byte tag skipped on the way.
+    content = (
+        b"\x15\x25\x01\x34\x12\x36\x02\x04\x01\x06\x00\x00\x01\x00\x18"
+        b"\x2c\x04\x03abc\xe4\x01\x02\x03\x04\x05\x06\x07\x08\x01\x18"
+    )
+    assert certified_products(content) == (0x1234, frozenset({1, 0x10000}))
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"\x15\x25\x01\x34\x12",  # the structure is not closed
+        b"\x15\x2c\x04\x09abc\x18",  # a string runs past the end
+        b"\x15\x25\x01\x34\x12\x18",  # no product_id_array
+        b"\x15\x1f\x18",  # an unknown element type
+        b"\x15\x26\x01\x34\x12",  # a 4-byte vendor_id cut short
+    ],
+)
+def test_products_of_malformed_elements_raise(content: bytes) -> None:
+    with pytest.raises(PkiError):
+        certified_products(content)

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,3 +316,30 @@ async def test_a_changed_pin_stops_the_reopening(
         token = pkcs11.lib(softhsm.module).get_token(token_label=TOKEN)
         with token.open(rw=True, user_pin=new_pin) as session:
             session.set_pin(new_pin, PIN)
+
+
+@pytest.mark.parametrize(
+    ("pin", "status", "says"),
+    [(PIN, "ok", "HSM token key matches the PAI"), ("0000", "fail", "PIN")],
+)
+def test_doctor_opens_the_token_with_its_pin(
+    softhsm: SoftHsm, tmp_path: Path, pin: str, status: str, says: str
+) -> None:
+    pin_file = write(tmp_path / "pin", pin + "\n")
+    config = write(
+        tmp_path / "line.toml",
+        f'[line]\nname = "hsm"\n\n[pki]\npai_cert = "{softhsm.pki.pai_cert}"\n'
+        f'pai_key = "pkcs11:token={TOKEN};object=pai"\npkcs11_module = "{softhsm.module}"\n'
+        f'pkcs11_pin_file = "{pin_file}"\npaa_cert = "{softhsm.pki.paa_cert}"\n'
+        'vid = "FFF1"\npid = "8000"\n',
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "linehost.cli", "doctor", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("PAI key "))
+    assert row.split()[2] == status, proc.stdout
+    assert says in proc.stdout, proc.stdout
+    assert proc.returncode == (0 if status == "ok" else 1), proc.stdout
