@@ -346,7 +346,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
         try:
-            await serve_dashboard(mqtt, host, port, stop)
+            await serve_dashboard(mqtt, host, port, stop, config.dashboard)
         except OSError as exc:
             raise UserError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 

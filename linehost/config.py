@@ -250,16 +250,70 @@ class MqttSection(_Section):
         return None
 
 
+class DashboardAlarmsSection(_Section):
+    """`[dashboard.alarms]`: when the dashboard raises an alarm (seconds for durations)."""
+
+    jig_failures: int = Field(3, ge=1)  # attempts in a row that failed on one jig
+    jig_offline_after: float = Field(300.0, ge=0)
+    host_offline_after: float = Field(60.0, ge=0)
+    outbox_limit: int = Field(100, ge=1)  # results waiting: an alarm at once
+    outbox_window: float = Field(300.0, gt=0)  # a depth that only grew over this long: an alarm
+    publish: bool = True  # publish on {p}/{line}/alarms (one publishing dashboard per prefix)
+
+
 class DashboardSection(_Section):
-    """`[dashboard]`: where `linehost dashboard` serves the line page (optional)."""
+    """`[dashboard]`: where `linehost dashboard` serves the plant page, who may see it, alarms."""
 
     listen: str = "127.0.0.1:8080"
+    username: str | None = None  # HTTP basic auth, with password_file or password_env
+    password_file: Path | None = None
+    password_env: str | None = None
+    token_file: Path | None = None  # or a bearer token (Authorization: Bearer ...)
+    token_env: str | None = None
+    alarms: DashboardAlarmsSection = DashboardAlarmsSection()
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
         parse_listen(value)
         return value
+
+    @model_validator(mode="after")
+    def _auth(self) -> DashboardSection:
+        password = self.password_file is not None or self.password_env is not None
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("give password_file or password_env, not both")
+        if self.token_file is not None and self.token_env is not None:
+            raise ValueError("give token_file or token_env, not both")
+        if password != (self.username is not None):
+            raise ValueError("basic auth needs both username and password_file/password_env")
+        return self
+
+    def password(self) -> str | None:
+        """The basic-auth password from the environment or a file, never from the TOML."""
+        return _dashboard_secret("password", self.password_env, self.password_file)
+
+    def token(self) -> str | None:
+        """The bearer token from the environment or a file, never from the TOML."""
+        return _dashboard_secret("token", self.token_env, self.token_file)
+
+
+def _dashboard_secret(name: str, env: str | None, file: Path | None) -> str | None:
+    if env:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"dashboard.{name}_env: environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            value = file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"dashboard.{name}_file: cannot read {file}: {detail}") from None
+        if not value:
+            raise ConfigError(f"dashboard.{name}_file: {file} is empty")
+        return value
+    return None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -609,6 +663,13 @@ def _resolved_config(self: LineConfig, base: Path) -> LineConfig:
                 for key in ("password_file", "ca_file", "client_cert", "client_key")
             }
         )
+    dashboard = self.dashboard
+    update["dashboard"] = dashboard.model_copy(
+        update={
+            "password_file": _resolve(base, dashboard.password_file),
+            "token_file": _resolve(base, dashboard.token_file),
+        }
+    )
     if self.onboarding is not None:
         update["onboarding"] = self.onboarding.model_copy(
             update={"passcode_key_file": _resolve(base, self.onboarding.passcode_key_file)}
