@@ -170,7 +170,7 @@ class MqttRelay:
                     facts = tg.create_task(self._pump_facts(client), name="mqtt-facts")
                     await states
                     await results
-                    facts.cancel()
+                    await facts
                     await client.publish(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
                     _log.info("host_offline_published", topic=self.topics.host_status)
                     watcher.cancel()
@@ -258,7 +258,8 @@ class MqttRelay:
         if self._facts is None:
             return
         self._facts_sent.clear()  # a new connection gets everything once
-        while not self._closing.is_set():
+        while True:
+            closing = self._closing.is_set()  # runners are done: one last, final read
             try:
                 found = {
                     self.topics.outbox: {"depth": await self._facts.outbox_depth()},
@@ -273,6 +274,8 @@ class MqttRelay:
                 payload = {**figures, "line": self.topics.line, "at": iso_utc(utcnow())}
                 await client.publish(topic, encode(payload), qos=1, retain=True)
                 self._facts_sent[topic] = figures
+            if closing:
+                return
             await _nap(self._closing, FACTS_EVERY)
 
 
