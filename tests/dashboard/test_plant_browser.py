@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -14,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from linehost.app import run_line
 from linehost.config import MqttSection, load_config
@@ -25,6 +25,7 @@ from linehost.sim.personalities import get_personality
 from tests.dashboard.test_browser import CHROMIUM_ARGS, _browser_or_skip
 from tests.e2e.harness import write_config
 from tests.mqtt.subscriber import Subscriber
+from tests.mqtt.test_asyncapi import DOC_PATH, validator
 
 pytestmark = pytest.mark.mqtt
 
@@ -113,7 +114,8 @@ async def test_plant_view_with_two_line_hosts_alarm_chart_and_work_orders(
     pki = tmp_path / "pki"
     await asyncio.to_thread(init_dev, pki)
     alarms_topic = f"{prefix}/line-a/alarms"
-    sub = Subscriber(broker_url, [alarms_topic], f"t-{secrets.token_hex(4)}").start()
+    facts = [f"{prefix}/+/workorder", f"{prefix}/+/host/outbox"]
+    sub = Subscriber(broker_url, [alarms_topic, *facts], f"t-{secrets.token_hex(4)}").start()
     dashboard = Dashboard(MqttSection(url=broker_url, topic_prefix=prefix))
     url = await dashboard.start("127.0.0.1", 0)
     shots = tmp_path / "shots"
@@ -171,7 +173,6 @@ async def test_plant_view_with_two_line_hosts_alarm_chart_and_work_orders(
                     timeout=10_000,
                 )
                 assert await page.evaluate(CANVAS_INKED) > 500
-                await page.screenshot(path=str(shots / "plant.png"), full_page=True)
                 # a click into today's line view
                 await page.locator('#plant-table tr.row[data-line="line-a"] td.rate').click()
                 await page.wait_for_function("location.hash === '#/line/line-a'")
@@ -184,6 +185,8 @@ async def test_plant_view_with_two_line_hosts_alarm_chart_and_work_orders(
                 await page.go_back()
                 await page.wait_for_selector("#plant", state="visible")
                 await asyncio.wait_for(asyncio.gather(*a_jigs, *b_jigs), 90)
+                await asyncio.sleep(5.5)  # one more chart refresh
+                await page.screenshot(path=str(shots / "plant.png"), full_page=True)
             # the last work-order figures are published as the hosts stop
             await page.wait_for_function(
                 "document.querySelector('tr.row[data-line=\"line-a\"] .wo').dataset.done"
@@ -208,14 +211,27 @@ async def test_plant_view_with_two_line_hosts_alarm_chart_and_work_orders(
             worst = await page.locator('tr.row[data-line="line-a"] .worst').inner_text()
             assert worst.startswith("st1/j1 ✘3/6"), worst
             await browser.close()
-        published = [json.loads(m.payload) for m in sub.snapshot() if m.payload]
+        received = sub.snapshot()
+        doc = yaml.safe_load(DOC_PATH.read_text())
+        schemas = {"workorder": "WorkOrderProgress", "outbox": "OutboxDepth"}
+        schemas["alarms"] = "LineAlarms"
+        for m in received:
+            validator(doc, schemas[m.topic.rsplit("/", 1)[1]]).validate(m.json())
+        last_wo = {m.json()["line"]: m.json() for m in received if m.topic.endswith("workorder")}
+        assert (last_wo["line-a"]["done"], last_wo["line-a"]["remaining"]) == (13, 27)
+        assert (last_wo["line-b"]["done"], last_wo["line-b"]["quantity"]) == (20, 30)
+        assert {m.topic for m in received if m.topic.endswith("/outbox")} == {
+            f"{prefix}/line-a/host/outbox",
+            f"{prefix}/line-b/host/outbox",
+        }
+        received = [m for m in received if m.topic == alarms_topic]
+        published = [m.json() for m in received]
         raised = [p for p in published if p["active"]]
         assert raised, published
         assert raised[0]["active"][0]["kind"] == "jig_failing"
         assert raised[0]["active"][0]["subject"] == "st1/j1"
         assert raised[0]["active"][0]["count"] == 3
         assert published[-1]["active"] == []  # cleared, and retained as such
-        assert sub.snapshot()[-1].topic == alarms_topic
     finally:
         sub.stop()
         await dashboard.close()

@@ -195,6 +195,8 @@ async function drawChart() {
     return;
   }
   const { names, data } = chartData(history);
+  document.querySelector(".charttitle .sub").textContent =
+    history.bucket === 60 ? "(per minute)" : `(per ${history.bucket} s)`;
   const box = document.getElementById("chart");
   box.dataset.points = String(data[0].length);
   box.dataset.lines = names.join(",");
