@@ -167,7 +167,7 @@ class MqttRelay:
                     watcher = tg.create_task(_watch(client), name="mqtt-watch")
                     states = tg.create_task(self._pump_states(client), name="mqtt-states")
                     results = tg.create_task(self._pump_results(client), name="mqtt-results")
-                    facts = tg.create_task(self._pump_facts(client), name="mqtt-facts")
+                    facts = tg.create_task(self._pump_facts(client, results), name="mqtt-facts")
                     await states
                     await results
                     await facts
@@ -254,12 +254,14 @@ class MqttRelay:
 
     # --- work order and outbox depth -------------------------------------------------------
 
-    async def _pump_facts(self, client: aiomqtt.Client) -> None:
+    async def _pump_facts(self, client: aiomqtt.Client, drain: asyncio.Task[None]) -> None:
         if self._facts is None:
             return
         self._facts_sent.clear()  # a new connection gets everything once
         while True:
-            closing = self._closing.is_set()  # runners are done: one last, final read
+            closing = self._closing.is_set()
+            if closing:
+                await asyncio.wait({drain})  # runners are done, the outbox drained: a final read
             try:
                 found = {
                     self.topics.outbox: {"depth": await self._facts.outbox_depth()},
