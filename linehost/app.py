@@ -193,9 +193,13 @@ def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:
     """The MQTT relay when `[mqtt]` is configured (secrets and TLS files are read here)."""
     if config.mqtt is None:
         return None
+    from linehost.mqtt.progress import HostFacts
     from linehost.mqtt.relay import MqttRelay
+    from linehost.store.audit import Audit
 
-    return MqttRelay(config.mqtt, store, line=config.line.name, jigs=len(config.jigs))
+    wo = config.work_order
+    facts = HostFacts(Audit(store.engine), config.line.name, (wo.id, wo.quantity) if wo else None)
+    return MqttRelay(config.mqtt, store, line=config.line.name, jigs=len(config.jigs), facts=facts)
 
 
 class _Fanout:

@@ -55,7 +55,7 @@ def serve(options: DashboardOptions) -> int:
         stop = asyncio.Event()
         install_stop_signals(stop)
         try:
-            await serve_dashboard(mqtt, host, port, stop)
+            await serve_dashboard(mqtt, host, port, stop, config.dashboard)
         except OSError as exc:
             raise UserError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 

@@ -203,10 +203,53 @@ class MqttSection(_Section):
         return self.password_secret.read_text()
 
 
+class DashboardAlarmsSection(_Section):
+    """`[dashboard.alarms]`: when the dashboard raises an alarm (seconds for durations)."""
+
+    jig_failures: int = Field(3, ge=1)  # attempts in a row that failed on one jig
+    jig_offline_after: float = Field(300.0, ge=0)
+    host_offline_after: float = Field(60.0, ge=0)
+    outbox_limit: int = Field(100, ge=1)  # results waiting: an alarm at once
+    outbox_window: float = Field(300.0, gt=0)  # a depth that only grew over this long: an alarm
+    publish: bool = True  # publish on {p}/{line}/alarms (one publishing dashboard per prefix)
+
+
 class DashboardSection(_Section):
-    """`[dashboard]`: where `linehost dashboard` serves the line page (optional)."""
+    """`[dashboard]`: where `linehost dashboard` serves the plant page, who may see it, alarms."""
 
     listen: Listen = "127.0.0.1:8080"
+    username: str | None = None  # HTTP basic auth, with password_file or password_env
+    password_file: ConfigPath | None = None
+    password_env: str | None = None
+    token_file: ConfigPath | None = None  # or a bearer token (Authorization: Bearer ...)
+    token_env: str | None = None
+    alarms: DashboardAlarmsSection = DashboardAlarmsSection()
+
+    @model_validator(mode="after")
+    def _auth(self) -> DashboardSection:
+        one_secret_source(self.password_secret)
+        one_secret_source(self.token_secret)
+        if self.password_secret.given != (self.username is not None):
+            raise ValueError("basic auth needs both username and password_file/password_env")
+        return self
+
+    @property
+    def password_secret(self) -> SecretRef:
+        """Where the basic-auth password comes from."""
+        return SecretRef("dashboard.password", self.password_env, self.password_file)
+
+    @property
+    def token_secret(self) -> SecretRef:
+        """Where the bearer token comes from."""
+        return SecretRef("dashboard.token", self.token_env, self.token_file)
+
+    def password(self) -> str | None:
+        """The basic-auth password from the environment or a file, never from the TOML."""
+        return self.password_secret.read_text()
+
+    def token(self) -> str | None:
+        """The bearer token from the environment or a file, never from the TOML."""
+        return self.token_secret.read_text()
 
 
 StepTimeout = Annotated[float, Field(gt=0, le=3600)]

@@ -1,4 +1,5 @@
-"""What the dashboard knows: every line's host status, jig tiles and last hour of results."""
+"""What the dashboard knows: every line's host status, jig tiles, last hour of results, work
+order, outbox depth, alarms, and a shift of per-minute yield and throughput."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from linehost.mqtt.topics import ParsedTopic
 WINDOW: Final = 3600.0  # seconds of results behind the per-line figures
 MIN_SPAN: Final = 60.0  # seconds: below this the devices/hour projection is too noisy
 PROVISIONED: Final = "provisioned"
+SHIFT: Final = 8 * 3600.0  # seconds of history behind the plant chart
+BUCKET: Final = 60.0  # seconds per point of the plant chart
 
 Event = tuple[str, dict[str, Any]]  # (SSE event name, data)
 
@@ -34,6 +37,10 @@ class LineView:
     jigs: dict[str, dict[str, Any]] = field(default_factory=dict)  # "station/jig" -> state
     results: deque[_Result] = field(default_factory=deque)
     attempt_ids: set[str] = field(default_factory=set)
+    work_order: dict[str, Any] | None = None
+    outbox: dict[str, Any] | None = None
+    alarms: list[dict[str, Any]] = field(default_factory=list)
+    history: dict[float, list[int]] = field(default_factory=dict)  # bucket -> [attempts, ok]
 
     def stats(self, now: float) -> dict[str, Any]:
         """Devices/hour, first-pass yield and failures by outcome over the last hour."""
@@ -82,7 +89,33 @@ class Board:
             state = {**payload, "station": topic.station, "jig": topic.jig}
             line.jigs[key] = state
             return [("jig", {"line": line.name, "key": key, "state": state})]
-        return self._result(line, payload)
+        if topic.kind == "workorder":
+            line.work_order = payload
+            return [("workorder", {"line": line.name, "work_order": payload})]
+        if topic.kind == "outbox":
+            line.outbox = payload
+            return [("outbox", {"line": line.name, "outbox": payload})]
+        if topic.kind == "results":
+            return self._result(line, payload)
+        return []  # alarms: the dashboard evaluates its own (see AlarmBook.adopt)
+
+    def set_alarms(self, line_name: str, alarms: list[dict[str, Any]]) -> list[Event]:
+        """This dashboard's evaluation of a line's alarms."""
+        line = self.lines.get(line_name)
+        if line is None:
+            line = self.lines[line_name] = LineView(line_name)
+        line.alarms = alarms
+        return [("alarms", {"line": line_name, "active": alarms})]
+
+    def history(self) -> dict[str, Any]:
+        """Per line, `[bucket start, attempts, provisioned]` per minute over the last shift."""
+        start = self._clock() - SHIFT
+        lines: dict[str, list[list[float]]] = {}
+        for name, line in sorted(self.lines.items()):
+            for bucket in [b for b in line.history if b < start]:
+                del line.history[bucket]
+            lines[name] = [[b, n, ok] for b, (n, ok) in sorted(line.history.items())]
+        return {"bucket": BUCKET, "shift": SHIFT, "lines": lines}
 
     def forget_jig(self, topic: ParsedTopic) -> list[Event]:
         """A retained state was cleared (empty payload): the jig left the config."""
@@ -103,7 +136,14 @@ class Board:
         return {
             "now": now,
             "lines": {
-                name: {"host": line.host, "jigs": line.jigs, "stats": line.stats(now)}
+                name: {
+                    "host": line.host,
+                    "jigs": line.jigs,
+                    "stats": line.stats(now),
+                    "work_order": line.work_order,
+                    "outbox": line.outbox,
+                    "alarms": line.alarms,
+                }
                 for name, line in sorted(self.lines.items())
             },
         }
@@ -126,6 +166,9 @@ class Board:
             line.results = deque(ordered)
         else:
             line.results.append(result)
+        counts = line.history.setdefault(at - at % BUCKET, [0, 0])
+        counts[0] += 1
+        counts[1] += outcome == PROVISIONED
         return [("stats", line.stats(self._clock()))]
 
 

@@ -1,4 +1,5 @@
-"""MqttRelay: host status, every jig's state and the results outbox, published to the broker.
+"""MqttRelay: host status, every jig's state, the results outbox, work-order progress and
+outbox depth, published to the broker.
 
 Provisioning never waits on MQTT: runners only touch a dict and set an event (`jig_changed`);
 results reach the broker from the outbox table, so a broker outage or a host restart only delays
@@ -11,23 +12,27 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Iterable, Sequence
 from datetime import datetime
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import aiomqtt
 import structlog
 
 from linehost import __version__
 from linehost.config import MqttSection
-from linehost.errors import StoreError
+from linehost.errors import LinehostError, StoreError
 from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
 from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_online
 from linehost.mqtt.topics import LineTopics
-from linehost.records import JigStatus, utcnow
+from linehost.records import JigStatus, iso_utc, utcnow
+
+if TYPE_CHECKING:
+    from linehost.mqtt.progress import LineFacts
 
 RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined, marked in one statement
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the relay at once
 STORE_RETRY: Final = 1.0  # seconds between tries while the database is away
 CLOSE_MARGIN: Final = 5.0  # seconds beyond drain_timeout before close() cancels outright
+FACTS_EVERY: Final = 2.0  # seconds between two reads of work-order progress and outbox depth
 
 _log = structlog.get_logger("linehost.mqtt")
 
@@ -53,12 +58,15 @@ class MqttRelay:
         line: str,
         jigs: int,
         version: str = __version__,
+        facts: LineFacts | None = None,
     ) -> None:
         self.topics = LineTopics(settings.topic_prefix, line)
         self.results_published = 0
         self._settings = settings
         self._link = BrokerLink(settings, default_client_id("host", line))
         self._outbox = outbox
+        self._facts = facts
+        self._facts_sent: dict[str, Any] = {}
         self._online = host_online(version, utcnow(), line, jigs)
         self._states: dict[JigKey, JigStatus] = {}
         self._done: dict[JigKey, int] = {}
@@ -159,8 +167,10 @@ class MqttRelay:
                     watcher = tg.create_task(_watch(client), name="mqtt-watch")
                     states = tg.create_task(self._pump_states(client), name="mqtt-states")
                     results = tg.create_task(self._pump_results(client), name="mqtt-results")
+                    facts = tg.create_task(self._pump_facts(client, results), name="mqtt-facts")
                     await states
                     await results
+                    await facts
                     await client.publish(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
                     _log.info("host_offline_published", topic=self.topics.host_status)
                     watcher.cancel()
@@ -241,6 +251,34 @@ class MqttRelay:
         for err in outcomes:
             if isinstance(err, BaseException):
                 raise err
+
+    # --- work order and outbox depth -------------------------------------------------------
+
+    async def _pump_facts(self, client: aiomqtt.Client, drain: asyncio.Task[None]) -> None:
+        if self._facts is None:
+            return
+        self._facts_sent.clear()  # a new connection gets everything once
+        while True:
+            closing = self._closing.is_set()
+            if closing:
+                await asyncio.wait({drain})  # runners are done, the outbox drained: a final read
+            try:
+                found = {
+                    self.topics.outbox: {"depth": await self._facts.outbox_depth()},
+                    self.topics.work_order: await self._facts.work_order(),
+                }
+            except LinehostError as exc:  # the runners report database trouble
+                _log.debug("line_facts_unreadable", detail=str(exc))
+                found = {}
+            for topic, figures in found.items():
+                if figures is None or self._facts_sent.get(topic) == figures:
+                    continue
+                payload = {**figures, "line": self.topics.line, "at": iso_utc(utcnow())}
+                await client.publish(topic, encode(payload), qos=1, retain=True)
+                self._facts_sent[topic] = figures
+            if closing:
+                return
+            await _nap(self._closing, FACTS_EVERY)
 
 
 async def _watch(client: aiomqtt.Client) -> None:

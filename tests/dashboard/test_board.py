@@ -68,3 +68,27 @@ def test_jig_and_host_events() -> None:
     assert board.apply(host, {"online": False})[0][1]["status"] == {"online": False}
     assert board.forget_jig(jig) == [("jig_removed", {"line": "l1", "key": "st1/j1"})]
     assert board.snapshot()["lines"]["l1"]["jigs"] == {}
+
+
+def test_shift_history_work_order_and_outbox() -> None:
+    board = board_with(
+        result("a1", "U1", "provisioned", 130),
+        result("a2", "U2", "device_error", 125),
+        result("a3", "U3", "provisioned", 10),
+    )
+    history = board.history()
+    assert history["bucket"] == 60
+    # NOW is on a minute: 130 s and 125 s ago share the bucket starting 180 s ago
+    assert history["lines"]["l1"] == [[NOW - 180, 2, 1], [NOW - 60, 1, 1]]
+    wo = parse_topic("p", "p/l1/workorder")
+    outbox = parse_topic("p", "p/l1/host/outbox")
+    alarms = parse_topic("p", "p/l1/alarms")
+    assert wo is not None
+    assert outbox is not None
+    assert alarms is not None
+    progress = {"work_order": "WO-1", "quantity": 10, "done": 2, "remaining": 8}
+    assert board.apply(wo, progress) == [("workorder", {"line": "l1", "work_order": progress})]
+    assert board.apply(outbox, {"depth": 3}) == [("outbox", {"line": "l1", "outbox": {"depth": 3}})]
+    assert board.apply(alarms, {"active": []}) == []  # the dashboard evaluates its own
+    line = board.snapshot()["lines"]["l1"]
+    assert (line["work_order"], line["outbox"], line["alarms"]) == (progress, {"depth": 3}, [])

@@ -60,7 +60,7 @@ async def test_tiles_appear_and_change_state_as_devices_are_provisioned(
                 executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
             )
             page = await browser.new_page(viewport={"width": 1600, "height": 900})
-            await page.goto(url)
+            await page.goto(url + "#/line/line-7")  # the line view
             await page.evaluate(RECORD_STATES)
             mix = "slow:4,good:2,finish_003:1,bad_csr_signature:1"
             async with running_line(

@@ -13,6 +13,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from linehost.dashboard.alarms import HOST_OFFLINE, JIG_FAILING, JIG_OFFLINE, OUTBOX_GROWING
 from linehost.mqtt.topics import LineTopics, subscriptions
 from linehost.protocol.outcomes import JigState, Outcome
 from tests.mqtt.line import running_line
@@ -45,6 +46,9 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "hostStatus": topics.host_status,
         "jigState": topics.jig_state("{station}", "{jig}"),
         "results": topics.results,
+        "workOrder": topics.work_order,
+        "outbox": topics.outbox,
+        "alarms": topics.alarms,
     }
     bindings = {
         op["channel"]["$ref"].rsplit("/", 1)[1]: op["bindings"]["mqtt"]
@@ -54,6 +58,9 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "hostStatus": (1, True),
         "jigState": (1, True),
         "results": (1, False),
+        "workOrder": (1, True),
+        "outbox": (1, True),
+        "alarms": (1, True),
     }
     will = doc["servers"]["plant"]["bindings"]["mqtt"]["lastWill"]
     assert (will["topic"], will["qos"], will["retain"]) == (topics.host_status, 1, True)
@@ -63,6 +70,8 @@ def test_enums_match_the_code(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Outcome"]["enum"]) == {o.value for o in Outcome}
     assert set(schemas["JigStateName"]["enum"]) == {s.value for s in JigState}
+    kinds = {JIG_FAILING, JIG_OFFLINE, HOST_OFFLINE, OUTBOX_GROWING}
+    assert set(schemas["Alarm"]["properties"]["kind"]["enum"]) == kinds
 
 
 def test_examples_validate(doc: dict[str, Any]) -> None:

@@ -192,3 +192,54 @@ async def test_jig_state_is_published_at_once_then_coalesced(broker_url: str, pr
         await relay.close()
         sub.stop()
     assert states() == [("waiting_for_device", None), ("waiting_for_device", "000B")]
+
+
+class ScriptedFacts:
+    """LineFacts whose figures the test changes."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.done = 0
+        self.reads = 0
+
+    async def outbox_depth(self) -> int:
+        self.reads += 1
+        return self.depth
+
+    async def work_order(self) -> dict[str, object] | None:
+        return {"work_order": "WO-1", "quantity": 10, "done": self.done,
+                "remaining": 10 - self.done}  # fmt: skip
+
+
+async def test_work_order_and_outbox_depth_are_published_retained_when_they_change(
+    broker_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "FACTS_EVERY", 0.05)
+    facts = ScriptedFacts()
+    topics = [f"{prefix}/l1/workorder", f"{prefix}/l1/host/outbox"]
+    sub = Subscriber(broker_url, topics, f"t-{secrets.token_hex(4)}").start()
+    relay = MqttRelay(settings(broker_url, prefix), MemoryOutbox(), line="l1", jigs=1,
+                      facts=facts)  # fmt: skip
+    try:
+        relay.start()
+        await relay.wait_connected()
+        await asyncio.sleep(0.4)
+        assert facts.reads >= 3  # several reads of the same figures: published once
+        facts.depth, facts.done = 4, 3
+        await asyncio.to_thread(sub.wait_for, lambda ms: len(ms) >= 4, 5, "the changed figures")
+        facts.done = 4  # changed just before the stop: the final read publishes it
+    finally:
+        await relay.close()
+    await asyncio.sleep(0.3)
+    sub.stop()
+    got = [(m.topic.rsplit("/", 1)[1], m.json()) for m in sub.snapshot()]
+    assert [(t, p.get("depth", p.get("done"))) for t, p in got] == [
+        ("outbox", 0), ("workorder", 0), ("outbox", 4), ("workorder", 3), ("workorder", 4)
+    ]  # fmt: skip
+    assert all(p["line"] == "l1" and p["at"].endswith("Z") for _, p in got)
+    late = Subscriber(broker_url, topics, f"t-{secrets.token_hex(4)}").start()
+    try:
+        await asyncio.to_thread(late.wait_for, lambda ms: len(ms) == 2, 5, "retained figures")
+    finally:
+        late.stop()
+    assert all(m.retain for m in late.snapshot())
