@@ -82,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.set_defaults(handler=_cmd_db_upgrade)
 
     audit = sub.add_parser("audit", help="records of assignments and attempts, for auditors")
-    _config_arg(audit)
+    # Not required here: keygen and check-proof need no config; main() asks for it elsewhere.
+    audit.add_argument("--config", type=Path, default=None, help="station config (TOML)")
+    audit.set_defaults(needs_config=True)
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="QUERY")
     export = audit_sub.add_parser("export", help="one record per assignment")
     _record_args(export)
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
         "verify", help="check the database against itself and the PKI; exit 0 only if all holds"
     )
     verify.set_defaults(handler=_cmd_audit_verify)
+    from linehost.evidence.cli import add_parsers, add_verify_arguments
+
+    add_verify_arguments(verify)
+    add_parsers(audit_sub)
     bundles = audit_sub.add_parser("bundles", help="pre-issued DAC pools: remaining per bundle")
     bundles.set_defaults(handler=_cmd_audit_bundles)
 
@@ -184,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "needs_config", False) and args.config is None:
+        parser.error(f"{args.command} {args.audit_command}: --config FILE is required")
     from linehost.logs import configure_logging
 
     configure_logging(args.log_level, args.log_format)

@@ -437,6 +437,68 @@ class LabelsSection(_Section):
         return self.printer, 9100
 
 
+class AuditSection(_Section):
+    """`[audit]`: signed checkpoints of the audit log, kept outside the database (issue 14)."""
+
+    key: str  # PEM path (Ed25519 or P-256, optionally encrypted) or a pkcs11: URI (P-256)
+    key_passphrase_env: str | None = None
+    key_passphrase_file: Path | None = None
+    pkcs11_module: str | None = None
+    pkcs11_pin_env: str | None = None
+    pkcs11_pin_file: Path | None = None
+    checkpoint_dir: Path  # one file per checkpoint, never overwritten
+    checkpoint_every: Annotated[int, Field(ge=1, le=10_000_000)] = 1000  # audit rows
+    checkpoint_interval: Annotated[float, Field(gt=0, le=86_400)] = 60.0  # seconds
+
+    @model_validator(mode="after")
+    def _key_source(self) -> AuditSection:
+        if self.key_passphrase_env and self.key_passphrase_file:
+            raise ValueError("give key_passphrase_env or key_passphrase_file, not both")
+        if self.pkcs11_pin_env and self.pkcs11_pin_file:
+            raise ValueError("give pkcs11_pin_env or pkcs11_pin_file, not both")
+        if self.key.startswith("pkcs11:"):
+            if not self.pkcs11_module:
+                raise ValueError("a pkcs11: key needs pkcs11_module (the module path)")
+            if not (self.pkcs11_pin_env or self.pkcs11_pin_file):
+                raise ValueError("a pkcs11: key needs pkcs11_pin_env or pkcs11_pin_file")
+        return self
+
+    def passphrase(self) -> bytes | None:
+        """The audit key passphrase from the environment or a file, never from the TOML."""
+        value = _secret(self.key_passphrase_env, self.key_passphrase_file, "audit.key_passphrase")
+        return None if value is None else value.encode()
+
+    def pin(self) -> str | None:
+        """The PKCS#11 user PIN of the audit key's token, from the environment or a file."""
+        return _secret(self.pkcs11_pin_env, self.pkcs11_pin_file, "audit.pkcs11_pin")
+
+    def resolved(self, base: Path) -> AuditSection:
+        """A copy with relative paths made relative to `base`."""
+        return self.model_copy(
+            update={
+                "key": _resolve_key(base, self.key),
+                "key_passphrase_file": _resolve(base, self.key_passphrase_file),
+                "pkcs11_pin_file": _resolve(base, self.pkcs11_pin_file),
+                "checkpoint_dir": _resolve(base, self.checkpoint_dir),
+            }
+        )
+
+
+def _secret(env: str | None, file: Path | None, what: str) -> str | None:
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{what}_env: environment variable {env} is not set")
+        return value
+    if file:
+        try:
+            return file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(f"{what}_file: cannot read {file}: {reason}") from None
+    return None
+
+
 class LineConfig(_Section):
     """A whole station configuration file."""
 
@@ -452,6 +514,7 @@ class LineConfig(_Section):
     stations: dict[str, StepsSection] = Field(default_factory=dict)
     work_order: WorkOrderSection | None = None
     metrics: MetricsSection | None = None
+    audit: AuditSection | None = None
     jigs: list[JigSection] = Field(default_factory=list)
     source: Path | None = None
 
@@ -613,6 +676,8 @@ def _resolved_config(self: LineConfig, base: Path) -> LineConfig:
         update["onboarding"] = self.onboarding.model_copy(
             update={"passcode_key_file": _resolve(base, self.onboarding.passcode_key_file)}
         )
+    if self.audit is not None:
+        update["audit"] = self.audit.resolved(base)
     if self.labels is not None:
         update["labels"] = self.labels.model_copy(
             update={"folder": _resolve(base, self.labels.folder)}
