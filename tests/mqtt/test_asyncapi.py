@@ -13,6 +13,7 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
+from linehost.evidence.publish import checkpoint_topic
 from linehost.mqtt.topics import LineTopics, subscriptions
 from linehost.protocol.outcomes import JigState, Outcome
 from tests.mqtt.line import running_line
@@ -45,6 +46,7 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "hostStatus": topics.host_status,
         "jigState": topics.jig_state("{station}", "{jig}"),
         "results": topics.results,
+        "auditCheckpoint": checkpoint_topic("{prefix}", "{line}"),
     }
     bindings = {
         op["channel"]["$ref"].rsplit("/", 1)[1]: op["bindings"]["mqtt"]
@@ -54,6 +56,7 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "hostStatus": (1, True),
         "jigState": (1, True),
         "results": (1, False),
+        "auditCheckpoint": (1, True),
     }
     will = doc["servers"]["plant"]["bindings"]["mqtt"]["lastWill"]
     assert (will["topic"], will["qos"], will["retain"]) == (topics.host_status, 1, True)
