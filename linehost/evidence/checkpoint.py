@@ -238,9 +238,7 @@ def open_audit_key(
     from linehost.pki.signer import FileKeySigner, open_signer
 
     if key.startswith("pkcs11:"):
-        return EcdsaKey(
-            open_signer(key, pkcs11_module=pkcs11_module, pkcs11_pin=pkcs11_pin)
-        )
+        return EcdsaKey(open_signer(key, pkcs11_module=pkcs11_module, pkcs11_pin=pkcs11_pin))
     path = Path(key)
     try:
         pem = path.read_bytes()

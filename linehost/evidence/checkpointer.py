@@ -138,7 +138,7 @@ class Checkpointer:
         size = self._tree.size
         if size == 0 or size <= self._last_size or self._broken is not None:
             return None
-        body = {
+        body: dict[str, object] = {
             "line": self.line,
             "seq": size,
             "head_hash": self._head,
@@ -154,7 +154,9 @@ class Checkpointer:
         self._last_size = size
         self._last_time = asyncio.get_running_loop().time()
         self.made += 1
-        _log.info("audit_checkpoint", line=self.line, tree_size=size, root=body["root_hash"][:16])
+        _log.info(
+            "audit_checkpoint", line=self.line, tree_size=size, root=checkpoint.root_hash[:16]
+        )
         return checkpoint
 
     # --- private ---------------------------------------------------------------------------

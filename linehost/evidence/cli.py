@@ -133,4 +133,3 @@ def checkpoint_report(args: argparse.Namespace, database_url: str) -> Checkpoint
             await audit.close()
 
     return asyncio.run(go())
-

@@ -32,7 +32,9 @@ RECORD_FIELDS: Final = frozenset(
 )
 
 
-async def build_proof(engine: AsyncEngine, *, uid: str | None, serial: str | None) -> dict[str, Any]:
+async def build_proof(
+    engine: AsyncEngine, *, uid: str | None, serial: str | None
+) -> dict[str, Any]:
     """The proof for a device (every assignment of `uid`) or one DAC (`serial`), against the
     newest checkpoint in the database; raise StoreError when there is nothing to prove."""
     a = assignments
@@ -108,8 +110,7 @@ async def build_proof(engine: AsyncEngine, *, uid: str | None, serial: str | Non
         "format": PROOF_FORMAT,
         "line": line,
         "assignments": [
-            {k: v for k, v in assignment_record(row).items() if k in RECORD_FIELDS}
-            for row in found
+            {k: v for k, v in assignment_record(row).items() if k in RECORD_FIELDS} for row in found
         ],
         "entries": entries,
         "checkpoint": checkpoint.as_json(),
@@ -148,7 +149,9 @@ def check_proof(proof: Any, public_key: PublicKey) -> tuple[list[str], Checkpoin
         except (KeyError, TypeError, ValueError):
             problems.append(f"{where}: malformed")
             continue
-        if not verify_inclusion(index, checkpoint.tree_size, leaf_hash(text.encode()), hashes, root):
+        if not verify_inclusion(
+            index, checkpoint.tree_size, leaf_hash(text.encode()), hashes, root
+        ):
             problems.append(f"{where}: the audit path does not lead to the checkpoint's root")
             continue
         if row.get("seq") != index + 1 or row.get("line") != checkpoint.line:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -101,7 +102,7 @@ async def _check_line(
                 f"{where}: the database's row seq {cp.tree_size} has another hash than the head "
                 f"of {name}: the chain was rewritten"
             )
-    for (pa, a), (pb, b) in zip(checkpoints, checkpoints[1:], strict=False):
+    for (pa, a), (pb, b) in pairwise(checkpoints):
         if a.tree_size == b.tree_size:
             if a.root_hash != b.root_hash:
                 report.problems.append(

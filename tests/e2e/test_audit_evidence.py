@@ -41,6 +41,7 @@ def _h(data: bytes) -> bytes:
 
 def _root_from_path(index: int, size: int, leaf: bytes, path: list[bytes]) -> bytes | None:
     """Recompute the root by descending the tree shape (RFC 9162 split rule), recursively."""
+
     def walk(i: int, n: int, p: list[bytes]) -> bytes | None:
         if n == 1:
             return leaf if not p else None
@@ -108,14 +109,19 @@ def _independent_check(proof: dict[str, Any], pubkey_pem: bytes) -> bool:
             return False
         rows.append(row)
     rows.sort(key=lambda r: r["seq"])
-    fields = {"uid", "status", "dac_serial", "dac_sha256", "dac_pem", "pai_sha256", "vid", "pid",
-              "line", "station", "jig", "attempt_id", "issued_at", "confirmed_at", "work_order"}  # fmt: skip
+    fields = {"uid", "status", "dac_serial", "dac_sha256", "dac_pem", "pai_sha256", "vid",
+              "pid", "line", "station", "jig", "attempt_id", "issued_at", "confirmed_at",
+              "work_order"}  # fmt: skip
     if not proof["assignments"]:
         return False
     for record in proof["assignments"]:
         if set(record) != fields:
             return False
-        mine = [r for r in rows if r["entity"] == "assignment" and r["entity_id"] == record["dac_serial"]]
+        mine = [
+            r
+            for r in rows
+            if r["entity"] == "assignment" and r["entity_id"] == record["dac_serial"]
+        ]
         issued = [r for r in mine if r["event"] == "assignment_issued"]
         if len(issued) != 1:
             return False
@@ -215,7 +221,8 @@ def test_run_checkpoints_and_a_proof_that_verifies_offline(
         code = host.stop()
     assert code == 0, host.output()[-3000:]
     log = host.output()
-    assert "audit_checkpoint" in log and "Traceback" not in log, log[-3000:]
+    assert "audit_checkpoint" in log, log[-3000:]
+    assert "Traceback" not in log, log[-3000:]
     files = sorted(checkpoints.glob("*.json"))
     assert len(files) >= 2, log[-3000:]  # during the run and the final one
 

@@ -80,10 +80,14 @@ async def rebuild_chain(engine: AsyncEngine, line: str) -> None:
     """What an attacker does with linehost/store/chain.py: renumber and re-hash every row."""
     async with engine.begin() as conn:
         rows = (
-            await conn.execute(
-                select(audit_log).where(audit_log.c.line == line).order_by(audit_log.c.seq)
+            (
+                await conn.execute(
+                    select(audit_log).where(audit_log.c.line == line).order_by(audit_log.c.seq)
+                )
             )
-        ).mappings().all()
+            .mappings()
+            .all()
+        )
         await conn.execute(text("UPDATE audit_log SET seq = -seq WHERE line = :l"), {"l": line})
         prev = GENESIS_HASH
         for seq, row in enumerate(rows, start=1):

@@ -84,5 +84,5 @@ def test_compact_tree_resumes_from_its_frontier() -> None:
     for leaf in hashed[37:]:
         resumed.append(leaf)
     assert resumed.root() == root_of(hashed)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="subtrees"):
         CompactTree(5, tree.frontier[:1])
