@@ -275,6 +275,9 @@ def generate_key_pair(out: Path, algorithm: str = ED25519) -> tuple[Path, Path, 
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     public = private.public_key()
+    for path in (key_path, pub_path):
+        if path.exists():
+            raise PkiError(f"{path} exists already: not overwriting an audit key")
     for path, data, mode in ((key_path, key_pem, 0o600), (pub_path, public_pem(public).encode(),
                                                             0o644)):  # fmt: skip
         try:
