@@ -106,7 +106,7 @@ async def test_encrypted_p256_key_with_a_passphrase_from_the_environment(
             "key": "audit.key",
             "key_passphrase_env": "AUDIT_PASS",
             "checkpoint_dir": "cp",
-        },  # fmt: skip
+        },
     }
     config = parse_config(raw, config_file)
     assert config.audit is not None
@@ -130,10 +130,10 @@ def test_audit_section_errors_name_the_key(tmp_path: Path) -> None:
         "pki": {"pai_cert": "pai.pem", "pai_key": "pai.key", "vid": "FFF1", "pid": "8000"},
         "audit": {"key": "pkcs11:token=t;object=audit", "checkpoint_dir": "cp"},
     }
-    with pytest.raises(ConfigError, match="audit: .*pkcs11_module"):
+    with pytest.raises(ConfigError, match=r"audit: .*pkcs11_module"):
         parse_config(raw, tmp_path / "line.toml")
     raw["audit"] = {"key": "audit.key"}
-    with pytest.raises(ConfigError, match="audit.checkpoint_dir: required key is missing"):
+    with pytest.raises(ConfigError, match=r"audit\.checkpoint_dir: required key is missing"):
         parse_config(raw, tmp_path / "line.toml")
 
 
