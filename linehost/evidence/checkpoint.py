@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -46,6 +46,8 @@ class Checkpoint:
     algorithm: str
     key_id: str
     signature: str  # base64
+    # Not signed: RFC 9162 PROOF(from_size, this tree), checked against both signed roots.
+    consistency: tuple[int, tuple[str, ...]] | None = None
 
     def body(self) -> dict[str, Any]:
         """The six signed fields."""
@@ -60,12 +62,22 @@ class Checkpoint:
 
     def as_json(self) -> dict[str, Any]:
         """The checkpoint as its file, MQTT message and proof member: body + signature."""
-        return {
+        value = {
             **self.body(),
             "algorithm": self.algorithm,
             "key_id": self.key_id,
             "signature": self.signature,
         }
+        if self.consistency is not None:
+            value["consistency"] = {
+                "from_size": self.consistency[0],
+                "path": list(self.consistency[1]),
+            }
+        return value
+
+    def signed_part(self) -> Checkpoint:
+        """The checkpoint without its consistency proof (as proofs carry it)."""
+        return replace(self, consistency=None)
 
     def encode(self) -> bytes:
         """The file / MQTT payload: the JSON object, compact, keys sorted, newline-terminated."""
@@ -95,7 +107,21 @@ def parse_checkpoint(value: Any) -> Checkpoint:
             raise ValueError(f"{name} is not 64 lower-case hex digits")
     if value["seq"] != value["tree_size"]:
         raise ValueError("seq and tree_size differ")
-    return Checkpoint(**{k: value[k] for k in (*strings, "seq", "tree_size")})
+    consistency = None
+    if "consistency" in value:
+        c = value["consistency"]
+        if (
+            not isinstance(c, dict)
+            or type(c.get("from_size")) is not int
+            or not 0 < c["from_size"] < value["tree_size"]
+            or not isinstance(c.get("path"), list)
+            or not all(isinstance(h, str) and _HEX64.fullmatch(h) for h in c["path"])
+        ):
+            raise ValueError("consistency is not {from_size, path} of a smaller tree")
+        consistency = (c["from_size"], tuple(c["path"]))
+    return Checkpoint(
+        **{k: value[k] for k in (*strings, "seq", "tree_size")}, consistency=consistency
+    )
 
 
 def key_id_of(public_key: PublicKey) -> str:
@@ -168,14 +194,17 @@ class AuditKey(Protocol):
         ...
 
 
-async def sign_checkpoint(key: AuditKey, body: dict[str, Any]) -> Checkpoint:
-    """Sign the six fields of `body` with `key`."""
+async def sign_checkpoint(
+    key: AuditKey, body: dict[str, Any], consistency: tuple[int, tuple[str, ...]] | None = None
+) -> Checkpoint:
+    """Sign the six fields of `body` with `key` (and attach `consistency`, unsigned)."""
     signature = await key.sign(signed_message(body))
     return Checkpoint(
         **{k: body[k] for k in BODY_FIELDS},
         algorithm=key.algorithm,
         key_id=key.key_id,
         signature=base64.b64encode(signature).decode(),
+        consistency=consistency,
     )
 
 

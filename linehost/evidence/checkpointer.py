@@ -30,7 +30,7 @@ from linehost.evidence.checkpoint import (
     sign_checkpoint,
     verify_checkpoint,
 )
-from linehost.evidence.merkle import CompactTree, leaf_hash
+from linehost.evidence.merkle import CompactTree, consistency_proof_from, leaf_hash
 from linehost.evidence.rows import iter_rows, stored_checkpoints
 from linehost.records import iso_utc, utcnow
 from linehost.store.chain import GENESIS_HASH
@@ -76,6 +76,8 @@ class Checkpointer:
         self._sinks = list(sinks)
         self._clock = clock
         self._tree = CompactTree()
+        self._base: list[bytes] | None = None  # frontier at the last checkpoint
+        self._new_leaves: list[bytes] = []  # leaves since, for the consistency proof
         self._head = GENESIS_HASH
         self._last_size = 0
         self._last_time = 0.0
@@ -125,7 +127,9 @@ class Checkpointer:
                     self._broken = f"row id={row.id} (seq {row.seq}) does not continue the chain"
                     _log.error("audit_chain_broken", line=self.line, detail=self._broken)
                     break
-                self._tree.append(leaf_hash(row.leaf_text().encode()))
+                leaf = leaf_hash(row.leaf_text().encode())
+                self._tree.append(leaf)
+                self._new_leaves.append(leaf)
                 self._head = row.row_hash
                 got += 1
             added += got
@@ -146,12 +150,17 @@ class Checkpointer:
             "root_hash": self._tree.root().hex(),
             "at": iso_utc(self._clock()),
         }
-        checkpoint = await sign_checkpoint(self._key, body)
+        consistency = None
+        if self._base is not None:
+            path = consistency_proof_from(self._last_size, self._base, self._new_leaves)
+            consistency = (self._last_size, tuple(h.hex() for h in path))
+        checkpoint = await sign_checkpoint(self._key, body, consistency)
         await asyncio.to_thread(self._write_file, checkpoint)
         await self._store(checkpoint)
         for sink in self._sinks:
             sink.checkpoint_made(checkpoint)
         self._last_size = size
+        self._base, self._new_leaves = self._tree.frontier, []
         self._last_time = asyncio.get_running_loop().time()
         self.made += 1
         _log.info(
@@ -200,6 +209,7 @@ class Checkpointer:
             _log.warning("checkpoint_not_resumed", line=self.line, detail=problem)
             return
         self._tree = tree
+        self._base = tree.frontier
         self._head = checkpoint.head_hash
         self._last_size = checkpoint.tree_size
 
@@ -237,7 +247,7 @@ class Checkpointer:
 
     async def _store(self, checkpoint: Checkpoint) -> None:
         row = {
-            **{k: v for k, v in checkpoint.as_json().items() if k != "at"},
+            **{k: v for k, v in checkpoint.signed_part().as_json().items() if k != "at"},
             "at": datetime.fromisoformat(checkpoint.at.replace("Z", "+00:00")),
             "frontier": json.dumps([h.hex() for h in self._tree.frontier]),
         }

@@ -6,7 +6,7 @@ Pure functions over SHA-256 digests (bytes); no I/O. Section numbers refer to RF
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 LEAF_PREFIX = b"\x00"
 NODE_PREFIX = b"\x01"
@@ -78,6 +78,37 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     if not 0 < old_size <= n:
         raise ValueError(f"no consistency proof from {old_size} to {n}")
     return _subproof(old_size, leaves, True)
+
+
+def consistency_proof_from(
+    old_size: int, frontier: Sequence[bytes], new_leaves: Sequence[bytes]
+) -> list[bytes]:
+    """PROOF(m, D[n]) from the old tree's frontier and the leaves added since: what a
+    CompactTree's owner can prove without the old leaves."""
+    if old_size <= 0 or len(frontier) != bin(old_size).count("1"):
+        raise ValueError(f"no frontier of a tree of {old_size}")
+    blocks: dict[tuple[int, int], bytes] = {}
+    start = 0
+    for bit, node in zip(
+        (b for b in range(old_size.bit_length() - 1, -1, -1) if old_size >> b & 1),
+        frontier,
+        strict=True,
+    ):
+        blocks[(start, start + (1 << bit))] = node
+        start += 1 << bit
+
+    def mth(lo: int, hi: int) -> bytes:
+        if lo >= old_size:
+            return root_of(new_leaves[lo - old_size : hi - old_size])
+        if (lo, hi) in blocks:
+            return blocks[(lo, hi)]
+        if hi - lo == 1:
+            raise ValueError(f"leaf {lo} is inside a frontier subtree")
+        k = _split(hi - lo)
+        return node_hash(mth(lo, lo + k), mth(lo + k, hi))
+
+    n = old_size + len(new_leaves)
+    return _ranged_subproof(old_size, 0, n, True, mth)
 
 
 def verify_consistency(
@@ -153,6 +184,18 @@ class CompactTree:
 def _split(n: int) -> int:
     """The largest power of two smaller than n (n > 1)."""
     return 1 << ((n - 1).bit_length() - 1)
+
+
+def _ranged_subproof(
+    m: int, lo: int, hi: int, complete: bool, mth: Callable[[int, int], bytes]
+) -> list[bytes]:
+    n = hi - lo
+    if m == n:
+        return [] if complete else [mth(lo, hi)]
+    k = _split(n)
+    if m <= k:
+        return [*_ranged_subproof(m, lo, lo + k, complete, mth), mth(lo + k, hi)]
+    return [*_ranged_subproof(m - k, lo + k, hi, False, mth), mth(lo, lo + k)]
 
 
 def _subproof(m: int, leaves: Sequence[bytes], complete: bool) -> list[bytes]:

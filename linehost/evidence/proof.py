@@ -113,7 +113,7 @@ async def build_proof(
             {k: v for k, v in assignment_record(row).items() if k in RECORD_FIELDS} for row in found
         ],
         "entries": entries,
-        "checkpoint": checkpoint.as_json(),
+        "checkpoint": checkpoint.signed_part().as_json(),
     }
 
 

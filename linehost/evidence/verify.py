@@ -110,10 +110,24 @@ async def _check_line(
                     f"the same size {a.tree_size}: the log forked"
                 )
             continue
+        old, new = bytes.fromhex(a.root_hash), bytes.fromhex(b.root_hash)
+        if b.consistency is not None and b.consistency[0] == a.tree_size:
+            # The proof the host attached: no database needed.
+            hashes = [bytes.fromhex(h) for h in b.consistency[1]]
+            if not verify_consistency(a.tree_size, b.tree_size, old, new, hashes):
+                report.problems.append(
+                    f"{where}: checkpoints {pa.name} and {pb.name} are not consistent: the "
+                    "log was rewritten between them (RFC 9162 consistency proof fails)"
+                )
+            continue
+        if b.consistency is not None and b.consistency[0] not in sizes:
+            report.problems.append(
+                f"{where}: {pb.name} follows a checkpoint of size {b.consistency[0]} that is "
+                "not in the directory: a checkpoint file was removed"
+            )
         if b.tree_size > db_size:
             continue  # reported above; no rows to build the proof from
         proof = consistency_proof(a.tree_size, leaves[: b.tree_size])
-        old, new = bytes.fromhex(a.root_hash), bytes.fromhex(b.root_hash)
         if not verify_consistency(a.tree_size, b.tree_size, old, new, proof):
             report.problems.append(
                 f"{where}: checkpoints {pa.name} and {pb.name} are not consistent: the "

@@ -175,3 +175,16 @@ async def test_verify_needs_both_arguments(setup: Setup) -> None:
     assert half.returncode == 2
     assert "--checkpoints needs --audit-pubkey" in half.stderr
     assert "Traceback" not in half.stderr
+
+
+async def test_checkpoint_file_removed_or_forked_is_detected(setup: Setup, tmp_path: Path) -> None:
+    _, second, third = sorted(setup.checkpoints.glob("*.json"))
+    assert (
+        json.loads(third.read_text())["consistency"]["from_size"]
+        == json.loads(second.read_text())["tree_size"]
+    )
+    second.unlink()
+    caught = await setup.verify_checkpoints()
+    assert caught.returncode == 1
+    assert f"{third.name} follows a checkpoint of size" in caught.stdout, caught.stdout
+    assert "a checkpoint file was removed" in caught.stdout

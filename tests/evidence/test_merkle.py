@@ -9,6 +9,7 @@ import pytest
 from linehost.evidence.merkle import (
     CompactTree,
     consistency_proof,
+    consistency_proof_from,
     inclusion_path,
     leaf_hash,
     root_of,
@@ -73,6 +74,17 @@ def test_every_consistency_proof_verifies_and_a_rewrite_fails(n: int) -> None:
         if m < n:
             rewritten = root_of([leaf_hash(b"x"), *hashed[1:]])
             assert not verify_consistency(m, n, old_root, rewritten, proof)
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 8, 9, 16, 33, 64, 100])
+def test_consistency_from_the_frontier_equals_the_full_proof(n: int) -> None:
+    hashed = leaves(n)
+    for m in range(1, n):
+        tree = CompactTree()
+        for leaf in hashed[:m]:
+            tree.append(leaf)
+        proof = consistency_proof_from(m, tree.frontier, hashed[m:])
+        assert proof == consistency_proof(m, hashed), (m, n)
 
 
 def test_compact_tree_resumes_from_its_frontier() -> None:
