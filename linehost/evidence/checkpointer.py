@@ -91,7 +91,7 @@ class Checkpointer:
         return self._tree.size
 
     async def start(self) -> None:
-        """Resume from the newest checkpoint in the database, catch up, then run in the
+        """Resume from the newest checkpoint in the database, then follow the log in the
         background until `close()`."""
         try:
             self._directory.mkdir(parents=True, exist_ok=True)
@@ -100,7 +100,7 @@ class Checkpointer:
                 f"audit.checkpoint_dir {self._directory}: cannot create ({exc.strerror})"
             ) from None
         await self._resume()
-        await self.catch_up()
+        # Catching up on a long log happens in the background: jigs need not wait for it.
         self._last_time = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._run(), name=f"checkpointer-{self.line}")
 
@@ -172,10 +172,13 @@ class Checkpointer:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        first = True
         while not self._closing.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(POLL_INTERVAL):
-                    await self._closing.wait()
+            if not first:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_INTERVAL):
+                        await self._closing.wait()
+            first = False
             if self._closing.is_set():
                 return
             try:

@@ -4,6 +4,7 @@ proof checked by `check-proof` and by an independent verifier written from docs/
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
@@ -20,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from linehost.evidence.checkpoint import load_public_key
 from linehost.evidence.proof import check_proof
 from tests.e2e.harness import HostRun, SimRun, linehost, write_config
+from tests.e2e.pg import postgres_database
 from tests.mqtt.subscriber import Subscriber
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -196,8 +198,19 @@ def mutations(proof: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 @pytest.mark.mqtt
 @pytest.mark.slow
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize(
+    "database", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_run_checkpoints_and_a_proof_that_verifies_offline(
-    tmp_path: Path, dev_pki: Path, broker_url: str, prefix: str
+    tmp_path: Path, dev_pki: Path, broker_url: str, prefix: str, database: str
+) -> None:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres_database()) if database == "postgres" else None
+        run_and_prove(tmp_path, dev_pki, broker_url, prefix, url)
+
+
+def run_and_prove(
+    tmp_path: Path, dev_pki: Path, broker_url: str, prefix: str, url: str | None
 ) -> None:
     keys = tmp_path / "audit-key"
     made = linehost("audit", "keygen", "--out", keys)
@@ -212,7 +225,9 @@ def test_run_checkpoints_and_a_proof_that_verifies_offline(
         f'[audit]\nkey = "{keys / "audit.key"}"\ncheckpoint_dir = "{checkpoints}"\n'
         "checkpoint_every = 10\ncheckpoint_interval = 1\n"
     )
-    config = write_config(tmp_path / "line.toml", pki=dev_pki, ports=sim.ports, extra=extra)
+    config = write_config(
+        tmp_path / "line.toml", pki=dev_pki, ports=sim.ports, extra=extra, database_url=url
+    )
     host = HostRun(config).start()
     try:
         sim.wait(timeout=120)

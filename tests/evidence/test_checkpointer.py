@@ -47,8 +47,9 @@ async def test_resumes_from_its_frontier_and_refuses_an_edited_chain(
         first = Checkpointer(engine, "l1", open_audit_key(str(key_path)), directory,
                              every=1, interval=60)  # fmt: skip
         await first.start()
-        size = first.tree_size
         await first.close()
+        size = first.tree_size
+        assert size > 0
         await provision(db_url, pki, "l1", [("st1", "j2", OK), ("st1", "j1", OK)])
         second = Checkpointer(engine, "l1", open_audit_key(str(key_path)), directory,
                               every=1, interval=60)  # fmt: skip
