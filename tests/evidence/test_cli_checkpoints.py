@@ -188,3 +188,35 @@ async def test_checkpoint_file_removed_or_forked_is_detected(setup: Setup, tmp_p
     assert caught.returncode == 1
     assert f"{third.name} follows a checkpoint of size" in caught.stdout, caught.stdout
     assert "a checkpoint file was removed" in caught.stdout
+
+
+async def test_prove_by_serial_and_check_it_offline(setup: Setup, tmp_path: Path) -> None:
+    device = setup.devices[-1]
+    assert device.dac_serial is not None
+    out = tmp_path / "proof.json"
+    made = await asyncio.to_thread(
+        linehost, "audit", "--config", setup.config, "prove", "--serial", device.dac_serial,
+        "--out", out, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stdout + made.stderr
+    ok = await asyncio.to_thread(
+        linehost, "audit", "check-proof", out, "--audit-pubkey", setup.pubkey, check=False
+    )
+    assert ok.returncode == 0, ok.stdout
+    assert "check-proof: OK — 1 assignment record(s) of line 'line-a'" in ok.stdout
+    again = await asyncio.to_thread(
+        linehost, "audit", "--config", setup.config, "prove", "--serial", device.dac_serial,
+        "--out", out, check=False,
+    )  # fmt: skip
+    assert again.returncode == 2
+    assert "exists already" in again.stderr
+    unknown = await asyncio.to_thread(
+        linehost, "audit", "--config", setup.config, "prove", "--uid", "00FF00FF00FF00FF",
+        "--out", tmp_path / "none.json", check=False,
+    )  # fmt: skip
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == "linehost: error: no assignment for UID 00FF00FF00FF00FF"
+    no_config = await asyncio.to_thread(linehost, "audit", "prove", "--uid", "00", "--out",
+                                        tmp_path / "x.json", check=False)  # fmt: skip
+    assert no_config.returncode == 2
+    assert "--config FILE is required" in no_config.stderr
