@@ -229,6 +229,8 @@ class Checkpointer:
         try:
             os.write(fd, data)
             os.fsync(fd)
+        except OSError as exc:
+            raise StoreError(f"audit.checkpoint_dir: cannot write {path}: {exc.strerror}") from None
         finally:
             os.close(fd)
         with contextlib.suppress(OSError):  # the directory entry too, where the OS allows it
