@@ -258,7 +258,14 @@ def run_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_config(
-    path: Path, pki: Path, ports: dict[str, str], url: str, mqtt: bool, sync: float, baud: int
+    path: Path,
+    pki: Path,
+    ports: dict[str, str],
+    url: str,
+    mqtt: bool,
+    sync: float,
+    baud: int,
+    checkpoints: Path | None = None,
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
@@ -270,13 +277,23 @@ def write_config(
         if mqtt
         else ""
     )
+    audit_section = ""
+    if checkpoints is not None:
+        # Issue 14: an Ed25519 audit key, a checkpoint every 1000 rows or 10 s, as a line would.
+        from linehost.evidence.checkpoint import generate_key_pair
+
+        key, _, _ = generate_key_pair(checkpoints.parent / "audit-key")
+        audit_section = (
+            f'[audit]\nkey = "{key}"\ncheckpoint_dir = "{checkpoints}"\n'
+            "checkpoint_every = 1000\ncheckpoint_interval = 10\n"
+        )
     path.write_text(
         f'[line]\nname = "bench"\nshutdown_grace = 5\n'
         f'[database]\nurl = "{url}"\n'
         f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
         f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
         f"[protocol]\nsync_interval = {sync}\ncsr_timeout = 30\nresult_timeout = 30\n"
-        f"{mqtt_section}{jigs}"
+        f"{mqtt_section}{audit_section}{jigs}"
     )
 
 
@@ -318,8 +335,16 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
     profiler: subprocess.Popen[Any] | None = None
     try:
         sim.start()
+        checkpoints = work / "checkpoints" if args.checkpoints else None
         write_config(
-            config, pki, sim.ports, url, args.mqtt, args.sync_interval, args.baud or 115200
+            config,
+            pki,
+            sim.ports,
+            url,
+            args.mqtt,
+            args.sync_interval,
+            args.baud or 115200,
+            checkpoints,
         )
         cmd = [sys.executable, "-m", "linehost.cli", "--log-level", args.log_level]
         if args.profile == "pyinstrument":
@@ -390,6 +415,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             "rss_now_mb": round(rss, 1),
             "database": args.database,
             "mqtt": "on" if args.mqtt else "off",
+            "checkpoints": len(list(checkpoints.glob("*.json"))) if checkpoints else "off",
             "log_level": args.log_level,
         }
         result["sim_cpu_ms_per_device"] = (
@@ -607,6 +633,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="postgres")
     parser.add_argument(
         "--mqtt", action=argparse.BooleanOptionalAction, default=True, help="MQTT relay on/off"
+    )
+    parser.add_argument(
+        "--checkpoints",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="[audit] signed checkpoints on/off (issue 14; compare devices_per_s of both)",
     )
     parser.add_argument(
         "--baud", type=int, default=None, help="simulator paces both directions at B baud"

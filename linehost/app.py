@@ -12,6 +12,7 @@ import structlog
 
 from linehost.config import LineConfig
 from linehost.errors import LinehostError
+from linehost.evidence.service import start_evidence
 from linehost.line.latency import LatencyProbe
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
@@ -143,6 +144,7 @@ async def run_line(
             await log_pki(config, issuer, cd_b64)
             timing = timing_of(config)
             relay = open_relay(config, store)
+            evidence = await start_evidence(config, store.engine)
             await ops.start(store)
             listeners = [x for x in (listener, relay) if x is not None] + ops.listeners()
             fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
@@ -179,6 +181,8 @@ async def run_line(
                 await supervisor.run(stop)
             finally:
                 await ops.close()
+                if evidence is not None:
+                    await evidence.close()  # the final checkpoint, before MQTT goes
                 if relay is not None:
                     # Staged: runners are done; drain the outbox, publish offline, disconnect.
                     await relay.close()

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 
 from linehost.config import LineConfig, load_config
 from linehost.errors import ConfigError
+from linehost.evidence.cli import checkpoint_report
 from linehost.pki.local import load_certificate
 from linehost.pki.profile import check_dac_der, check_pai, describe
 from linehost.store.audit import Audit
@@ -227,6 +228,9 @@ def verify(args: argparse.Namespace) -> int:
     pools: list[str] = []
     checked, found = asyncio.run(go())
     problems.extend(found)
+    report = checkpoint_report(args, config.database.url)
+    if report is not None:
+        problems.extend(report.problems)
     for problem in problems:
         print(f"FAIL {problem}")
     for line in pools:
@@ -238,6 +242,14 @@ def verify(args: argparse.Namespace) -> int:
         f"audit verify: OK — {checked} DAC(s) chain to the PAI and match their records; "
         "audit chain intact"
     )
+    if report is None:
+        print(
+            "audit verify: checked the database against itself only; a database administrator "
+            "can rewrite it consistently (see --checkpoints DIR --audit-pubkey FILE)"
+        )
+    else:
+        covered = ", ".join(f"{k}: {v} rows" for k, v in sorted(report.lines.items()))
+        print(f"audit verify: {report.files} signed checkpoint(s) hold ({covered})")
     return 0
 
 

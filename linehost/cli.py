@@ -35,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Console script entry point; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "needs_config", False) and args.config is None:
+        parser.error(f"{args.command} {args.audit_command}: --config FILE is required")
     from linehost.logs import configure_logging
 
     configure_logging(args.log_level, args.log_format)

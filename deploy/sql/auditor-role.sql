@@ -37,3 +37,6 @@ GRANT SELECT ON assignments_v, attempts_v TO linehost_auditor;
 -- hash-chained audit log, the pre-issued DAC pool, work orders, and the schema revision.
 GRANT SELECT ON assignments, attempts, audit_log, bundle_entries, work_orders, alembic_version
     TO linehost_auditor;
+
+-- `linehost audit prove` reads the signed checkpoints (issue 14; revision 0006).
+GRANT SELECT ON audit_checkpoints TO linehost_auditor;

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from linehost.commands import config_arg
 
 if TYPE_CHECKING:
     from linehost.commands import Subparsers
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add `audit export|attempts|uid|dac|verify|bundles`."""
+    """Add `audit export|attempts|uid|dac|verify|bundles|keygen|prove|check-proof`."""
     audit = subparsers.add_parser("audit", help="records of assignments and attempts, for auditors")
-    config_arg(audit)
+    # Not required here: keygen and check-proof need no config; main() asks for it elsewhere.
+    audit.add_argument("--config", type=Path, default=None, help="station config (TOML)")
+    audit.set_defaults(needs_config=True)
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="QUERY")
     export = audit_sub.add_parser("export", help="one record per assignment")
     _record_args(export)
@@ -40,6 +42,10 @@ def register(subparsers: Subparsers) -> None:
         "verify", help="check the database against itself and the PKI; exit 0 only if all holds"
     )
     verify.set_defaults(handler=_verify)
+    from linehost.evidence.cli import add_parsers, add_verify_arguments
+
+    add_verify_arguments(verify)
+    add_parsers(audit_sub)
     bundles = audit_sub.add_parser("bundles", help="pre-issued DAC pools: remaining per bundle")
     bundles.set_defaults(handler=_bundles)
 

@@ -6,6 +6,7 @@
 
 from linehost.config.loading import ConfigProblems, load_config, parse_config
 from linehost.config.sections import (
+    AuditSection,
     DashboardSection,
     DatabaseSection,
     JigSection,
@@ -31,6 +32,7 @@ from linehost.line.steps import STEP_PLACEHOLDERS as STEP_FIELDS
 
 __all__ = [
     "STEP_FIELDS",
+    "AuditSection",
     "ConfigPath",
     "ConfigProblems",
     "DashboardSection",

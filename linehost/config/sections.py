@@ -379,6 +379,50 @@ class LabelsSection(_Section):
         return self.printer, 9100
 
 
+class AuditSection(_Section):
+    """`[audit]`: signed checkpoints of the audit log, kept outside the database (issue 14)."""
+
+    key: KeyLocation  # PEM path (Ed25519 or P-256, optionally encrypted) or a pkcs11: URI (P-256)
+    key_passphrase_env: str | None = None
+    key_passphrase_file: ConfigPath | None = None
+    pkcs11_module: str | None = None
+    pkcs11_pin_env: str | None = None
+    pkcs11_pin_file: ConfigPath | None = None
+    checkpoint_dir: ConfigPath  # one file per checkpoint, never overwritten
+    checkpoint_every: Annotated[int, Field(ge=1, le=10_000_000)] = 1000  # audit rows
+    checkpoint_interval: Annotated[float, Field(gt=0, le=86_400)] = 60.0  # seconds
+
+    @model_validator(mode="after")
+    def _key_source(self) -> AuditSection:
+        one_secret_source(self.passphrase_secret)
+        one_secret_source(self.pin_secret)
+        if self.key.startswith("pkcs11:"):
+            if not self.pkcs11_module:
+                raise ValueError("a pkcs11: key needs pkcs11_module (the module path)")
+            if not self.pin_secret.given:
+                raise ValueError("a pkcs11: key needs pkcs11_pin_env or pkcs11_pin_file")
+        return self
+
+    @property
+    def passphrase_secret(self) -> SecretRef:
+        """Where the audit key passphrase comes from."""
+        return SecretRef("audit.key_passphrase", self.key_passphrase_env, self.key_passphrase_file)
+
+    @property
+    def pin_secret(self) -> SecretRef:
+        """Where the audit token's PKCS#11 user PIN comes from."""
+        return SecretRef("audit.pkcs11_pin", self.pkcs11_pin_env, self.pkcs11_pin_file)
+
+    def passphrase(self) -> bytes | None:
+        """The audit key passphrase from the environment or a file, never from the TOML."""
+        raw = self.passphrase_secret.read()
+        return None if raw is None else raw.strip()
+
+    def pin(self) -> str | None:
+        """The PKCS#11 user PIN of the audit key's token, from the environment or a file."""
+        return self.pin_secret.read_text()
+
+
 class LineConfig(_Section):
     """A whole station configuration file."""
 
@@ -394,6 +438,7 @@ class LineConfig(_Section):
     stations: dict[str, StepsSection] = Field(default_factory=dict)
     work_order: WorkOrderSection | None = None
     metrics: MetricsSection | None = None
+    audit: AuditSection | None = None
     jigs: list[JigSection] = Field(default_factory=list)
     source: Path | None = None
 

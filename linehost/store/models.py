@@ -342,3 +342,26 @@ onboarding = metadata.tables["onboarding"]
 onboarding_counters = metadata.tables["onboarding_counters"]
 work_orders = metadata.tables["work_orders"]
 jig_status = metadata.tables["jig_status"]
+
+
+class AuditCheckpointRow(Base):
+    """A signed checkpoint of one line's audit Merkle tree (issue 14; also kept outside)."""
+
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    line: Mapped[str] = mapped_column(String(NAME_LEN))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    head_hash: Mapped[str] = mapped_column(String(64))
+    root_hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(UtcDateTime)
+    algorithm: Mapped[str] = mapped_column(String(32))
+    key_id: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(Text)
+    frontier: Mapped[str] = mapped_column(Text)  # JSON list of hex: resume without a re-read
+
+    __table_args__ = (UniqueConstraint("line", "tree_size"),)
+
+
+audit_checkpoints = metadata.tables["audit_checkpoints"]

@@ -14,6 +14,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from linehost.dashboard.alarms import HOST_OFFLINE, JIG_FAILING, JIG_OFFLINE, OUTBOX_GROWING
+
+from linehost.evidence.publish import checkpoint_topic
 from linehost.mqtt.topics import LineTopics, subscriptions
 from linehost.protocol.outcomes import JigState, Outcome
 from tests.mqtt.line import running_line
@@ -49,6 +51,8 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "workOrder": topics.work_order,
         "outbox": topics.outbox,
         "alarms": topics.alarms,
+
+        "auditCheckpoint": checkpoint_topic("{prefix}", "{line}"),
     }
     bindings = {
         op["channel"]["$ref"].rsplit("/", 1)[1]: op["bindings"]["mqtt"]
@@ -61,6 +65,8 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "workOrder": (1, True),
         "outbox": (1, True),
         "alarms": (1, True),
+
+        "auditCheckpoint": (1, True),
     }
     will = doc["servers"]["plant"]["bindings"]["mqtt"]["lastWill"]
     assert (will["topic"], will["qos"], will["retain"]) == (topics.host_status, 1, True)

@@ -343,3 +343,28 @@ def test_doctor_opens_the_token_with_its_pin(
     assert row.split()[2] == status, proc.stdout
     assert says in proc.stdout, proc.stdout
     assert proc.returncode == (0 if status == "ok" else 1), proc.stdout
+
+async def test_audit_key_in_the_token_signs_checkpoints(softhsm: SoftHsm) -> None:
+    """Issue 14: `[audit] key` as a PKCS#11 object (P-256), never the PAI key."""
+    from linehost.evidence.checkpoint import (
+        ECDSA_P256,
+        open_audit_key,
+        sign_checkpoint,
+        verify_checkpoint,
+    )
+
+    key = open_audit_key(
+        f"pkcs11:token={TOKEN};object=other", pkcs11_module=softhsm.module, pkcs11_pin=PIN
+    )
+    try:
+        body = {"line": "l1", "seq": 3, "tree_size": 3, "head_hash": "a" * 64,
+                "root_hash": "b" * 64, "at": "2026-12-02T03:00:00.000000Z"}  # fmt: skip
+        checkpoint = await sign_checkpoint(key, body)
+    finally:
+        await key.aclose()
+    assert checkpoint.algorithm == ECDSA_P256
+    assert verify_checkpoint(checkpoint, key.public_key()) is None
+    tampered = checkpoint.__class__(**{**checkpoint.as_json(), "root_hash": "c" * 64})
+    assert verify_checkpoint(tampered, key.public_key()) == (
+        "signature does not verify with the audit public key"
+    )

@@ -1,0 +1,135 @@
+"""`linehost audit keygen | prove | check-proof` and `verify --checkpoints`: the handlers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from linehost.config import load_config
+from linehost.errors import ConfigError
+from linehost.evidence.checkpoint import (
+    ECDSA_P256,
+    ED25519,
+    generate_key_pair,
+    key_id_of,
+    load_public_key,
+    public_pem,
+)
+from linehost.evidence.proof import build_proof, check_proof
+from linehost.evidence.verify import CheckpointReport, verify_against_checkpoints
+
+
+def add_parsers(audit_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add keygen, prove and check-proof under `linehost audit`."""
+    keygen = audit_sub.add_parser("keygen", help="make the audit checkpoint key pair")
+    keygen.add_argument("--out", type=Path, required=True, help="folder for audit.key, audit.pub")
+    keygen.add_argument("--algorithm", choices=[ED25519, ECDSA_P256], default=ED25519)
+    keygen.set_defaults(handler=keygen_command, needs_config=False)
+    prove = audit_sub.add_parser("prove", help="inclusion proof of a device's records")
+    which = prove.add_mutually_exclusive_group(required=True)
+    which.add_argument("--uid", default=None)
+    which.add_argument("--serial", default=None, help="DAC serial (hex)")
+    prove.add_argument("--out", type=Path, required=True)
+    prove.set_defaults(handler=prove_command)
+    check = audit_sub.add_parser("check-proof", help="check an inclusion proof offline")
+    check.add_argument("proof", type=Path)
+    check.add_argument("--audit-pubkey", type=Path, required=True)
+    check.set_defaults(handler=check_proof_command, needs_config=False)
+
+
+def add_verify_arguments(verify: argparse.ArgumentParser) -> None:
+    """`verify --checkpoints DIR --audit-pubkey FILE`."""
+    verify.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
+                        help="also check against the signed checkpoint files in DIR")  # fmt: skip
+    verify.add_argument("--audit-pubkey", type=Path, default=None, metavar="FILE")
+
+
+def keygen_command(args: argparse.Namespace) -> int:
+    """Write the key pair, print the public key and its id for auditors."""
+    key_path, pub_path, public = generate_key_pair(args.out, args.algorithm)
+    print(public_pem(public), end="")
+    print(f"key_id {key_id_of(public)}")
+    print(
+        f"linehost: private key {key_path} (keep it off the database host), "
+        f"public key {pub_path} (give it to auditors)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def prove_command(args: argparse.Namespace) -> int:
+    """Write the inclusion proof of `--uid` / `--serial` to `--out`."""
+    from linehost.store.audit import Audit
+
+    config = load_config(args.config)
+
+    async def go() -> dict[str, object]:
+        audit = await Audit.open(config.database.url)
+        try:
+            return await build_proof(audit.engine, uid=args.uid, serial=args.serial)
+        finally:
+            await audit.close()
+
+    proof = asyncio.run(go())
+    text = json.dumps(proof, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    try:
+        fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        raise ConfigError(f"--out {args.out}: exists already") from None
+    except OSError as exc:
+        raise ConfigError(f"--out {args.out}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    records = proof["assignments"]
+    assert isinstance(records, list)
+    print(f"proof of {len(records)} assignment(s) written to {args.out}")
+    return 0
+
+
+def check_proof_command(args: argparse.Namespace) -> int:
+    """Check a proof with the audit public key alone; exit 1 with one line per problem."""
+    public = load_public_key(args.audit_pubkey)
+    try:
+        proof = json.loads(args.proof.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"{args.proof}: cannot read: {exc.strerror}") from None
+    except ValueError:
+        print(f"FAIL {args.proof}: not JSON")
+        return 1
+    problems, checkpoint = check_proof(proof, public)
+    for problem in problems:
+        print(f"FAIL {problem}")
+    if problems or checkpoint is None:
+        print(f"check-proof: {len(problems)} problem(s)")
+        return 1
+    print(
+        f"check-proof: OK — {len(proof['assignments'])} assignment record(s) of line "
+        f"{checkpoint.line!r} are in its audit log of {checkpoint.tree_size} rows, signed "
+        f"{checkpoint.at} by key {checkpoint.key_id[:16]}…"
+    )
+    return 0
+
+
+def checkpoint_report(args: argparse.Namespace, database_url: str) -> CheckpointReport | None:
+    """With `--checkpoints`: the database checked against the checkpoint files; else None."""
+    if args.checkpoints is None:
+        if args.audit_pubkey is not None:
+            raise ConfigError("--audit-pubkey needs --checkpoints DIR")
+        return None
+    if args.audit_pubkey is None:
+        raise ConfigError("--checkpoints needs --audit-pubkey FILE (the auditor's copy)")
+    public = load_public_key(args.audit_pubkey)
+    from linehost.store.audit import Audit
+
+    async def go() -> CheckpointReport:
+        audit = await Audit.open(database_url)
+        try:
+            return await verify_against_checkpoints(audit.engine, args.checkpoints, public)
+        finally:
+            await audit.close()
+
+    return asyncio.run(go())
