@@ -177,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     wo_status.add_argument("--id", default=None, help="another work order than [work_order]")
     wo_status.add_argument("--json", action="store_true", help="print the counts as JSON")
     wo_status.set_defaults(handler=_cmd_workorder_status)
+
+    from linehost.commands import gateway as gateway_commands
+
+    gateway_commands.register(sub)
     return parser
 
 

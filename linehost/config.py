@@ -53,10 +53,39 @@ class DatabaseSection(_Section):
         return value
 
 
+class EstSection(_Section):
+    """`[pki.est]`: the site signing gateway a line asks for DACs (`issuer = "est"`)."""
+
+    url: str  # https://gateway:8443 (the /.well-known/est/... paths are added)
+    client_cert: Path  # this line's TLS client certificate (`linehost gateway client add`)
+    client_key: Path
+    server_ca: Path  # the CA that signed the gateway's TLS certificate
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0  # one whole request
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16  # requests in flight at once
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must start with https:// (the gateway speaks EST over TLS only)")
+        return value.rstrip("/")
+
+    def resolved(self, base: Path) -> EstSection:
+        """A copy with relative paths made relative to `base`."""
+        return self.model_copy(
+            update={
+                key: _resolve(base, getattr(self, key))
+                for key in ("client_cert", "client_key", "server_ca")
+            }
+        )
+
+
 class PkiSection(_Section):
     """`[pki]`: where DACs come from and how they look."""
 
-    issuer: Literal["local", "bundle"] = "local"
+    issuer: Literal["local", "bundle", "est"] = "local"
+    est: EstSection | None = None  # for issuer = "est"
     pai_cert: Path
     pai_key: str | None = None  # a PEM path or a pkcs11: URI; not used by the bundle issuer
     paa_cert: Path | None = None
@@ -77,6 +106,8 @@ class PkiSection(_Section):
     def _key_source(self) -> PkiSection:
         if self.issuer == "local" and not self.pai_key:
             raise ValueError("pai_key is required when issuer = 'local'")
+        if self.issuer == "est" and self.est is None:
+            raise ValueError("issuer = 'est' needs a [pki.est] table (url, client_cert, ...)")
         if self.pai_key_passphrase_env and self.pai_key_passphrase_file:
             raise ValueError("give pai_key_passphrase_env or pai_key_passphrase_file, not both")
         if self.pkcs11_pin_env and self.pkcs11_pin_file:
@@ -103,6 +134,20 @@ class PkiSection(_Section):
         except (KeyError, IndexError, ValueError, AttributeError) as exc:
             raise ValueError(f"may use only {{uid}}, {{vid}}, {{pid}} ({exc})") from None
         return value
+
+    def resolved(self, base: Path) -> PkiSection:
+        """A copy with every relative path made relative to `base` (the file's folder)."""
+        return self.model_copy(
+            update={
+                "pai_cert": _resolve(base, self.pai_cert),
+                "pai_key": _resolve_key(base, self.pai_key),
+                "paa_cert": _resolve(base, self.paa_cert),
+                "pai_key_passphrase_file": _resolve(base, self.pai_key_passphrase_file),
+                "pkcs11_pin_file": _resolve(base, self.pkcs11_pin_file),
+                "cd_file": _resolve(base, self.cd_file),
+                "est": self.est.resolved(base) if self.est is not None else None,
+            }
+        )
 
     def passphrase(self) -> bytes | None:
         """The PAI key passphrase from the environment or a file, never from the TOML."""
@@ -494,8 +539,13 @@ class LineConfig(_Section):
 def load_config(path: str | Path) -> LineConfig:
     """Read and validate a station config; relative paths are resolved against its folder."""
     file = Path(path)
+    return parse_config(read_toml(file), file)
+
+
+def read_toml(file: Path) -> dict[str, object]:
+    """The parsed TOML document in `file`; raise ConfigError naming the file and the problem."""
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such file") from None
     except OSError as exc:
@@ -504,7 +554,6 @@ def load_config(path: str | Path) -> LineConfig:
         raise ConfigError(f"{file}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: bad TOML: {exc}") from None
-    return parse_config(raw, file)
 
 
 def parse_config(raw: dict[str, object], file: Path) -> LineConfig:
@@ -512,17 +561,22 @@ def parse_config(raw: dict[str, object], file: Path) -> LineConfig:
     try:
         config = LineConfig.model_validate({**raw, "source": file})
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(_loc(part) for part in err["loc"]) or "(top level)"
-        where = where.replace(".[", "[")
-        message = err["msg"]
-        if err["type"] == "extra_forbidden":
-            message = "unknown key"
-        elif err["type"] == "missing":
-            message = "required key is missing"
-        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{file}: {where}: {message}{more}") from None
+        raise config_error(exc, file) from None
     return config.resolved(file.parent)
+
+
+def config_error(exc: ValidationError, file: Path) -> ConfigError:
+    """One line for the first problem pydantic found in `file`: the key and what is wrong."""
+    err = exc.errors()[0]
+    where = ".".join(_loc(part) for part in err["loc"]) or "(top level)"
+    where = where.replace(".[", "[")
+    message = err["msg"]
+    if err["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif err["type"] == "missing":
+        message = "required key is missing"
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return ConfigError(f"{file}: {where}: {message}{more}")
 
 
 def _loc(part: int | str) -> str:
@@ -574,16 +628,7 @@ def _resolve_steps(base: Path, steps: StepsSection) -> StepsSection:
 
 
 def _resolved_config(self: LineConfig, base: Path) -> LineConfig:
-    pki = self.pki.model_copy(
-        update={
-            "pai_cert": _resolve(base, self.pki.pai_cert),
-            "pai_key": _resolve_key(base, self.pki.pai_key),
-            "paa_cert": _resolve(base, self.pki.paa_cert),
-            "pai_key_passphrase_file": _resolve(base, self.pki.pai_key_passphrase_file),
-            "pkcs11_pin_file": _resolve(base, self.pki.pkcs11_pin_file),
-            "cd_file": _resolve(base, self.pki.cd_file),
-        }
-    )
+    pki = self.pki.resolved(base)
     database = self.database.model_copy(update={"url": _resolve_db(base, self.database.url)})
     jigs = [
         jig.model_copy(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from cryptography import x509
@@ -28,8 +30,17 @@ from linehost.pki.profile import (
     check_dac,
     describe,
 )
-from linehost.pki.signer import FileKeySigner, Signer, assemble_certificate, tbs_certificate
+from linehost.pki.signer import (
+    FileKeySigner,
+    Signer,
+    assemble_certificate,
+    open_signer,
+    tbs_certificate,
+)
 from linehost.records import CsrInfo, IssuedDac
+
+if TYPE_CHECKING:
+    from linehost.config import PkiSection
 
 _log = structlog.get_logger("linehost.pki")
 
@@ -234,6 +245,33 @@ class LocalIssuer:
     async def aclose(self) -> None:
         """Release the signer (HSM session, thread pool)."""
         await self._signer.aclose()
+
+
+async def open_local_issuer(pki: PkiSection) -> LocalIssuer:
+    """The LocalIssuer `[pki]` describes, its key opened and the PAI checked; raise PkiError."""
+    assert pki.pai_key is not None  # the config insists for issuer = "local"
+    # Logging in to an HSM blocks: keep the loop free.
+    signer = await asyncio.to_thread(
+        open_signer,
+        pki.pai_key,
+        passphrase=pki.passphrase(),
+        pkcs11_module=pki.pkcs11_module,
+        pkcs11_pin=pki.pin(),
+    )
+    try:
+        return LocalIssuer.load(
+            pki.pai_cert,
+            signer,
+            pki.vid,
+            pki.pid,
+            cn_template=pki.cn_template,
+            not_after=pki.not_after,
+            backdate=pki.backdate,
+            paa_cert=pki.paa_cert,
+        )
+    except BaseException:
+        await signer.aclose()
+        raise
 
 
 def load_certificate(path: Path, what: str) -> x509.Certificate:
