@@ -8,6 +8,7 @@ DAC and appends its audit events: exact under any number of requests and gateway
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -139,6 +140,9 @@ class GatewayStore:
         """Use `engine` (already at the newest schema); `name` heads the audit chain."""
         self._engine = engine
         self._name = name
+        # One writer at a time in this process: on SQLite a second BEGIN IMMEDIATE would sit
+        # in the busy handler's sleeps; the database lock still orders other processes.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, url: str, *, name: str, auto_migrate: bool = True) -> GatewayStore:
@@ -450,7 +454,7 @@ class GatewayStore:
     async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[_Event]]]:
         events: list[_Event] = []
         try:
-            async with self._engine.connect() as conn:
+            async with self._write_lock, self._engine.connect() as conn:
                 await conn.execution_options(**{WRITE_TRANSACTION: True})
                 async with conn.begin():
                     if conn.dialect.name == "postgresql":
