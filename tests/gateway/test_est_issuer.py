@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -13,9 +15,18 @@ from linehost.config import EstSection, PkiSection
 from linehost.errors import IssuerError, IssuerUnavailable, PkiError, QuotaExhausted
 from linehost.pki.csr import parse_csr
 from linehost.pki.devpki import init_dev
-from linehost.pki.est import EstIssuer, client_tls_context, open_est_issuer
-from linehost.pki.est_wire import csr_pem
+from linehost.pki.est import open_est_issuer
+from linehost.pki.est_wire import (
+    CACERTS_PATH,
+    SIMPLEENROLL_PATH,
+    UID_HEADER,
+    csr_pem,
+    decode_base64,
+    encode_certs_only,
+)
+from linehost.pki.local import LocalIssuer
 from linehost.pki.profile import check_dac
+from linehost.pki.signer import FileKeySigner
 
 from .conftest import GatewayFiles, Starter, gateway_toml, make_csr_der
 
@@ -147,31 +158,68 @@ async def test_a_gateway_serving_another_pai_stops_the_line_at_start(
         await open_est_issuer(pki)
 
 
-async def test_a_dac_for_another_key_is_refused_by_the_line(
-    gw_files: GatewayFiles, gateway_factory: Starter, tmp_path: Path
-) -> None:
-    """The line checks what the gateway sends: a DAC that is not for the CSR's key is refused."""
-    gw = await gateway_factory(gateway_toml(gw_files, f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"))
-    cert, key = gw_files.cert("line-1")
-    pai = x509.load_pem_x509_certificate(gw_files.pki.pai_cert.read_bytes())
-    issuer = EstIssuer(
-        f"https://127.0.0.1:{gw.port}",
-        client_tls_context(gw_files.tls.server_ca, cert, key),
-        pai,
-        "FFF1",
-        "8000",
-    )
-    try:
-        first, _ = _csr()
-        dac = await issuer.issue("00000000000000F1", first)  # type: ignore[arg-type]
-        from linehost.pki.est_wire import encode_certs_only
+class RogueGateway:
+    """An EST server that answers with a DAC the line must not accept: one for another key
+    (`mode = "other_key"`) or one from another PAI (`mode = "other_pai"`)."""
 
-        body = encode_certs_only([x509.load_der_x509_certificate(dac.der)])
-        other, _ = _csr()
-        with pytest.raises(IssuerError, match="no DAC for the CSR's key"):
-            issuer._checked("00000000000000F2", other, body)  # type: ignore[arg-type]
+    def __init__(self, files: GatewayFiles, mode: str, other: Path) -> None:
+        self.files = files
+        self.mode = mode
+        self.other = other
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> RogueGateway:
+        app = web.Application()
+        app.router.add_get(CACERTS_PATH, self.cacerts)
+        app.router.add_post(SIMPLEENROLL_PATH, self.enroll)
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(self.files.tls.server_cert, self.files.tls.server_key)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=tls)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return self
+
+    async def cacerts(self, request: web.Request) -> web.Response:
+        pai = x509.load_pem_x509_certificate(self.files.pki.pai_cert.read_bytes())
+        return web.Response(body=encode_certs_only([pai]))
+
+    async def enroll(self, request: web.Request) -> web.Response:
+        csr = parse_csr(csr_pem(decode_base64(await request.read())))
+        pki_dir = self.other if self.mode == "other_pai" else self.files.pki.pai_cert.parent
+        issuer = LocalIssuer.load(
+            pki_dir / "pai.pem", FileKeySigner.load(pki_dir / "pai.key"), "FFF1", "8000"
+        )
+        if self.mode == "other_key":
+            csr = _csr()[0]  # type: ignore[assignment]
+        dac = await issuer.issue(request.headers[UID_HEADER], csr)
+        return web.Response(body=encode_certs_only([x509.load_der_x509_certificate(dac.der)]))
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("mode", "message"),
+    [("other_key", "no DAC for the CSR's key"), ("other_pai", "fails the Matter profile")],
+)
+async def test_the_line_refuses_a_dac_it_must_not_record(
+    gw_files: GatewayFiles, tmp_path: Path, mode: str, message: str
+) -> None:
+    """The line checks what a gateway sends before it records anything."""
+    other = init_dev(tmp_path / "other")
+    rogue = await RogueGateway(gw_files, mode, other.pai_cert.parent).start()
+    issuer = await open_est_issuer(_pki(gw_files, rogue.port))
+    try:
+        with pytest.raises(IssuerError, match=message) as caught:
+            await issuer.issue("00000000000000F1", _csr()[0])  # type: ignore[arg-type]
+        assert not isinstance(caught.value, IssuerUnavailable)
     finally:
         await issuer.aclose()
+        await rogue.close()
 
 
 async def test_many_concurrent_issues_through_a_cap_of_two_all_succeed(
