@@ -31,6 +31,9 @@ from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
 from linehost.store.engine import WRITE_TRANSACTION, create_engine, translate_error
 from linehost.store.migrate import MIGRATIONS_DIR, schema_is_current, upgrade_to_head
 
+#: Most enrollments recorded in one transaction.
+MAX_BATCH = 64
+
 #: The gateway's own Alembic tree (migrations/gateway/).
 GATEWAY_MIGRATIONS = MIGRATIONS_DIR / "gateway"
 
@@ -126,6 +129,18 @@ def decide(
 
 
 @dataclass(slots=True)
+class _Pending:
+    dac: IssuedDac
+    client: str
+    uid: str
+    work_order: str | None
+    allow_reprovision: bool
+    future: asyncio.Future[Decision] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+@dataclass(slots=True)
 class _Event:
     entity: str
     entity_id: str
@@ -143,6 +158,8 @@ class GatewayStore:
         # One writer at a time in this process: on SQLite a second BEGIN IMMEDIATE would sit
         # in the busy handler's sleeps; the database lock still orders other processes.
         self._write_lock = asyncio.Lock()
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, url: str, *, name: str, auto_migrate: bool = True) -> GatewayStore:
@@ -206,97 +223,115 @@ class GatewayStore:
     ) -> Decision:
         """Decide again and, for "issue", record `dac` (durable when this returns) and count it
         against the client's and the work order's quota; a "redeliver" answer means `dac` was
-        not recorded and must never be sent."""
-        try:
-            return await self._record(
-                dac, client=client, uid=uid, work_order=work_order,
-                allow_reprovision=allow_reprovision,
-            )  # fmt: skip
-        except _Refused as refused:
-            return refused.decision
+        not recorded and must never be sent.
 
-    async def _record(
-        self,
-        dac: IssuedDac,
-        *,
-        client: str,
-        uid: str,
-        work_order: str | None,
-        allow_reprovision: bool,
+        Requests waiting together are recorded in one transaction (one commit, one fsync),
+        each decided in turn on what the ones before it wrote."""
+        pending = _Pending(dac, client, uid, work_order, allow_reprovision)
+        self._pending.append(pending)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="gateway-group-commit")
+        return await pending.future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
+            try:
+                async with self._write() as (conn, events):
+                    results = [await self._record_one(conn, events, item) for item in batch]
+            except Exception as exc:  # the whole batch was rolled back: each caller hears why
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    async def _record_one(
+        self, conn: AsyncConnection, events: list[_Event], item: _Pending
     ) -> Decision:
-        async with self._write() as (conn, events):
-            by_uid, by_key = await _live(conn, uid, dac.public_key_sha256)
-            decision = decide(
-                by_uid, by_key, client=client, uid=uid,
-                public_key_sha256=dac.public_key_sha256, allow_reprovision=allow_reprovision,
-            )  # fmt: skip
-            if decision.kind != "issue":
-                return decision
-            now = utcnow()
-            for scope, name in _scopes(client, work_order):
-                await _ensure_quota(conn, scope, name, now)
-                guarded = (
-                    update(quotas)
-                    .where(
-                        quotas.c.scope == scope,
-                        quotas.c.name == name,
-                        or_(quotas.c.max_dacs.is_(None), quotas.c.issued < quotas.c.max_dacs),
+        dac, client, uid, work_order = item.dac, item.client, item.uid, item.work_order
+        by_uid, by_key = await _live(conn, uid, dac.public_key_sha256)
+        decision = decide(
+            by_uid, by_key, client=client, uid=uid,
+            public_key_sha256=dac.public_key_sha256, allow_reprovision=item.allow_reprovision,
+        )  # fmt: skip
+        if decision.kind != "issue":
+            return decision
+        now = utcnow()
+        counted: list[tuple[Scope, str]] = []
+        for scope, name in _scopes(client, work_order):
+            await _ensure_quota(conn, scope, name, now)
+            guarded = (
+                update(quotas)
+                .where(
+                    quotas.c.scope == scope,
+                    quotas.c.name == name,
+                    or_(quotas.c.max_dacs.is_(None), quotas.c.issued < quotas.c.max_dacs),
+                )
+                .values(issued=quotas.c.issued + 1, updated_at=now)
+            )
+            if (await conn.execute(guarded)).rowcount != 1:
+                for done_scope, done_name in counted:  # give back what this one took
+                    await conn.execute(
+                        update(quotas)
+                        .where(quotas.c.scope == done_scope, quotas.c.name == done_name)
+                        .values(issued=quotas.c.issued - 1)
                     )
-                    .values(issued=quotas.c.issued + 1, updated_at=now)
-                )
-                if (await conn.execute(guarded)).rowcount != 1:
-                    row = await _quota(conn, scope, name)
-                    assert row is not None
-                    raise _Refused(_quota_refusal(row))
-            if decision.supersede is not None:
-                old = decision.supersede
-                await conn.execute(
-                    update(issuances)
-                    .where(issuances.c.id == old.id, issuances.c.status == "issued")
-                    .values(status="superseded", superseded_at=now)
-                )
-                events.append(
-                    _Event("issuance", str(old.id), "dac_superseded",
-                           {"uid": uid, "dac_serial": old.dac_serial, "by_client": client})
-                )  # fmt: skip
-            result = await conn.execute(
-                insert(issuances).values(
-                    client=client,
-                    uid=uid,
-                    work_order=work_order,
-                    status="issued",
-                    public_key_sha256=dac.public_key_sha256,
-                    dac_serial=dac.serial_hex,
-                    dac_sha256=dac.sha256,
-                    dac_pem=dac.pem,
-                    pai_sha256=dac.pai_sha256,
-                    vid=dac.vid,
-                    pid=dac.pid,
-                    issued_at=now,
-                )
+                row = await _quota(conn, scope, name)
+                assert row is not None
+                return _quota_refusal(row)
+            counted.append((scope, name))
+        if decision.supersede is not None:
+            old = decision.supersede
+            await conn.execute(
+                update(issuances)
+                .where(issuances.c.id == old.id, issuances.c.status == "issued")
+                .values(status="superseded", superseded_at=now)
             )
-            key = result.inserted_primary_key
-            assert key is not None
-            new_id = int(key[0])
             events.append(
-                _Event(
-                    "issuance",
-                    str(new_id),
-                    "dac_issued",
-                    {
-                        "client": client,
-                        "uid": uid,
-                        "work_order": work_order,
-                        "dac_serial": dac.serial_hex,
-                        "dac_sha256": dac.sha256,
-                        "public_key_sha256": dac.public_key_sha256,
-                        "pai_sha256": dac.pai_sha256,
-                        "vid": dac.vid,
-                        "pid": dac.pid,
-                    },
-                )
+                _Event("issuance", str(old.id), "dac_superseded",
+                       {"uid": uid, "dac_serial": old.dac_serial, "by_client": client})
+            )  # fmt: skip
+        result = await conn.execute(
+            insert(issuances).values(
+                client=client,
+                uid=uid,
+                work_order=work_order,
+                status="issued",
+                public_key_sha256=dac.public_key_sha256,
+                dac_serial=dac.serial_hex,
+                dac_sha256=dac.sha256,
+                dac_pem=dac.pem,
+                pai_sha256=dac.pai_sha256,
+                vid=dac.vid,
+                pid=dac.pid,
+                issued_at=now,
             )
-            return Decision("issue", supersede=decision.supersede)
+        )
+        key = result.inserted_primary_key
+        assert key is not None
+        new_id = int(key[0])
+        events.append(
+            _Event(
+                "issuance",
+                str(new_id),
+                "dac_issued",
+                {
+                    "client": client,
+                    "uid": uid,
+                    "work_order": work_order,
+                    "dac_serial": dac.serial_hex,
+                    "dac_sha256": dac.sha256,
+                    "public_key_sha256": dac.public_key_sha256,
+                    "pai_sha256": dac.pai_sha256,
+                    "vid": dac.vid,
+                    "pid": dac.pid,
+                },
+            )
+        )
+        return Decision("issue", supersede=decision.supersede)
 
     async def note_redelivery(self, record: IssuanceRecord, *, client: str) -> None:
         """Audit that `record`'s DAC was sent again (a retried request)."""
@@ -463,7 +498,7 @@ class GatewayStore:
                         )
                     yield conn, events
                     await self._append_audit(conn, events)
-        except (_Refused, LinehostError):
+        except LinehostError:
             raise
         except Exception as exc:
             raise translate_error(exc, self._engine) from exc
@@ -497,14 +532,6 @@ class GatewayStore:
             )  # fmt: skip
             prev = digest
         await conn.execute(insert(audit_log), rows)
-
-
-class _Refused(Exception):
-    """Raised inside a write: roll it back and answer with `decision`."""
-
-    def __init__(self, decision: Decision) -> None:
-        super().__init__(decision.detail)
-        self.decision = decision
 
 
 def _scopes(client: str, work_order: str | None) -> list[tuple[Scope, str]]:
