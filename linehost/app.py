@@ -23,8 +23,7 @@ from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
 from linehost.pki.cd import load_cd
 from linehost.pki.issuer import Issuer
-from linehost.pki.local import LocalIssuer
-from linehost.pki.signer import open_signer
+from linehost.pki.local import open_local_issuer
 from linehost.protocol.host import Timing
 from linehost.records import JigStatus, utcnow
 from linehost.store.store import Store
@@ -49,29 +48,12 @@ async def open_issuer(config: LineConfig) -> Issuer:
             line=config.line.name,
             paa_cert=pki.paa_cert,
         )
-    assert pki.pai_key is not None  # the config insists for issuer = "local"
-    # Logging in to an HSM blocks: keep the loop free.
-    signer = await asyncio.to_thread(
-        open_signer,
-        pki.pai_key,
-        passphrase=pki.passphrase(),
-        pkcs11_module=pki.pkcs11_module,
-        pkcs11_pin=pki.pin(),
-    )
-    try:
-        return LocalIssuer.load(
-            pki.pai_cert,
-            signer,
-            pki.vid,
-            pki.pid,
-            cn_template=pki.cn_template,
-            not_after=pki.not_after,
-            backdate=pki.backdate,
-            paa_cert=pki.paa_cert,
-        )
-    except BaseException:
-        await signer.aclose()
-        raise
+    if pki.issuer == "est":
+        from linehost.pki.est import open_est_issuer
+
+        work_order = config.work_order.id if config.work_order is not None else None
+        return await open_est_issuer(pki, work_order=work_order)
+    return await open_local_issuer(pki)
 
 
 def load_cd_line(config: LineConfig) -> str | None:

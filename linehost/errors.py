@@ -23,6 +23,27 @@ class IssuerError(LinehostError):
     """The issuer could not produce a DAC (signer failure, no bundle entry, quota)."""
 
 
+class IssuerUnavailable(IssuerError):
+    """The issuer cannot answer now but may soon (gateway unreachable, busy, rate-limited).
+
+    Contract for the line: the device is not consumed; the jig shows `waiting_for_issuer` and
+    asks again after a back-off of at least `retry_after` seconds, until the issuer answers.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExhausted(IssuerError):
+    """The issuer refuses for good: the client's or work order's DAC quota is used up."""
+
+    def __init__(self, message: str, *, scope: str, name: str) -> None:
+        super().__init__(message)
+        self.scope = scope  # "client" or "work_order"
+        self.name = name
+
+
 class StoreError(LinehostError):
     """The database refused or failed an operation."""
 

@@ -34,6 +34,7 @@ _STYLE = {
     "waiting_for_swap": "yellow",
     "pre_step_failed": "bold red",
     "waiting_for_database": "bold red",
+    "waiting_for_issuer": "bold red",
     "offline": "red",
     "stopped": "dim",
     "work_order_complete": "bold magenta",

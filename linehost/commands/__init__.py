@@ -31,7 +31,7 @@ EXIT_USAGE: Final = 2  # bad input: arguments, config, files
 
 #: The command group modules, in the order `linehost --help` lists them.
 GROUPS: Final = ("run", "demo", "db", "audit", "pki", "dashboard", "label", "sim", "status",
-                 "workorder", "ports", "doctor")  # fmt: skip
+                 "workorder", "ports", "doctor", "gateway")  # fmt: skip
 
 
 class UserError(LinehostError):

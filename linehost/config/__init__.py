@@ -4,11 +4,12 @@
 `sections` the models of each table, `loading` the file reading and error reporting.
 """
 
-from linehost.config.loading import ConfigProblems, load_config, parse_config
+from linehost.config.loading import ConfigProblems, load_config, parse_config, read_toml, validate
 from linehost.config.sections import (
     AuditSection,
     DashboardSection,
     DatabaseSection,
+    EstSection,
     JigSection,
     LabelsSection,
     LineConfig,
@@ -37,6 +38,7 @@ __all__ = [
     "ConfigProblems",
     "DashboardSection",
     "DatabaseSection",
+    "EstSection",
     "JigSection",
     "LabelsSection",
     "LineConfig",
@@ -53,5 +55,7 @@ __all__ = [
     "WorkOrderSection",
     "load_config",
     "parse_config",
+    "read_toml",
+    "validate",
     "parse_listen",
 ]

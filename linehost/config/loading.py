@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from linehost.config.sections import LineConfig
 from linehost.config.types import BASE
@@ -21,11 +21,19 @@ class ConfigProblems(ConfigError):
         self.problems = problems
 
 
+M = TypeVar("M", bound=BaseModel)
+
+
 def load_config(path: str | Path) -> LineConfig:
     """Read and validate a station config; relative paths are resolved against its folder."""
     file = Path(path)
+    return parse_config(read_toml(file), file)
+
+
+def read_toml(file: Path) -> dict[str, Any]:
+    """The parsed TOML document in `file`; ConfigError naming the file and the problem."""
     try:
-        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+        return tomllib.loads(file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such file") from None
     except OSError as exc:
@@ -34,14 +42,19 @@ def load_config(path: str | Path) -> LineConfig:
         raise ConfigError(f"{file}: not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{file}: bad TOML: {exc}") from None
-    return parse_config(raw, file)
 
 
 def parse_config(raw: dict[str, object], file: Path) -> LineConfig:
     """Validate an already-parsed TOML document that came from `file`; ConfigError with one
     line per problem, each naming the file, the table and the key."""
+    return validate(LineConfig, raw, file)
+
+
+def validate(model: type[M], raw: dict[str, Any], file: Path) -> M:
+    """`model` from a TOML document read from `file` (relative paths resolved against its
+    folder); ConfigError with one line per problem, each naming the file, table and key."""
     try:
-        return LineConfig.model_validate({**raw, "source": file}, context={BASE: file.parent})
+        return model.model_validate({**raw, "source": file}, context={BASE: file.parent})
     except ValidationError as exc:
         problems = [f"{file}: {where}: {message}" for where, message in _problems(exc)]
         if len(problems) == 1:

@@ -45,10 +45,30 @@ class DatabaseSection(_Section):
     auto_migrate: bool = True
 
 
+class EstSection(_Section):
+    """`[pki.est]`: the site signing gateway a line asks for DACs (`issuer = "est"`)."""
+
+    url: str  # https://gateway:8443 (the /.well-known/est/... paths are added)
+    client_cert: ConfigPath  # this line's TLS client certificate (`linehost gateway client add`)
+    client_key: ConfigPath
+    server_ca: ConfigPath  # the CA that signed the gateway's TLS certificate
+    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0  # one whole request
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16  # requests in flight at once
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value.startswith("https://"):
+            raise ValueError("must start with https:// (the gateway speaks EST over TLS only)")
+        return value.rstrip("/")
+
+
 class PkiSection(_Section):
     """`[pki]`: where DACs come from and how they look."""
 
-    issuer: Literal["local", "bundle"] = "local"
+    issuer: Literal["local", "bundle", "est"] = "local"
+    est: EstSection | None = None  # for issuer = "est"
     pai_cert: ConfigPath
     pai_key: KeyLocation | None = None  # a PEM path or a pkcs11: URI; not for issuer = "bundle"
     paa_cert: ConfigPath | None = None
@@ -69,6 +89,8 @@ class PkiSection(_Section):
     def _key_source(self) -> PkiSection:
         if self.issuer == "local" and not self.pai_key:
             raise ValueError("pai_key is required when issuer = 'local'")
+        if self.issuer == "est" and self.est is None:
+            raise ValueError("issuer = 'est' needs a [pki.est] table (url, client_cert, ...)")
         one_secret_source(self.passphrase_secret)
         one_secret_source(self.pin_secret)
         if self.issuer == "local" and self.pai_key and self.pai_key.startswith("pkcs11:"):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import structlog
 from cryptography import x509
@@ -24,9 +25,18 @@ from linehost.pki.dac_template import (
 from linehost.pki.pai import IssuingPai, PaiIssuer, load_pai
 from linehost.pki.pai import load_certificate as load_certificate  # its former home
 from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
-from linehost.pki.signer import FileKeySigner, Signer, assemble_certificate, tbs_certificate
+from linehost.pki.signer import (
+    FileKeySigner,
+    Signer,
+    assemble_certificate,
+    open_signer,
+    tbs_certificate,
+)
 from linehost.pki.vidpid import parse_vid_pid
 from linehost.records import CsrInfo, IssuedDac
+
+if TYPE_CHECKING:
+    from linehost.config import PkiSection
 
 _log = structlog.get_logger("linehost.pki")
 
@@ -188,6 +198,33 @@ class LocalIssuer(PaiIssuer):
     async def aclose(self) -> None:
         """Release the signer (HSM session, thread pool)."""
         await self._signer.aclose()
+
+
+async def open_local_issuer(pki: PkiSection) -> LocalIssuer:
+    """The LocalIssuer `[pki]` describes, its key opened and the PAI checked; raise PkiError."""
+    assert pki.pai_key is not None  # the config insists for issuer = "local"
+    # Logging in to an HSM blocks: keep the loop free.
+    signer = await asyncio.to_thread(
+        open_signer,
+        pki.pai_key,
+        passphrase=pki.passphrase(),
+        pkcs11_module=pki.pkcs11_module,
+        pkcs11_pin=pki.pin(),
+    )
+    try:
+        return LocalIssuer.load(
+            pki.pai_cert,
+            signer,
+            pki.vid,
+            pki.pid,
+            cn_template=pki.cn_template,
+            not_after=pki.not_after,
+            backdate=pki.backdate,
+            paa_cert=pki.paa_cert,
+        )
+    except BaseException:
+        await signer.aclose()
+        raise
 
 
 _DIGITAL_SIGNATURE_ONLY = x509.KeyUsage(

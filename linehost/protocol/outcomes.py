@@ -44,6 +44,7 @@ class JigState(StrEnum):
     PROVISIONING = "provisioning"
     WAITING_FOR_SWAP = "waiting_for_swap"
     WAITING_FOR_DATABASE = "waiting_for_database"
+    WAITING_FOR_ISSUER = "waiting_for_issuer"  # the signing gateway is away or says "later"
     STOPPED = "stopped"
     PRE_STEP = "pre_step"  # the configured pre_command runs (e.g. flashing provisioning firmware)
     PRE_STEP_FAILED = "pre_step_failed"  # it failed: retried after a back-off or a swap

@@ -27,9 +27,10 @@ MIGRATIONS_DIR = Path(
 _PG_MIGRATION_LOCK = 0x6C696E65686F7374  # "linehost"
 
 
-async def upgrade_to_head(engine: AsyncEngine) -> None:
-    """Apply every pending revision on `engine` inside the running event loop."""
-    config = alembic_config()
+async def upgrade_to_head(engine: AsyncEngine, *, directory: Path | None = None) -> None:
+    """Apply every pending revision on `engine` inside the running event loop (the line's
+    revisions, or those of the migrations tree at `directory`)."""
+    config = alembic_config(directory)
     try:
         async with engine.connect() as conn:
             if conn.dialect.name == "postgresql":
@@ -57,9 +58,10 @@ def upgrade_cli(url: str) -> None:
     asyncio.run(run())
 
 
-async def schema_is_current(engine: AsyncEngine) -> bool:
-    """True when the database is at the newest revision."""
-    heads = set(ScriptDirectory.from_config(alembic_config()).get_heads())
+async def schema_is_current(engine: AsyncEngine, *, directory: Path | None = None) -> bool:
+    """True when the database is at the newest revision (of the tree at `directory`)."""
+    config = alembic_config(directory)
+    heads = set(ScriptDirectory.from_config(config).get_heads())
     try:
         async with engine.connect() as conn:
             current = await conn.run_sync(_current_heads)
@@ -68,15 +70,16 @@ async def schema_is_current(engine: AsyncEngine) -> bool:
     return current == heads
 
 
-def alembic_config() -> Config:
-    """An Alembic config for our revisions, without an ini file."""
-    if not (MIGRATIONS_DIR / "env.py").is_file():
+def alembic_config(directory: Path | None = None) -> Config:
+    """An Alembic config for our revisions (or those at `directory`), without an ini file."""
+    where = directory if directory is not None else MIGRATIONS_DIR
+    if not (where / "env.py").is_file():
         raise StoreError(
-            f"database migrations not found at {MIGRATIONS_DIR}: run from the source tree or "
+            f"database migrations not found at {where}: run from the source tree or "
             "set LINEHOST_MIGRATIONS to the migrations folder"
         )
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(where))
     return config
 
 

@@ -14,7 +14,6 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
 from linehost.dashboard.alarms import HOST_OFFLINE, JIG_FAILING, JIG_OFFLINE, OUTBOX_GROWING
-
 from linehost.evidence.publish import checkpoint_topic
 from linehost.mqtt.topics import LineTopics, subscriptions
 from linehost.protocol.outcomes import JigState, Outcome
@@ -51,7 +50,6 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "workOrder": topics.work_order,
         "outbox": topics.outbox,
         "alarms": topics.alarms,
-
         "auditCheckpoint": checkpoint_topic("{prefix}", "{line}"),
     }
     bindings = {
@@ -65,7 +63,6 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "workOrder": (1, True),
         "outbox": (1, True),
         "alarms": (1, True),
-
         "auditCheckpoint": (1, True),
     }
     will = doc["servers"]["plant"]["bindings"]["mqtt"]["lastWill"]

@@ -344,6 +344,7 @@ def test_doctor_opens_the_token_with_its_pin(
     assert says in proc.stdout, proc.stdout
     assert proc.returncode == (0 if status == "ok" else 1), proc.stdout
 
+
 async def test_audit_key_in_the_token_signs_checkpoints(softhsm: SoftHsm) -> None:
     """Issue 14: `[audit] key` as a PKCS#11 object (P-256), never the PAI key."""
     from linehost.evidence.checkpoint import (

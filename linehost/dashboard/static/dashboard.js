@@ -5,6 +5,7 @@
 const STATE_LABEL = {
   offline: "offline", waiting_for_device: "waiting for device", provisioning: "provisioning",
   waiting_for_swap: "swap device", waiting_for_database: "waiting for database", stopped: "stopped",
+  waiting_for_issuer: "waiting for issuer",
   pre_step: "pre-step", pre_step_failed: "pre-step failed", post_step: "post-step",
   work_order_complete: "work order complete",
 };
