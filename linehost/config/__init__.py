@@ -55,7 +55,7 @@ __all__ = [
     "WorkOrderSection",
     "load_config",
     "parse_config",
+    "parse_listen",
     "read_toml",
     "validate",
-    "parse_listen",
 ]

@@ -15,6 +15,7 @@ from linehost.pki.vidpid import parse_vid_pid
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+
 #: `work_orders` entry that lets a client name any work order, or none.
 ANY_WORK_ORDER = "*"
 
@@ -32,7 +33,6 @@ class GatewaySection(_Section):
     allow_reprovision: bool = False  # a new key for a UID that has a DAC supersedes it
     rate: Annotated[float, Field(gt=0)] = 50.0  # default DACs/s per client (token bucket)
     burst: Annotated[int, Field(ge=1)] = 100
-
 
 
 class ClientSection(_Section):

@@ -13,7 +13,8 @@ import pytest
 import serial
 from serial import rfc2217
 
-from linehost.line.runner import JigRunner, JigSpec
+from linehost.line.provisioning import Provisioner
+from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
@@ -124,9 +125,7 @@ async def test_a_jig_behind_a_serial_server_provisions(tmp_path: Path, scheme: s
         with serial_server(str(device), telnet=scheme == "rfc2217") as tcp_port:
             runner = JigRunner(
                 JigSpec("net-line", "st1", name, f"{scheme}://127.0.0.1:{tcp_port}"),
-                issuer=issuer,
-                store=store,
-                timing=timing,
+                LineContext(Provisioner(issuer, store), timing),
             )
             stop = asyncio.Event()
             line = asyncio.create_task(LineSupervisor([runner], shutdown_grace=3).run(stop))
