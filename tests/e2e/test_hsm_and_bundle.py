@@ -898,7 +898,8 @@ def test_encrypted_file_key_material_never_leaks(
     host_status = [m.json()["online"] for m in live if m.topic.endswith("/host/status")]
     assert host_status[0] is True
     assert host_status[-1] is False
-    assert {m.topic for m in retained} == jig_topics | {f"{prefix}/pki-line/host/status"}
+    host_topics = {f"{prefix}/pki-line/host/status", f"{prefix}/pki-line/host/outbox"}
+    assert {m.topic for m in retained} == jig_topics | host_topics
 
     export = linehost("audit", "--config", config, "export", "--format", "csv").stdout
     outputs = {
