@@ -145,9 +145,18 @@ def test_line_of_ten_jigs_with_every_personality(tmp_path: Path, dev_pki: Path) 
     assert "assignment_confirmed" in dac
 
 
-def test_bad_config_is_one_line_and_nonzero(tmp_path: Path) -> None:
+def test_bad_config_is_one_line_per_problem_and_nonzero(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
-    bad.write_text('[line]\nname = "x"\nbogus = 1\n')
+    bad.write_text('[line]\nname = "x"\nbogus = 1\n')  # two problems: bogus, no [pki]
+    proc = linehost("run", "--config", bad, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [
+        f"linehost: error: {bad}: line.bogus: unknown key",
+        f"linehost: error: {bad}: pki: required key is missing",
+    ], proc.stderr
+    pki = 'vid = "FFF1"\npid = "8000"\npai_cert = "pai.pem"\npai_key = "pai.key"\n'
+    bad.write_text(f'[line]\nname = "x"\nbogus = 1\n\n[pki]\n{pki}')  # one problem
     proc = linehost("run", "--config", bad, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0, proc.stderr
