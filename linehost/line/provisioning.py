@@ -27,7 +27,7 @@ from linehost.errors import (
 from linehost.line.workorder import WorkOrderGate
 from linehost.onboarding.sealing import SealError
 from linehost.onboarding.service import Onboarding
-from linehost.pki.csr import parse_csr
+from linehost.pki.csr import parse_csr, parse_public_key
 from linehost.pki.issuer import Issuer
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import (
@@ -35,6 +35,7 @@ from linehost.records import (
     AssignResult,
     AttemptEnd,
     AttemptStart,
+    KeyProof,
     OnboardingRecord,
     utcnow,
 )
@@ -131,14 +132,17 @@ class Provisioner:
         """True while the work order has no slot left (nothing will be provisioned)."""
         return self.gate is not None and self.gate.complete
 
-    async def provision(self, attempt: Attempt, csr_pem: str) -> Deliver | Reject:
-        """Check the key, issue, record the assignment durably; only then say Deliver."""
+    async def provision(
+        self, attempt: Attempt, key_pem: str, key_proof: KeyProof = "csr"
+    ) -> Deliver | Reject:
+        """Check the key (a CSR, or a bare public key when `key_proof` is "none"), issue,
+        record the assignment durably; only then say Deliver."""
         uid = attempt.start.uid
         assert uid is not None
         log = attempt.log.bind(uid=uid, attempt_id=attempt.start.attempt_id)
         now = self._clock
         try:
-            csr = parse_csr(csr_pem)
+            csr = parse_csr(key_pem) if key_proof == "csr" else parse_public_key(key_pem)
         except CsrRejected as exc:
             log.warning("csr_rejected", detail=str(exc))
             return Reject(Outcome.CSR_REJECTED, str(exc))

@@ -152,3 +152,36 @@ async def test_collisions_draw_again_then_give_up(parts) -> None:
     stuck = Provisioner(issuer, FlakyStore(store, collisions=provisioning.ISSUE_RETRIES))
     refused = await stuck.provision(attempt("0000000000000002"), csr_pem())
     assert refused == Reject(Outcome.ISSUER_ERROR, "repeated DAC collisions")
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return spki.decode()
+
+
+async def test_a_bare_p256_key_gets_a_dac_for_that_key(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    key = ec.generate_private_key(ec.SECP256R1())
+    decision = await prov.provision(attempt("0123456789ABCDEF01"), public_pem(key), "none")
+    assert isinstance(decision, Deliver)
+    dac = x509.load_pem_x509_certificate(decision.dac_pem.encode())
+    assert dac.public_key() == key.public_key()
+    # the same key shown by another device is a duplicate, as with a CSR
+    dup = await prov.provision(attempt("0123456789ABCDEF02"), csr_pem(key))
+    assert isinstance(dup, Reject)
+    assert dup.outcome is Outcome.DUPLICATE_KEY
+
+
+async def test_a_bare_key_that_is_not_p256_is_refused(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    p384 = public_pem(ec.generate_private_key(ec.SECP384R1()))
+    refused = await prov.provision(attempt("0123456789ABCDEF03"), p384, "none")
+    assert refused == Reject(Outcome.CSR_REJECTED, "public key is not EC P-256 (secp384r1)")
+    garbage = await prov.provision(
+        attempt("0123456789ABCDEF04"), "-----BEGIN PUBLIC KEY-----", "none"
+    )
+    assert garbage == Reject(Outcome.CSR_REJECTED, "public key is not a valid PEM PUBLIC KEY")
