@@ -261,9 +261,7 @@ class JigRunner:
             started_at=utcnow(),
             work_order=self._work_order,
         )
-        self._attempt = Attempt(
-            start, self._log, on_database_wait=self._database_wait, metrics=self._metrics
-        )
+        self._attempt = Attempt(start, self._log, on_wait=self._waiting, metrics=self._metrics)
         self.status.attempt_id = start.attempt_id
         self._log.debug("attempt_started", uid=started.uid, attempt_id=start.attempt_id)
 
@@ -325,11 +323,12 @@ class JigRunner:
         log.info("attempt_ended", outcome=outcome.value, detail=detail)
         self._publish(self._session.state, None)
 
-    def _database_wait(self, waiting: bool) -> None:
-        """Show `waiting_for_database` while the provisioner waits, then the state before."""
-        if waiting:
-            self._before_wait = (self.status.state, self.status.uid)
-            self._publish(JigState.WAITING_FOR_DATABASE, self.status.uid)
+    def _waiting(self, waiting: JigState | None) -> None:
+        """Show what the provisioner waits for (database, issuer), then the state before."""
+        if waiting is not None:
+            if self._before_wait is None:
+                self._before_wait = (self.status.state, self.status.uid)
+            self._publish(waiting, self.status.uid)
         elif self._before_wait is not None:
             self._publish(*self._before_wait)
             self._before_wait = None
