@@ -24,7 +24,7 @@ from linehost.pki.bundle import BundleIssuer, format_counts
 from linehost.pki.cd import load_cd
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import open_local_issuer
-from linehost.protocol.host import Timing
+from linehost.protocol.session import Timing
 from linehost.records import JigStatus, utcnow
 from linehost.store.store import Store
 from linehost.transport.serial import ensure_fd_limit
@@ -143,7 +143,14 @@ async def run_line(
             )
             runners = [
                 JigRunner(
-                    JigSpec(config.line.name, jig.station, jig.name, jig.port, jig.baudrate),
+                    JigSpec(
+                        config.line.name,
+                        jig.station,
+                        jig.name,
+                        jig.port,
+                        jig.baudrate,
+                        jig.protocol,
+                    ),
                     context,
                     steps=jig_steps(config, jig),
                     metrics=ops.jig_metrics(jig),

@@ -10,14 +10,18 @@ from typing import Any, Literal
 
 from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
 
+#: How a device showed its key: a signed CSR (proof of possession) or a bare public key.
+KeyProof = Literal["csr", "none"]
+
 
 @dataclass(frozen=True, slots=True)
 class CsrInfo:
-    """A CSR that passed every check: the device's public key, ready for a DAC."""
+    """A device key that passed every check (from a CSR, or bare), ready for a DAC."""
 
     public_key_der: bytes  # SubjectPublicKeyInfo, DER
     public_key_sha256: str  # lower-case hex of sha256(public_key_der)
-    csr_der: bytes
+    csr_der: bytes  # empty for a bare key (key_proof "none")
+    key_proof: KeyProof = "csr"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,9 @@ from rich.text import Text
 from linehost.config import LineConfig, load_config
 from linehost.errors import ConfigError, LinehostError
 from linehost.line.statusboard import HEARTBEAT
-from linehost.line.workorder import summarise
 from linehost.records import iso_utc
 from linehost.store.audit import Audit
+from linehost.store.floor import summarise
 
 #: A jig row older than this means its host stopped writing (crashed or not running).
 STALE_AFTER: Final = timedelta(seconds=3 * HEARTBEAT)

@@ -294,6 +294,7 @@ class JigSection(_Section):
     station: Name
     port: PortLocation
     baudrate: Annotated[int, Field(gt=0)] = 115200
+    protocol: Literal["v1"] = "v1"  # the jig protocol its firmware speaks
     probe: str = ""  # programmer id for {probe}, e.g. an ST-LINK serial number
     pre_command: StepArgv | None = None  # overrides [stations.NAME] and [steps]
     post_command: StepArgv | None = None

@@ -21,20 +21,25 @@ from linehost.errors import (
     DacCollision,
     DatabaseUnavailable,
     IssuerError,
+    IssuerUnavailable,
     OnboardingError,
+    QuotaExhausted,
     StoreError,
 )
 from linehost.line.workorder import WorkOrderGate
 from linehost.onboarding.sealing import SealError
 from linehost.onboarding.service import Onboarding
-from linehost.pki.csr import parse_csr
+from linehost.pki.csr import parse_csr, parse_public_key
 from linehost.pki.issuer import Issuer
-from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
 from linehost.records import (
     AssignRequest,
     AssignResult,
     AttemptEnd,
     AttemptStart,
+    CsrInfo,
+    IssuedDac,
+    KeyProof,
     OnboardingRecord,
     utcnow,
 )
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 DB_RETRY_MIN: Final = 0.5
 DB_RETRY_MAX: Final = 5.0
+ISSUER_RETRY_MIN: Final = 1.0
+ISSUER_RETRY_MAX: Final = 30.0
 ISSUE_RETRIES: Final = 3
 
 T = TypeVar("T")
@@ -60,6 +67,12 @@ class AttemptStore(Protocol):
 def database_backoff() -> Backoff:
     """The pacing of retries while the database is away."""
     return Backoff(low=DB_RETRY_MIN, high=DB_RETRY_MAX)
+
+
+def issuer_backoff() -> Backoff:
+    """The pacing of retries while the issuer (a signing gateway) is away; jittered, so that
+    the jigs of a line do not all ask again at the same moment."""
+    return Backoff(low=ISSUER_RETRY_MIN, high=ISSUER_RETRY_MAX, jitter=0.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +93,7 @@ class Reject:
     detail: str
 
 
-def _ignore_wait(waiting: bool) -> None:
+def _ignore_wait(waiting: JigState | None) -> None:
     """No jig to tell (tests, tools)."""
 
 
@@ -90,8 +103,9 @@ class Attempt:
 
     start: AttemptStart
     log: Any  # a structlog logger bound to the jig
-    #: Told True when the database went away during this attempt, False once it is back.
-    on_database_wait: Callable[[bool], None] = _ignore_wait
+    #: Told the waiting state (`waiting_for_database` / `waiting_for_issuer`) when the attempt
+    #: has to wait for one, and None once it is back.
+    on_wait: Callable[[JigState | None], None] = _ignore_wait
     metrics: JigMetrics | None = None
     assignment_id: int | None = None
     dac_serial: str | None = None
@@ -131,14 +145,17 @@ class Provisioner:
         """True while the work order has no slot left (nothing will be provisioned)."""
         return self.gate is not None and self.gate.complete
 
-    async def provision(self, attempt: Attempt, csr_pem: str) -> Deliver | Reject:
-        """Check the key, issue, record the assignment durably; only then say Deliver."""
+    async def provision(
+        self, attempt: Attempt, key_pem: str, key_proof: KeyProof = "csr"
+    ) -> Deliver | Reject:
+        """Check the key (a CSR, or a bare public key when `key_proof` is "none"), issue,
+        record the assignment durably; only then say Deliver."""
         uid = attempt.start.uid
         assert uid is not None
         log = attempt.log.bind(uid=uid, attempt_id=attempt.start.attempt_id)
         now = self._clock
         try:
-            csr = parse_csr(csr_pem)
+            csr = parse_csr(key_pem) if key_proof == "csr" else parse_public_key(key_pem)
         except CsrRejected as exc:
             log.warning("csr_rejected", detail=str(exc))
             return Reject(Outcome.CSR_REJECTED, str(exc))
@@ -151,9 +168,12 @@ class Provisioner:
         for _ in range(ISSUE_RETRIES):
             try:
                 issue_started = now()
-                candidate = await self.issuer.issue(uid, csr)
+                candidate = await self._issue(attempt, uid, csr)
                 if metrics is not None:
                     metrics.issuer_latency(now() - issue_started)
+            except QuotaExhausted as exc:
+                log.error("issuer_quota_exhausted", scope=exc.scope, name=exc.name)
+                return Reject(Outcome.ISSUER_ERROR, f"quota exhausted: {exc}")
             except IssuerError as exc:
                 log.error("issuer_failed", detail=str(exc))
                 return Reject(Outcome.ISSUER_ERROR, str(exc))
@@ -261,6 +281,29 @@ class Provisioner:
             self._onboarding.print_label_soon(attempt.onboarding, log)
         return end
 
+    async def _issue(self, attempt: Attempt, uid: str, csr: CsrInfo) -> IssuedDac:
+        """Ask the issuer; while it is unavailable, keep the device and ask again after a
+        back-off of at least its `retry_after`, telling the jig it waits meanwhile."""
+        backoff: Backoff | None = None
+        while True:
+            try:
+                dac = await self.issuer.issue(uid, csr)
+            except IssuerUnavailable as exc:
+                if backoff is None:
+                    backoff = issuer_backoff()
+                    attempt.log.warning("issuer_unavailable", detail=str(exc))
+                    attempt.on_wait(JigState.WAITING_FOR_ISSUER)
+                await asyncio.sleep(max(backoff.next_delay(), exc.retry_after or 0.0))
+                continue
+            except BaseException:
+                if backoff is not None:
+                    attempt.on_wait(None)
+                raise
+            if backoff is not None:
+                attempt.log.info("issuer_back")
+                attempt.on_wait(None)
+            return dac
+
     async def _with_database(self, attempt: Attempt, call: Callable[[], Awaitable[T]]) -> T:
         """Retry while the database is away, telling the jig it waits meanwhile."""
         backoff: Backoff | None = None
@@ -271,10 +314,10 @@ class Provisioner:
                 if backoff is None:
                     backoff = database_backoff()
                     attempt.log.warning("database_unavailable", detail=str(exc))
-                    attempt.on_database_wait(True)
+                    attempt.on_wait(JigState.WAITING_FOR_DATABASE)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             if backoff is not None:
                 attempt.log.info("database_back")
-                attempt.on_database_wait(False)
+                attempt.on_wait(None)
             return result

@@ -25,20 +25,20 @@ from linehost.line.steps import (
     StepResult,
     run_step,
 )
-from linehost.protocol.framing import LineFramer
-from linehost.protocol.host import (
+from linehost.protocol.factory import new_session
+from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
+from linehost.protocol.session import (
     AttemptEnded,
     AttemptStarted,
-    CsrReady,
     DeviceArrived,
     Effect,
-    HostSession,
-    Phase,
+    JigProtocol,
+    KeyPresented,
+    SendBytes,
     SendLine,
     StateChanged,
     Timing,
 )
-from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
 from linehost.records import (
     AttemptStart,
     JigStatus,
@@ -72,6 +72,7 @@ class JigSpec:
     name: str
     port: str
     baudrate: int = 115200
+    protocol: str = "v1"  # the jig protocol its firmware speaks (`[[jigs]] protocol`)
 
 
 #: Between devices: shown as `work_order_complete` while the work order has no slot left.
@@ -106,7 +107,7 @@ class JigRunner:
         self._log = structlog.get_logger("linehost.jig").bind(
             line=spec.line, station=spec.station, jig=spec.name
         )
-        self._session = HostSession(timing)
+        self._session = new_session(spec.protocol, timing)
         self._attempt: Attempt | None = None
         self._before_wait: tuple[JigState, str | None] | None = None
         self._port: JigPort | None = None
@@ -171,14 +172,13 @@ class JigRunner:
     # --- the conversation --------------------------------------------------------------------
 
     async def _converse(self, port: JigPort) -> None:
-        session = self._session = HostSession(self._timing)
+        session = self._session = new_session(self.spec.protocol, self._timing)
         if self._steps is not None and self._steps.pre is not None:
             self._set_pre_pending(True)  # a reopened port may hold a new device
         if self._pre_step_due(session):
             await self._pre_step(port)
         await self._apply(session.open(self._loop.time()))
         events = port.events
-        framer = LineFramer()
         loop = self._loop
         while True:
             if self._stopping:
@@ -187,7 +187,7 @@ class JigRunner:
                         session.abort(Outcome.DISCONNECTED, self._abort_detail, loop.time())
                     )
                 if self._attempt is None:
-                    self._send(["Abort"])
+                    await self._apply(session.stop(loop.time()))
                     raise _Stop
             elif self._pre_pending and self._pre_step_due(session):
                 await self._pre_step(port)
@@ -207,20 +207,15 @@ class JigRunner:
             if isinstance(item, PortLost):
                 await self._port_lost(item.reason)
                 raise TransportError(item.reason)
-            now = loop.time()
-            for frame in framer.feed(item):  # interim adapter: the port now delivers raw bytes
-                if isinstance(frame, str):
-                    effects = session.on_line(frame, now)
-                else:
-                    effects = session.on_line_too_long(frame.length, now)
-                if effects:
-                    await self._apply(effects)
+            effects = session.on_bytes(item, loop.time())
+            if effects:
+                await self._apply(effects)
 
     async def _apply(self, effects: list[Effect]) -> None:
-        outgoing: list[str] = []
+        outgoing: list[bytes] = []
         for effect in effects:
-            if isinstance(effect, SendLine):
-                outgoing.append(effect.text)
+            if isinstance(effect, SendLine | SendBytes):
+                outgoing.append(effect.data)
                 continue
             if outgoing:
                 self._send(outgoing)
@@ -229,7 +224,7 @@ class JigRunner:
                 self._publish(effect.state, effect.uid)
             elif isinstance(effect, AttemptStarted):
                 self._begin(effect)
-            elif isinstance(effect, CsrReady):
+            elif isinstance(effect, KeyPresented):
                 await self._apply(await self._provision(effect))
                 if self._probe is not None and self._port is not None and self._session.in_attempt:
                     self._probe.dac_written(self._port.received_at, self._loop.time())
@@ -252,9 +247,9 @@ class JigRunner:
         if outgoing:
             self._send(outgoing)
 
-    def _send(self, lines: list[str]) -> None:
+    def _send(self, chunks: list[bytes]) -> None:
         if self._port is not None:
-            self._port.send(("\n".join(lines) + "\n").encode("ascii", "replace"))
+            self._port.send(b"".join(chunks))
 
     def _begin(self, started: AttemptStarted) -> None:
         start = AttemptStart(
@@ -266,16 +261,14 @@ class JigRunner:
             started_at=utcnow(),
             work_order=self._work_order,
         )
-        self._attempt = Attempt(
-            start, self._log, on_database_wait=self._database_wait, metrics=self._metrics
-        )
+        self._attempt = Attempt(start, self._log, on_wait=self._waiting, metrics=self._metrics)
         self.status.attempt_id = start.attempt_id
         self._log.debug("attempt_started", uid=started.uid, attempt_id=start.attempt_id)
 
-    async def _provision(self, ready: CsrReady) -> list[Effect]:
+    async def _provision(self, key: KeyPresented) -> list[Effect]:
         attempt = self._attempt
         assert attempt is not None
-        decision = await self._provisioner.provision(attempt, ready.csr_pem)
+        decision = await self._provisioner.provision(attempt, key.pem, key.key_proof)
         now = self._loop.time()
         if isinstance(decision, Reject):
             return self._session.reject(decision.outcome, decision.detail, now)
@@ -330,11 +323,12 @@ class JigRunner:
         log.info("attempt_ended", outcome=outcome.value, detail=detail)
         self._publish(self._session.state, None)
 
-    def _database_wait(self, waiting: bool) -> None:
-        """Show `waiting_for_database` while the provisioner waits, then the state before."""
-        if waiting:
-            self._before_wait = (self.status.state, self.status.uid)
-            self._publish(JigState.WAITING_FOR_DATABASE, self.status.uid)
+    def _waiting(self, waiting: JigState | None) -> None:
+        """Show what the provisioner waits for (database, issuer), then the state before."""
+        if waiting is not None:
+            if self._before_wait is None:
+                self._before_wait = (self.status.state, self.status.uid)
+            self._publish(waiting, self.status.uid)
         elif self._before_wait is not None:
             self._publish(*self._before_wait)
             self._before_wait = None
@@ -363,13 +357,13 @@ class JigRunner:
 
     # --- steps around a device and the work order (issue 8) ---------------------------------
 
-    def _pre_step_due(self, session: HostSession) -> bool:
+    def _pre_step_due(self, session: JigProtocol) -> bool:
         """A pre step is configured, not yet run for the coming device, and the jig is free."""
         if self._steps is None or self._steps.pre is None or not self._pre_pending:
             return False
         if self._gate is not None and self._gate.complete:
             return False  # nothing will be provisioned: do not flash devices for nothing
-        return session.phase is Phase.CLOSED or session.idle
+        return session.ready_for_device
 
     async def _pre_step(self, port: JigPort) -> None:
         """Run the pre step until it succeeds, then let the session sync the prepared device.
@@ -416,7 +410,7 @@ class JigRunner:
         # While a pre step is due, a device that answers is prepared before it is provisioned
         # (not when the work order is complete: it is refused, and that is recorded).
         complete = self._gate is not None and self._gate.complete
-        self._session.hold_new_devices = pending and not complete
+        self._session.hold_new_devices(pending and not complete)
 
     async def _post_step(self, step: StepCommand, uid: str | None, attempt: Attempt) -> StepResult:
         self._in_post = True

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from linehost.line.workorder import summarise
 from linehost.store.audit import Audit
+from linehost.store.floor import summarise
 
 
 class LineFacts(Protocol):

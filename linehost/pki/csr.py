@@ -52,6 +52,30 @@ def parse_csr(pem: str | bytes) -> CsrInfo:
     )
 
 
+def parse_public_key(pem: str | bytes) -> CsrInfo:
+    """Return a bare device key (no proof of possession) once it is EC P-256; raise CsrRejected."""
+    data = pem.encode("ascii", "replace") if isinstance(pem, str) else bytes(pem)
+    if len(data) > MAX_CSR_PEM_BYTES:
+        raise CsrRejected(f"public key too large ({len(data)} bytes > {MAX_CSR_PEM_BYTES})")
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm):
+        raise CsrRejected("public key is not a valid PEM PUBLIC KEY") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        raise CsrRejected(f"public key is not EC P-256 ({_key_kind(key)})")
+    if not isinstance(key.curve, ec.SECP256R1):
+        raise CsrRejected(f"public key is not EC P-256 ({key.curve.name})")
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return CsrInfo(
+        public_key_der=spki,
+        public_key_sha256=hashlib.sha256(spki).hexdigest(),
+        csr_der=b"",
+        key_proof="none",
+    )
+
+
 def _key_kind(key: object) -> str:
     name = type(key).__name__.removeprefix("_")
     return name.removesuffix("PublicKey") or name

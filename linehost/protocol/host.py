@@ -1,29 +1,57 @@
-"""The host side of jig protocol v1 as a state machine: lines and time in, effects out.
+"""The host side of jig protocol v1 as a state machine: bytes or lines and time in, effects out.
 
-Nothing here does I/O or reads a clock. The jig runner feeds received lines (`on_line`),
-overflow markers (`on_line_too_long`) and the passing of time (`on_timer`), performs the
-effects returned, and answers a `CsrReady` effect with `deliver()` or `reject()`.
+Nothing here does I/O or reads a clock. The jig runner feeds received bytes (`on_bytes`, framed
+here into lines for `on_line` / `on_line_too_long`) and the passing of time (`on_timer`),
+performs the effects returned, and answers a `KeyPresented` effect (key_proof "csr") with
+`deliver()` or `reject()`. `HostSession` implements `protocol.session.JigProtocol`.
 """
 
 from __future__ import annotations
 
 import re
 from collections import deque
-from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Final
 
 from linehost.protocol import wire
+from linehost.protocol.framing import LineFramer
 from linehost.protocol.outcomes import FINISH_OK, JigState, Outcome, describe_finish
+from linehost.protocol.session import (
+    CSR_TIMEOUT,
+    EMPTY_AFTER_SYNCS,
+    RESULT_TIMEOUT,
+    SYNC_INTERVAL,
+    AttemptEnded,
+    AttemptStarted,
+    DeviceArrived,
+    Effect,
+    KeyPresented,
+    SendLine,
+    StateChanged,
+    Timing,
+)
 
-SYNC_INTERVAL: Final = 1.0
-CSR_TIMEOUT: Final = 30.0
-RESULT_TIMEOUT: Final = 30.0
-#: Unanswered Init lines after which a jig counts as empty (releases a swap hold).
-EMPTY_AFTER_SYNCS: Final = 3
+__all__ = [
+    "CSR_TIMEOUT",
+    "EMPTY_AFTER_SYNCS",
+    "RESULT_TIMEOUT",
+    "SYNC_INTERVAL",
+    "AttemptEnded",
+    "AttemptStarted",
+    "DeviceArrived",
+    "Effect",
+    "HostSession",
+    "KeyPresented",
+    "Phase",
+    "SendLine",
+    "StateChanged",
+    "Timing",
+]
+
 MAX_CSR_BYTES: Final = 4096
 TRANSCRIPT_LINES: Final = 400
 TRANSCRIPT_LINE_CHARS: Final = 200
+DEFAULT_TIMING: Final = Timing()
 
 START: Final = wire.START_PROVISIONING
 CSR_BEGIN: Final = wire.BEGIN_CSR
@@ -37,73 +65,6 @@ _PROTOCOL_PREFIXES: Final = (_UID, _FINISH, *_PEM_MARKERS)
 _UID_RE: Final = re.compile(re.escape(_UID) + r"([0-9A-Fa-f]{8,64})")
 _FINISH_RE: Final = re.compile(re.escape(_FINISH) + r"([0-9A-Fa-f]{3,4})")
 _BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
-
-
-@dataclass(frozen=True, slots=True)
-class Timing:
-    """The protocol's timeouts, in seconds (`[protocol]` in the station config)."""
-
-    sync_interval: float = SYNC_INTERVAL
-    csr_timeout: float = CSR_TIMEOUT
-    result_timeout: float = RESULT_TIMEOUT
-    empty_after_syncs: int = EMPTY_AFTER_SYNCS
-
-
-# --- effects -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class SendLine:
-    """Write this line (without LF) to the port."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class StateChanged:
-    """The jig's visible state changed."""
-
-    state: JigState
-    uid: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptStarted:
-    """A device identified itself: an attempt begins."""
-
-    uid: str | None
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class CsrReady:
-    """The CSR block is complete; answer with deliver() or reject()."""
-
-    uid: str
-    csr_pem: str
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptEnded:
-    """The attempt is over; the runner records it."""
-
-    uid: str | None
-    outcome: Outcome
-    detail: str
-    device_code: int | None
-    delivered: bool  # a DAC reached the port during this attempt
-    transcript: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceArrived:
-    """A new device answered while `hold_new_devices` is set: it was told to Abort, no attempt
-    began; the runner prepares it (its pre step) and opens the conversation again."""
-
-    uid: str
-
-
-Effect = SendLine | StateChanged | AttemptStarted | CsrReady | AttemptEnded | DeviceArrived
 
 
 class Phase(Enum):
@@ -120,7 +81,7 @@ class Phase(Enum):
 class HostSession:
     """One jig's conversation, device after device, for as long as its port stays open."""
 
-    def __init__(self, timing: Timing = Timing()) -> None:
+    def __init__(self, timing: Timing = DEFAULT_TIMING) -> None:
         self.timing = timing
         self.phase = Phase.CLOSED
         self.uid: str | None = None
@@ -134,8 +95,8 @@ class HostSession:
         self._in_csr_block = False
         self._delivered = False
         self._transcript: deque[str] = deque(maxlen=TRANSCRIPT_LINES)
-        #: Set by a runner with a pre step due: a new UID yields DeviceArrived, not an attempt.
-        self.hold_new_devices = False
+        self._framer = LineFramer()
+        self._hold_new = False  # a pre step is due: a new UID yields DeviceArrived
 
     @property
     def state(self) -> JigState:
@@ -151,6 +112,15 @@ class HostSession:
     def idle(self) -> bool:
         """Syncing with no finished device held: the jig is ready for a new device."""
         return self.phase is Phase.SYNCING and self._hold_uid is None
+
+    @property
+    def ready_for_device(self) -> bool:
+        """Closed, or syncing with no finished device held."""
+        return self.phase is Phase.CLOSED or self.idle
+
+    def hold_new_devices(self, hold: bool) -> None:
+        """While held, a new UID yields DeviceArrived (and an Abort) instead of an attempt."""
+        self._hold_new = hold
 
     def expect_swap(self, uid: str | None) -> None:
         """`uid` finished here earlier: if it answers again, it waits for a swap (no attempt)."""
@@ -169,8 +139,19 @@ class HostSession:
     def open(self, now: float) -> list[Effect]:
         """The port was just opened: reset any half-finished device, then start syncing."""
         out: list[Effect] = [SendLine(_ABORT)]
+        self._framer.reset()
         self._unanswered_syncs = 0
         self._enter_sync(now, out, send_now=True)
+        return out
+
+    def on_bytes(self, data: bytes, now: float) -> list[Effect]:
+        """Frame received bytes into lines and handle each."""
+        out: list[Effect] = []
+        for frame in self._framer.feed(data):
+            if isinstance(frame, str):
+                out += self.on_line(frame, now)
+            else:
+                out += self.on_line_too_long(frame.length, now)
         return out
 
     def on_line(self, line: str, now: float) -> list[Effect]:
@@ -278,6 +259,10 @@ class HostSession:
         self._set_state(JigState.OFFLINE, None, out)
         return out
 
+    def stop(self, now: float) -> list[Effect]:
+        """The host stops: tell an idle device to start clean with the next host."""
+        return [SendLine(_ABORT)]
+
     def abort(self, outcome: Outcome, detail: str, now: float) -> list[Effect]:
         """Abandon the current attempt (shutdown grace over), telling the device to stop."""
         out: list[Effect] = []
@@ -306,7 +291,7 @@ class HostSession:
                 self._enter_sync(now, out, send_now=False)
                 return
             self._hold_uid = None
-            if self.hold_new_devices:
+            if self._hold_new:
                 out.append(SendLine(_ABORT))
                 out.append(DeviceArrived(uid))
                 self._enter_sync(now, out, send_now=False)
@@ -344,7 +329,7 @@ class HostSession:
             self.phase = Phase.ISSUING
             self.deadline = None
             assert self.uid is not None
-            out.append(CsrReady(self.uid, pem))
+            out.append(KeyPresented(self.uid, pem, "csr"))
             return
         if line.startswith(_PEM_MARKERS):
             # Any other line of dashes is not base64: a firmware log line (spec: transcript only).

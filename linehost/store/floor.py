@@ -49,3 +49,24 @@ class FloorReads(Reader):
         j = jig_status
         stmt = select(j).where(*equal({j.c.line: line}))
         return await self._all(stmt.order_by(j.c.line, j.c.station, j.c.jig))
+
+
+def summarise(progress: dict[str, Any] | None, work_order: str, quantity: int) -> dict[str, Any]:
+    """done / failed / remaining of a work order, for `linehost workorder status`."""
+    progress = progress or {"assignments": {}, "attempts": {}}
+    statuses: dict[str, int] = progress.get("assignments", {})
+    outcomes: dict[str, int] = progress.get("attempts", {})
+    done = statuses.get("confirmed", 0)
+    in_flight = statuses.get("issued", 0) + statuses.get("unknown", 0)
+    failed = sum(n for outcome, n in outcomes.items() if outcome not in ("provisioned", "running"))
+    return {
+        "work_order": work_order,
+        "quantity": progress.get("quantity") or quantity,
+        "done": done,
+        "in_flight": in_flight,
+        "remaining": max(0, (progress.get("quantity") or quantity) - done),
+        "failed": failed,
+        "post_step_failed": outcomes.get("post_step_failed", 0),
+        "attempts": dict(sorted(outcomes.items())),
+        "devices": dict(sorted(statuses.items())),
+    }

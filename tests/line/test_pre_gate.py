@@ -38,13 +38,13 @@ def test_idle_only_when_syncing_and_nothing_held() -> None:
 def test_a_new_device_is_held_back_while_its_pre_step_is_due() -> None:
     session = HostSession(TIMING)
     session.open(0.0)
-    session.hold_new_devices = True
+    session.hold_new_devices(True)
     out = identify(session, "0011223344556677")
     assert DeviceArrived("0011223344556677") in out
     assert SendLine("Abort") in out
     assert not any(isinstance(e, AttemptStarted) for e in out)
     assert session.idle  # back to syncing: the runner runs the pre step now
-    session.hold_new_devices = False
+    session.hold_new_devices(False)
     session.open(1.0)
     out = identify(session, "0011223344556677", 1.0)
     assert any(isinstance(e, AttemptStarted) for e in out)
@@ -54,7 +54,7 @@ def test_a_new_device_is_held_back_while_its_pre_step_is_due() -> None:
 def test_the_finished_device_after_a_pre_step_waits_for_swap() -> None:
     session = HostSession(TIMING)
     session.open(0.0)
-    session.hold_new_devices = True
+    session.hold_new_devices(True)
     session.expect_swap("AABBCCDD")
     out = identify(session, "AABBCCDD")
     assert StateChanged(JigState.WAITING_FOR_SWAP, "AABBCCDD") in out

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 import structlog
@@ -13,15 +15,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from linehost.errors import DacCollision, DatabaseUnavailable
+from linehost.errors import DacCollision, DatabaseUnavailable, IssuerUnavailable, QuotaExhausted
 from linehost.line import provisioning
 from linehost.line.provisioning import Attempt, Deliver, Provisioner, Reject
 from linehost.line.workorder import WorkOrderGate
 from linehost.pki.devpki import init_dev
+from linehost.pki.issuer import Issuer
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
-from linehost.protocol.outcomes import Outcome
-from linehost.records import AssignRequest, AssignResult, AttemptEnd, AttemptStart, utcnow
+from linehost.protocol.outcomes import JigState, Outcome
+from linehost.records import (
+    AssignRequest,
+    AssignResult,
+    AttemptEnd,
+    AttemptStart,
+    CsrInfo,
+    IssuedDac,
+    utcnow,
+)
 from linehost.store.store import Store
 
 LINE = "prov-line"
@@ -34,10 +45,10 @@ def csr_pem(key: ec.EllipticCurvePrivateKey | None = None) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def attempt(uid: str, waits: list[bool] | None = None) -> Attempt:
+def attempt(uid: str, waits: list[JigState | None] | None = None) -> Attempt:
     start = AttemptStart(str(uuid.uuid4()), LINE, "st1", "j1", uid, utcnow())
     hook = waits.append if waits is not None else provisioning._ignore_wait
-    return Attempt(start, structlog.get_logger("test"), on_database_wait=hook)
+    return Attempt(start, structlog.get_logger("test"), on_wait=hook)
 
 
 @pytest.fixture
@@ -137,10 +148,10 @@ class FlakyStore:
 async def test_the_database_is_waited_for_and_the_jig_told(parts, monkeypatch) -> None:
     issuer, store = parts
     monkeypatch.setattr(provisioning, "DB_RETRY_MIN", 0.01)
-    waits: list[bool] = []
+    waits: list[JigState | None] = []
     prov = Provisioner(issuer, FlakyStore(store, outages=3))
     assert isinstance(await prov.provision(attempt("00112233AABBCCDD", waits), csr_pem()), Deliver)
-    assert waits == [True, False]
+    assert waits == [JigState.WAITING_FOR_DATABASE, None]
 
 
 async def test_collisions_draw_again_then_give_up(parts) -> None:
@@ -152,3 +163,92 @@ async def test_collisions_draw_again_then_give_up(parts) -> None:
     stuck = Provisioner(issuer, FlakyStore(store, collisions=provisioning.ISSUE_RETRIES))
     refused = await stuck.provision(attempt("0000000000000002"), csr_pem())
     assert refused == Reject(Outcome.ISSUER_ERROR, "repeated DAC collisions")
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    spki = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return spki.decode()
+
+
+async def test_a_bare_p256_key_gets_a_dac_for_that_key(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    key = ec.generate_private_key(ec.SECP256R1())
+    decision = await prov.provision(attempt("0123456789ABCDEF01"), public_pem(key), "none")
+    assert isinstance(decision, Deliver)
+    dac = x509.load_pem_x509_certificate(decision.dac_pem.encode())
+    assert dac.public_key() == key.public_key()
+    # the same key shown by another device is a duplicate, as with a CSR
+    dup = await prov.provision(attempt("0123456789ABCDEF02"), csr_pem(key))
+    assert isinstance(dup, Reject)
+    assert dup.outcome is Outcome.DUPLICATE_KEY
+
+
+async def test_a_bare_key_that_is_not_p256_is_refused(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    p384 = public_pem(ec.generate_private_key(ec.SECP384R1()))
+    refused = await prov.provision(attempt("0123456789ABCDEF03"), p384, "none")
+    assert refused == Reject(Outcome.CSR_REJECTED, "public key is not EC P-256 (secp384r1)")
+    garbage = await prov.provision(
+        attempt("0123456789ABCDEF04"), "-----BEGIN PUBLIC KEY-----", "none"
+    )
+    assert garbage == Reject(Outcome.CSR_REJECTED, "public key is not a valid PEM PUBLIC KEY")
+
+
+class FlakyIssuer:
+    """The real local issuer behind a gateway that is away `outages` times, or out of quota."""
+
+    def __init__(
+        self, issuer: LocalIssuer, outages: int = 0, retry_after: float | None = None
+    ) -> None:
+        self.issuer, self.outages, self.retry_after = issuer, outages, retry_after
+        self.quota_spent = False
+        self.asked = 0
+        self.pai_pem = issuer.pai_pem
+
+    async def issue(self, uid: str, csr: CsrInfo) -> IssuedDac:
+        self.asked += 1
+        if self.quota_spent:
+            raise QuotaExhausted(
+                "gateway refused (429 quota_exhausted): client line-a", scope="client", name="a"
+            )
+        if self.outages:
+            self.outages -= 1
+            raise IssuerUnavailable("gateway unreachable", retry_after=self.retry_after)
+        return await self.issuer.issue(uid, csr)
+
+
+async def test_an_unavailable_issuer_is_waited_for_and_the_device_kept(parts, monkeypatch) -> None:
+    issuer, store = parts
+    monkeypatch.setattr(provisioning, "ISSUER_RETRY_MIN", 0.01)
+    flaky = FlakyIssuer(issuer, outages=2, retry_after=0.1)
+    waits: list[JigState | None] = []
+    a = attempt("00112233AABBCCDD", waits)
+    started = time.monotonic()
+    decision = await Provisioner(cast(Issuer, flaky), store).provision(a, csr_pem())
+    assert isinstance(decision, Deliver)
+    assert time.monotonic() - started >= 0.2  # at least retry_after, twice
+    assert flaky.asked == 3
+    assert waits == [JigState.WAITING_FOR_ISSUER, None]
+    assert a.dac_serial is not None
+    assert await assignment_status(store, a.dac_serial) == "issued"
+    assert not a.recorded  # the attempt goes on: no issuer_error was recorded
+
+
+async def test_a_spent_quota_ends_the_attempt_with_its_own_detail(parts) -> None:
+    issuer, store = parts
+    flaky = FlakyIssuer(issuer)
+    flaky.quota_spent = True
+    waits: list[JigState | None] = []
+    decision = await Provisioner(cast(Issuer, flaky), store).provision(
+        attempt("00112233AABBCCDD", waits), csr_pem()
+    )
+    assert decision == Reject(
+        Outcome.ISSUER_ERROR,
+        "quota exhausted: gateway refused (429 quota_exhausted): client line-a",
+    )
+    assert flaky.asked == 1  # never retried
+    assert waits == []

@@ -10,9 +10,10 @@ import pytest
 from sqlalchemy import text
 
 from linehost.errors import StoreError
-from linehost.line.workorder import WorkOrderGate, progress_complete, summarise
+from linehost.line.workorder import WorkOrderGate, progress_complete
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.audit import Audit
+from linehost.store.floor import summarise
 from linehost.store.store import WORK_ORDER_COMPLETE, Store
 from tests.store.conftest import LINE, Factory
 

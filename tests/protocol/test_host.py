@@ -10,9 +10,9 @@ from linehost.protocol.host import (
     MAX_CSR_BYTES,
     AttemptEnded,
     AttemptStarted,
-    CsrReady,
     Effect,
     HostSession,
+    KeyPresented,
     Phase,
     SendLine,
     StateChanged,
@@ -65,12 +65,12 @@ class Conversation:
         self.log += effects
         return effects
 
-    def to_csr_ready(self, uid: str = "00112233AABBCCDD") -> CsrReady:
+    def to_csr_ready(self, uid: str = "00112233AABBCCDD") -> KeyPresented:
         self.open()
         self.lines("Start_provisioning", f"UID:{uid}")
         out = self.lines(CSR_BEGIN, *CSR_BODY, CSR_END)
-        (ready,) = of_type(out, CsrReady)
-        assert isinstance(ready, CsrReady)
+        (ready,) = of_type(out, KeyPresented)
+        assert isinstance(ready, KeyPresented)
         return ready
 
     def to_result(self, uid: str = "00112233AABBCCDD") -> list[Effect]:
@@ -110,7 +110,7 @@ def test_full_successful_conversation() -> None:
     conv = Conversation()
     ready = conv.to_csr_ready("deadbeef00")
     assert ready.uid == "DEADBEEF00"  # normalised to upper case
-    assert ready.csr_pem == "\n".join([CSR_BEGIN, *CSR_BODY, CSR_END]) + "\n"
+    assert ready.pem == "\n".join([CSR_BEGIN, *CSR_BODY, CSR_END]) + "\n"
     assert conv.session.state is JigState.PROVISIONING
     assert conv.session.next_wakeup() is None  # no timeout while the host issues
     out = conv.session.deliver(DAC, PAI, conv.now, cd_b64="Q0Q=", factory_data=(("x", "1"),))
@@ -189,10 +189,10 @@ def test_log_lines_inside_the_csr_block_are_not_part_of_it() -> None:
         CSR_BODY[1],
         CSR_END,
     )
-    (ready,) = of_type(out, CsrReady)
-    assert isinstance(ready, CsrReady)
-    assert "heap" not in ready.csr_pem
-    assert ready.csr_pem.splitlines() == [CSR_BEGIN, *CSR_BODY, CSR_END]
+    (ready,) = of_type(out, KeyPresented)
+    assert isinstance(ready, KeyPresented)
+    assert "heap" not in ready.pem
+    assert ready.pem.splitlines() == [CSR_BEGIN, *CSR_BODY, CSR_END]
 
 
 def test_log_lines_before_the_csr_and_while_issuing_are_kept_in_the_transcript() -> None:
@@ -436,7 +436,7 @@ def test_crlf_is_handled_by_the_framer_so_the_session_sees_clean_lines() -> None
     stream = "\r\n".join(["Start_provisioning", "UID:0011223344", CSR_BEGIN, *CSR_BODY, CSR_END])
     frames = LineFramer().feed((stream + "\r\n").encode())
     out = conv.lines(*[f for f in frames if isinstance(f, str)])
-    assert of_type(out, CsrReady)
+    assert of_type(out, KeyPresented)
 
 
 def test_every_outcome_in_the_vocabulary_is_reachable() -> None:
@@ -467,3 +467,45 @@ def test_every_outcome_in_the_vocabulary_is_reachable() -> None:
         conv.to_csr_ready()
         reached.add(ended(conv.session.reject(outcome, "x", 0)).outcome)
     assert reached == set(Outcome) - {Outcome.POST_STEP_FAILED}
+
+
+def test_bytes_in_any_chunking_frame_into_the_same_conversation() -> None:
+    session = HostSession(TIMING)
+    session.open(0.0)
+    stream = "\r\n".join(["boot", "Start_provisioning", "UID:00112233", CSR_BEGIN, *CSR_BODY])
+    stream += "\r\n" + CSR_END + "\n"
+    data = stream.encode()
+    out: list[Effect] = []
+    for i in range(0, len(data), 7):  # cut across lines, CRs and markers
+        out += session.on_bytes(data[i : i + 7], 0.0)
+    (key,) = of_type(out, KeyPresented)
+    assert isinstance(key, KeyPresented)
+    assert key.uid == "00112233"
+    assert key.key_proof == "csr"
+    assert key.pem.splitlines() == [CSR_BEGIN, *CSR_BODY, CSR_END]
+
+
+def test_an_overlong_line_in_bytes_is_a_protocol_error() -> None:
+    session = HostSession(TIMING)
+    session.open(0.0)
+    session.on_bytes(b"Start_provisioning\nUID:00112233\n", 0.0)
+    out = session.on_bytes(b"A" * 2000 + b"\n", 0.0)
+    assert ended(out).outcome is Outcome.PROTOCOL_ERROR
+    assert "longer than 1024" in ended(out).detail
+
+
+def test_a_reopened_session_forgets_a_partial_line() -> None:
+    session = HostSession(TIMING)
+    session.open(0.0)
+    session.on_bytes(b"Start_provi", 0.0)
+    session.open(1.0)
+    assert session.on_bytes(b"sioning\n", 1.0) == []
+    assert session.next_wakeup() == 2.0  # still syncing: the half line was dropped
+
+
+def test_stop_sends_abort_and_sends_are_wire_bytes() -> None:
+    session = HostSession(TIMING)
+    session.open(0.0)
+    (stop,) = session.stop(1.0)
+    assert isinstance(stop, SendLine)
+    assert stop.data == b"Abort\n"

@@ -20,9 +20,9 @@ from linehost.protocol.host import (
     CSR_END,
     START,
     AttemptEnded,
-    CsrReady,
     Effect,
     HostSession,
+    KeyPresented,
     Timing,
 )
 from linehost.protocol.outcomes import Outcome
@@ -92,8 +92,8 @@ def run(chunks: list[bytes]) -> list[tuple[str | None, Outcome, str, str | None]
                 pending += session.on_line(frame, now)
             while pending:
                 effect: Effect = pending.pop(0)
-                if isinstance(effect, CsrReady):
-                    csrs[effect.uid] = effect.csr_pem
+                if isinstance(effect, KeyPresented):
+                    csrs[effect.uid] = effect.pem
                     pending += session.deliver("DAC", "PAI", now)
                 elif isinstance(effect, AttemptEnded):
                     results.append(
@@ -169,8 +169,8 @@ def test_random_input_raises_nothing_but_our_own_errors(pieces: list[bytes]) -> 
                     else:
                         effects += session.on_line(frame, now)
             for effect in effects:
-                if isinstance(effect, CsrReady):
-                    if len(effect.csr_pem) % 2:
+                if isinstance(effect, KeyPresented):
+                    if len(effect.pem) % 2:
                         session.deliver("DAC", "PAI", now)
                     else:
                         session.reject(Outcome.CSR_REJECTED, "fuzz", now)
