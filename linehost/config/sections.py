@@ -225,6 +225,32 @@ class MqttSection(_Section):
         return self.password_secret.read_text()
 
 
+class SparkplugSection(_Section):
+    """`[sparkplug]`: the line host as a Sparkplug B 3.0 edge node, each jig a device."""
+
+    url: str | None = None  # default: the [mqtt] broker (and its credentials and TLS files)
+    group_id: Name = "linehost"
+    edge_node_id: Name | None = None  # default: the line name
+    primary_host_id: Name | None = None  # births wait for spBv1.0/STATE/<id> online
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not _MQTT_URL.fullmatch(value):
+            raise ValueError("must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return value
+
+    def broker(self, mqtt: MqttSection | None) -> MqttSection:
+        """The broker settings the edge node connects with (its own client id)."""
+        if mqtt is None:
+            assert self.url is not None  # LineConfig checks
+            return MqttSection(url=self.url, client_id=None)
+        update: dict[str, object] = {"client_id": None}
+        if self.url is not None:
+            update["url"] = self.url
+        return mqtt.model_copy(update=update)
+
+
 class DashboardAlarmsSection(_Section):
     """`[dashboard.alarms]`: when the dashboard raises an alarm (seconds for durations)."""
 
@@ -453,6 +479,7 @@ class LineConfig(_Section):
     pki: PkiSection
     protocol: ProtocolSection = ProtocolSection()
     mqtt: MqttSection | None = None
+    sparkplug: SparkplugSection | None = None
     dashboard: DashboardSection = DashboardSection()
     onboarding: OnboardingSection | None = None
     labels: LabelsSection | None = None
@@ -476,6 +503,8 @@ class LineConfig(_Section):
                 raise ValueError(f"port {jig.port!r} is used by two jigs")
             seen.add(key)
             ports.add(jig.port)
+        if self.sparkplug is not None and self.sparkplug.url is None and self.mqtt is None:
+            raise ValueError("[sparkplug] needs a url, or an [mqtt] broker to share")
         unknown = set(self.stations) - {jig.station for jig in self.jigs}
         if unknown:
             raise ValueError(f"[stations.{sorted(unknown)[0]}] names a station without jigs")
