@@ -31,6 +31,7 @@ from linehost.transport.serial import ensure_fd_limit
 
 if TYPE_CHECKING:
     from linehost.mqtt.relay import MqttRelay
+    from linehost.opcua.server import OpcuaServer
     from linehost.sparkplug.node import EdgeNode
 
 _log = structlog.get_logger("linehost.app")
@@ -128,9 +129,12 @@ async def run_line(
             timing = timing_of(config)
             relay = open_relay(config, store)
             edge_node = open_edge_node(config, store)
+            opcua = open_opcua(config, store)
             evidence = await start_evidence(config, store.engine)
             await ops.start(store)
-            listeners = [x for x in (listener, relay, edge_node) if x is not None]
+            if opcua is not None:
+                await opcua.start()
+            listeners = [x for x in (listener, relay, edge_node, opcua) if x is not None]
             listeners += ops.listeners()
             fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
             provisioner = Provisioner(
@@ -168,6 +172,8 @@ async def run_line(
                 await supervisor.run(stop)
             finally:
                 await ops.close()
+                if opcua is not None:
+                    await opcua.close()
                 if evidence is not None:
                     await evidence.close()  # the final checkpoint, before MQTT goes
                 if relay is not None:
@@ -213,6 +219,25 @@ def open_edge_node(config: LineConfig, store: Store) -> EdgeNode | None:
         line=config.line.name,
         jigs=[(jig.station, jig.name) for jig in config.jigs],
         work_order=facts.work_order if wo else None,
+    )
+
+
+def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
+    """The OPC UA server when `[opcua]` is configured (user passwords are read here)."""
+    if config.opcua is None:
+        return None
+    from linehost.mqtt.progress import HostFacts
+    from linehost.opcua.server import OpcuaServer
+    from linehost.store.audit import Audit
+
+    wo = config.work_order
+    facts = HostFacts(Audit(store.engine), config.line.name, (wo.id, wo.quantity) if wo else None)
+    return OpcuaServer(
+        config.opcua,
+        line=config.line.name,
+        jigs=[(jig.station, jig.name) for jig in config.jigs],
+        work_order=facts.work_order if wo else None,
+        open_work_order=store.open_work_order,
     )
 
 
