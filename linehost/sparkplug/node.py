@@ -35,6 +35,9 @@ from linehost.store.sparkplug import QueuedResult
 
 RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the pump at once
+# Seconds to gather more ended attempts after a wake: one query and one update per batch
+# instead of per attempt (the JSON relay's rows share the database with the jigs' writes).
+RESULTS_LINGER: Final = 0.25
 STORE_RETRY: Final = 1.0  # seconds between tries while the database is away
 FACTS_EVERY: Final = 2.0  # seconds between two reads of work-order progress and outbox depth
 CLOSE_MARGIN: Final = 5.0  # seconds beyond drain_timeout before close() cancels outright
@@ -347,6 +350,7 @@ class EdgeNode:
             if closing:
                 return
             await _nap(self._results_wake, RESULTS_POLL, also=self._closing)
+            await _nap(self._closing, RESULTS_LINGER)
 
     async def _publish_results(self, rows: list[QueuedResult]) -> None:
         topic = self._topic("NDATA")

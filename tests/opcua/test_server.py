@@ -121,6 +121,8 @@ async def test_basic256sha256_user_browses_subscribes_and_opens_a_work_order(
         assert await (await wo.get_child(f"{idx}:Id")).read_value() == "WO-OPC-1"
         with pytest.raises(ua.UaStatusCodeError):
             await wo.call_method(f"{idx}:Open", "", ua.Variant(0, ua.VariantType.UInt32))
+        with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):  # another quantity
+            await wo.call_method(f"{idx}:Open", "WO-OPC-1", ua.Variant(9, ua.VariantType.UInt32))
     progress = await Audit(store.engine).work_order_progress("WO-OPC-1")
     assert progress is not None
     assert progress["quantity"] == 25
