@@ -130,8 +130,9 @@ class EdgeNode:
 
     def jig_changed(self, status: JigStatus) -> None:
         """Publish the jig's change now (DBIRTH, DDATA or DDEATH) when born; note it anyway."""
-        key = (status.station, status.jig)
-        jig = self._jigs.get(key) or self._add_jig(key)
+        jig = self._jigs.get((status.station, status.jig))
+        if jig is None:  # not a jig of this line's config
+            return
         jig.tally.note(status)
         jig.status = status
         done = status.ok + status.failed
