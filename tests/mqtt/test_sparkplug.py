@@ -131,7 +131,7 @@ def test_edge_node_births_data_deaths_and_results_seen_by_pysparkplug(
     # order only within one QoS, and births and data are QoS 0 while results are QoS 1.
     sub = Subscriber(spb_broker.url, ["spBv1.0/#"], f"scada-{secrets.token_hex(4)}", qos=0).start()
     sim = SimRun(
-        tmp_path, jigs=2, devices=120, mix="good", paa=dev_pki / "paa.pem", swap_seconds=0.2
+        tmp_path, jigs=2, devices=2000, mix="good", paa=dev_pki / "paa.pem", swap_seconds=0.2
     ).start()
     spb = f'[sparkplug]\nurl = "{spb_broker.url}"\ngroup_id = "{group}"\n'
     config = write_config(
@@ -175,23 +175,29 @@ def test_edge_node_births_data_deaths_and_results_seen_by_pysparkplug(
         wait_for(lambda: len(stream().of("NDEATH")) >= 1, 30, "the NDEATH after SIGKILL")
         time.sleep(1.0)
         restarted = HostRun(config).start()
-        sim.wait(timeout=150)
+        births = len(stream().of("NBIRTH"))
+        wait_for(lambda: len(stream().of("NBIRTH")) > births, 30, "the restarted host's births")
+        done = len(stream().results())
+        wait_for(lambda: len(stream().results()) >= done + 5, 30, "results after the restart")
+        # 4. A clean stop while devices keep coming: the outbox drains, then DDEATHs, NDEATH.
+        code = restarted.stop()
+        restarted_log = restarted.output()
         attempts = _recorded(config)
         expected = {a["attempt_id"] for a in attempts}
         wait_for(
             lambda: {_value(m, "Result/Attempt Id") for m in stream().results()} >= expected,
-            60,
+            30,
             "a result for every attempt",
         )
     finally:
         sim.stop()
-        code = restarted.stop() if restarted else None
+        if restarted is not None:
+            restarted.kill()
         host.kill()
     time.sleep(0.5)
     sub.stop()
-    assert restarted is not None
-    assert code == 0, restarted.output()[-3000:]
-    assert "Traceback" not in restarted.output()
+    assert code == 0, restarted_log[-3000:]
+    assert "Traceback" not in restarted_log
 
     s = stream()
     devices = {"st1-j1", "st1-j2"}
@@ -247,7 +253,7 @@ def test_edge_node_births_data_deaths_and_results_seen_by_pysparkplug(
     assert set(per_attempt.values()) == {1}, "one outbox id per attempt"
     assert not any(m.historical for m in results[:live_before_outage])
     assert sum(1 for m in results if m.historical) >= 4
-    assert len(attempts) >= 120
+    assert len(attempts) >= 20
 
     # DDATA after each state change: every live result's attempt was announced by its jig.
     announced = {

@@ -58,7 +58,7 @@ def test_node_opcua_browses_subscribes_and_opens_a_work_order(
     port = free_port()
     url = f"opc.tcp://127.0.0.1:{port}/linehost/"
     sim = SimRun(
-        tmp_path, jigs=2, devices=60, mix="good", paa=dev_pki / "paa.pem", swap_seconds=0.2
+        tmp_path, jigs=2, devices=400, mix="good", paa=dev_pki / "paa.pem", swap_seconds=0.2
     ).start()
     config = write_config(tmp_path / "line.toml", pki=dev_pki, ports=sim.ports,
                           extra=f'\n[opcua]\nendpoint = "{url}"\n')  # fmt: skip
@@ -72,10 +72,9 @@ def test_node_opcua_browses_subscribes_and_opens_a_work_order(
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         seen = json.loads(proc.stdout.strip().splitlines()[-1])
-        sim.wait(timeout=120)
     finally:
+        code = host.stop()  # devices still arriving: the line stops mid-run, as on the floor
         sim.stop()
-        code = host.stop()
     assert code == 0, host.output()[-3000:]
     assert seen["stations"] == ["st1"]
     assert seen["jigs"] == ["j1", "j2"]
