@@ -251,7 +251,9 @@ class SparkplugSection(_Section):
         return mqtt.model_copy(update=update)
 
 
-_OPCUA_URL = re.compile(r"opc\.tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\d{1,5})(/.*)?")
+_OPCUA_URL = re.compile(
+    r"opc\.tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\d{1,5})(/.*)?"
+)
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
