@@ -266,6 +266,7 @@ def write_config(
     sync: float,
     baud: int,
     checkpoints: Path | None = None,
+    sparkplug: bool = False,
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
@@ -275,6 +276,12 @@ def write_config(
     mqtt_section = (
         f'[mqtt]\nurl = "{MQTT_URL}"\ntopic_prefix = "bench{secrets.token_hex(3)}"\n'
         if mqtt
+        else ""
+    )
+    # Issue 16: the Sparkplug B edge node on the same broker (births, DDATA per change, results).
+    sparkplug_section = (
+        f'[sparkplug]\nurl = "{MQTT_URL}"\ngroup_id = "bench{secrets.token_hex(3)}"\n'
+        if sparkplug
         else ""
     )
     audit_section = ""
@@ -293,7 +300,7 @@ def write_config(
         f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
         f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
         f"[protocol]\nsync_interval = {sync}\ncsr_timeout = 30\nresult_timeout = 30\n"
-        f"{mqtt_section}{audit_section}{jigs}"
+        f"{mqtt_section}{sparkplug_section}{audit_section}{jigs}"
     )
 
 
@@ -345,6 +352,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             args.sync_interval,
             args.baud or 115200,
             checkpoints,
+            args.sparkplug,
         )
         cmd = [sys.executable, "-m", "linehost.cli", "--log-level", args.log_level]
         if args.profile == "pyinstrument":
@@ -415,6 +423,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             "rss_now_mb": round(rss, 1),
             "database": args.database,
             "mqtt": "on" if args.mqtt else "off",
+            "sparkplug": "on" if args.sparkplug else "off",
             "checkpoints": len(list(checkpoints.glob("*.json"))) if checkpoints else "off",
             "log_level": args.log_level,
         }
@@ -633,6 +642,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="postgres")
     parser.add_argument(
         "--mqtt", action=argparse.BooleanOptionalAction, default=True, help="MQTT relay on/off"
+    )
+    parser.add_argument(
+        "--sparkplug",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="Sparkplug B edge node on/off (issue 16; compare devices_per_s of both)",
     )
     parser.add_argument(
         "--checkpoints",

@@ -31,6 +31,8 @@ from linehost.transport.serial import ensure_fd_limit
 
 if TYPE_CHECKING:
     from linehost.mqtt.relay import MqttRelay
+    from linehost.opcua.server import OpcuaServer
+    from linehost.sparkplug.node import EdgeNode
 
 _log = structlog.get_logger("linehost.app")
 
@@ -126,9 +128,14 @@ async def run_line(
             await log_pki(config, issuer, cd_b64)
             timing = timing_of(config)
             relay = open_relay(config, store)
+            edge_node = open_edge_node(config, store)
+            opcua = open_opcua(config, store)
             evidence = await start_evidence(config, store.engine)
             await ops.start(store)
-            listeners = [x for x in (listener, relay) if x is not None] + ops.listeners()
+            if opcua is not None:
+                await opcua.start()
+            listeners = [x for x in (listener, relay, edge_node, opcua) if x is not None]
+            listeners += ops.listeners()
             fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
             provisioner = Provisioner(
                 issuer,
@@ -165,16 +172,22 @@ async def run_line(
             )
             if relay is not None:
                 relay.start()
+            if edge_node is not None:
+                edge_node.start()
             try:
                 supervisor = LineSupervisor(runners, shutdown_grace=config.line.shutdown_grace)
                 await supervisor.run(stop)
             finally:
                 await ops.close()
+                if opcua is not None:
+                    await opcua.close()
                 if evidence is not None:
                     await evidence.close()  # the final checkpoint, before MQTT goes
                 if relay is not None:
                     # Staged: runners are done; drain the outbox, publish offline, disconnect.
                     await relay.close()
+                if edge_node is not None:
+                    await edge_node.close()  # its own drain, DDEATHs and NDEATH
             return runners
     finally:
         if onboarding is not None:
@@ -193,6 +206,46 @@ def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:
     wo = config.work_order
     facts = HostFacts(Audit(store.engine), config.line.name, (wo.id, wo.quantity) if wo else None)
     return MqttRelay(config.mqtt, store, line=config.line.name, jigs=len(config.jigs), facts=facts)
+
+
+def open_edge_node(config: LineConfig, store: Store) -> EdgeNode | None:
+    """The Sparkplug B edge node when `[sparkplug]` is configured."""
+    if config.sparkplug is None:
+        return None
+    from linehost.mqtt.progress import HostFacts
+    from linehost.sparkplug.node import EdgeNode
+    from linehost.store.audit import Audit
+    from linehost.store.sparkplug import SparkplugStore
+
+    wo = config.work_order
+    facts = HostFacts(Audit(store.engine), config.line.name, (wo.id, wo.quantity) if wo else None)
+    return EdgeNode(
+        config.sparkplug,
+        config.sparkplug.broker(config.mqtt),
+        SparkplugStore(store.engine, config.line.name),
+        line=config.line.name,
+        jigs=[(jig.station, jig.name) for jig in config.jigs],
+        work_order=facts.work_order if wo else None,
+    )
+
+
+def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
+    """The OPC UA server when `[opcua]` is configured (user passwords are read here)."""
+    if config.opcua is None:
+        return None
+    from linehost.mqtt.progress import HostFacts
+    from linehost.opcua.server import OpcuaServer
+    from linehost.store.audit import Audit
+
+    wo = config.work_order
+    facts = HostFacts(Audit(store.engine), config.line.name, (wo.id, wo.quantity) if wo else None)
+    return OpcuaServer(
+        config.opcua,
+        line=config.line.name,
+        jigs=[(jig.station, jig.name) for jig in config.jigs],
+        work_order=facts.work_order if wo else None,
+        open_work_order=store.open_work_order,
+    )
 
 
 class _Fanout:

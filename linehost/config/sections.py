@@ -225,6 +225,90 @@ class MqttSection(_Section):
         return self.password_secret.read_text()
 
 
+class SparkplugSection(_Section):
+    """`[sparkplug]`: the line host as a Sparkplug B 3.0 edge node, each jig a device."""
+
+    url: str | None = None  # default: the [mqtt] broker (and its credentials and TLS files)
+    group_id: Name = "linehost"
+    edge_node_id: Name | None = None  # default: the line name
+    primary_host_id: Name | None = None  # births wait for spBv1.0/STATE/<id> online
+
+    @field_validator("url")
+    @classmethod
+    def _broker_url(cls, value: str | None) -> str | None:
+        if value is not None and not _MQTT_URL.fullmatch(value):
+            raise ValueError("must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
+        return value
+
+    def broker(self, mqtt: MqttSection | None) -> MqttSection:
+        """The broker settings the edge node connects with (its own client id)."""
+        if mqtt is None:
+            assert self.url is not None  # LineConfig checks
+            return MqttSection(url=self.url, client_id=None)
+        update: dict[str, object] = {"client_id": None}
+        if self.url is not None:
+            update["url"] = self.url
+        return mqtt.model_copy(update=update)
+
+
+_OPCUA_URL = re.compile(
+    r"opc\.tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\d{1,5})(/.*)?"
+)
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class OpcuaUserSection(_Section):
+    """`[[opcua.users]]`: one user name and where its password comes from."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    password_env: str | None = None
+    password_file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _secret(self) -> OpcuaUserSection:
+        one_secret_source(self.password_secret)
+        if not self.password_secret.given:
+            raise ValueError("needs password_env or password_file")
+        return self
+
+    @property
+    def password_secret(self) -> SecretRef:
+        """Where the user's password comes from."""
+        return SecretRef("opcua.users.password", self.password_env, self.password_file)
+
+
+class OpcuaSection(_Section):
+    """`[opcua]`: the OPC UA server (Line -> Stations -> Jigs, the work order)."""
+
+    endpoint: str = "opc.tcp://127.0.0.1:4840/linehost/"
+    # auto: None on a loopback endpoint, Basic256Sha256 Sign&Encrypt otherwise.
+    security: Literal["auto", "none", "basic256sha256"] = "auto"
+    certificate_dir: ConfigPath = Field(default=Path("opcua-pki"), validate_default=True)
+    users: list[OpcuaUserSection] = Field(default_factory=list)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        match = _OPCUA_URL.fullmatch(value)
+        if not match or not 0 < int(match["port"]) < 65536:
+            raise ValueError("must look like opc.tcp://HOST:PORT[/PATH]")
+        return value
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host (IPv6 without brackets)."""
+        match = _OPCUA_URL.fullmatch(self.endpoint)
+        assert match is not None
+        return match["host"].strip("[]")
+
+    @property
+    def policy(self) -> Literal["none", "basic256sha256"]:
+        """The security policy in force."""
+        if self.security != "auto":
+            return self.security
+        return "none" if self.host in _LOOPBACK else "basic256sha256"
+
+
 class DashboardAlarmsSection(_Section):
     """`[dashboard.alarms]`: when the dashboard raises an alarm (seconds for durations)."""
 
@@ -454,6 +538,8 @@ class LineConfig(_Section):
     pki: PkiSection
     protocol: ProtocolSection = ProtocolSection()
     mqtt: MqttSection | None = None
+    sparkplug: SparkplugSection | None = None
+    opcua: OpcuaSection | None = None
     dashboard: DashboardSection = DashboardSection()
     onboarding: OnboardingSection | None = None
     labels: LabelsSection | None = None
@@ -477,6 +563,8 @@ class LineConfig(_Section):
                 raise ValueError(f"port {jig.port!r} is used by two jigs")
             seen.add(key)
             ports.add(jig.port)
+        if self.sparkplug is not None and self.sparkplug.url is None and self.mqtt is None:
+            raise ValueError("[sparkplug] needs a url, or an [mqtt] broker to share")
         unknown = set(self.stations) - {jig.station for jig in self.jigs}
         if unknown:
             raise ValueError(f"[stations.{sorted(unknown)[0]}] names a station without jigs")

@@ -207,8 +207,24 @@ class OutboxMessage(Base):
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    # The Sparkplug B edge node's own delivery cursor over the same rows (issue 16).
+    sparkplug_sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
 
-    __table_args__ = (Index("ix_outbox_pending", "line", "sent_at", "id"),)
+    __table_args__ = (
+        Index("ix_outbox_pending", "line", "sent_at", "id"),
+        Index("ix_outbox_sparkplug_pending", "line", "sparkplug_sent_at", "id"),
+    )
+
+
+class SparkplugNode(Base):
+    """The last Sparkplug B birth/death sequence number (bdSeq) of one edge node (issue 16)."""
+
+    __tablename__ = "sparkplug_nodes"
+
+    group_id: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    edge_node_id: Mapped[str] = mapped_column(String(NAME_LEN), primary_key=True)
+    bd_seq: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
 class BundleEntry(Base):
@@ -342,6 +358,7 @@ onboarding = metadata.tables["onboarding"]
 onboarding_counters = metadata.tables["onboarding_counters"]
 work_orders = metadata.tables["work_orders"]
 jig_status = metadata.tables["jig_status"]
+sparkplug_nodes = metadata.tables["sparkplug_nodes"]
 
 
 class AuditCheckpointRow(Base):

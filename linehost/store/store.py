@@ -19,7 +19,7 @@ from linehost.records import AssignRequest, AssignResult, AttemptEnd, AttemptSta
 from linehost.store.audit import Audit
 from linehost.store.batch import RESULTS_TOPIC, ChainHead, load_head
 from linehost.store.decisions import WORK_ORDER_COMPLETE, next_assignment_status
-from linehost.store.engine import create_engine, translate_error
+from linehost.store.engine import WRITE_TRANSACTION, create_engine, translate_error
 from linehost.store.migrate import open_current, upgrade_to_head
 from linehost.store.models import NAME_LEN, outbox, work_orders
 from linehost.store.operations import (
@@ -139,17 +139,22 @@ class Store:
         t = work_orders
         for _ in range(2):
             try:
-                async with self._engine.begin() as conn:
-                    row = (
-                        await conn.execute(select(t.c.quantity).where(t.c.id == work_order))
-                    ).first()
-                    if row is None:
-                        await conn.execute(
-                            insert(t).values(
-                                id=work_order, quantity=quantity, claimed=0, created_at=utcnow()
-                            )
-                        )
-                        return
+                # A write transaction from the start: opened while jigs write (OPC UA), a read
+                # upgraded to a write would fail at once on SQLite instead of waiting its turn.
+                async with self._engine.connect() as plain:
+                    conn = await plain.execution_options(**{WRITE_TRANSACTION: True})
+                    async with conn.begin():
+                        row = (
+                            await conn.execute(select(t.c.quantity).where(t.c.id == work_order))
+                        ).first()
+                        if row is None:
+                            await conn.execute(
+                                insert(t).values(
+                                    id=work_order, quantity=quantity, claimed=0,
+                                    created_at=utcnow(),
+                                )
+                            )  # fmt: skip
+                            return
             except IntegrityError:
                 continue  # another host created it at the same moment: read it again
             except Exception as exc:

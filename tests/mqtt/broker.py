@@ -57,6 +57,7 @@ class PrivateBroker:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_conf: str = ""  # more mosquitto.conf lines
 
     @property
     def url(self) -> str:
@@ -71,7 +72,7 @@ class PrivateBroker:
             "autosave_interval 1\nmax_queued_messages 0\n"
             # Started as root, mosquitto would drop to user `mosquitto`, which cannot write
             # its persistence file into our temporary folder.
-            f"user {getpass.getuser()}\n"
+            f"user {getpass.getuser()}\n{self.extra_conf}"
         )
         log = (self.directory / "mosquitto.log").open("ab")
         self.proc = subprocess.Popen(

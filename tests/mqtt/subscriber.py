@@ -30,7 +30,15 @@ class Received:
 class Subscriber:
     """Subscribes at QoS 1 with a persistent session (clean start off, session expiry)."""
 
-    def __init__(self, url: str, filters: list[str], client_id: str, *, persistent: bool = True):
+    def __init__(
+        self,
+        url: str,
+        filters: list[str],
+        client_id: str,
+        *,
+        persistent: bool = True,
+        qos: int = 1,
+    ) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 1883
@@ -43,6 +51,7 @@ class Subscriber:
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5
         )
         self._persistent = persistent
+        self._qos = qos
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
@@ -81,7 +90,7 @@ class Subscriber:
         if rc.is_failure:
             return
         self.connects += 1
-        client.subscribe([(f, 1) for f in self.filters])
+        client.subscribe([(f, self._qos) for f in self.filters])
 
     def _on_subscribe(self, *_: Any) -> None:
         self._subscribed.set()

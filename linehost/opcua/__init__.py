@@ -1,0 +1,1 @@
+"""OPC UA: the line as an address space (asyncua)."""
