@@ -142,6 +142,20 @@ class AttemptEnd:
     transcript: str = ""
 
 
+#: RFC 5280 CRLReason names a revocation may carry (removeFromCRL and 7, unused, left out).
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "privilegeWithdrawn",
+    "aACompromise",
+)
+
+
 def iso_utc(moment: datetime | None) -> str | None:
     """ISO 8601 UTC with microseconds and a Z, e.g. `2026-11-22T05:01:02.123456Z`."""
     if moment is None:

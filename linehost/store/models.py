@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import REVOCATION_REASONS
 
 #: Integer ids that will not run out (SQLite needs plain INTEGER for its rowid alias).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -365,20 +366,6 @@ class AuditCheckpointRow(Base):
 
 
 audit_checkpoints = metadata.tables["audit_checkpoints"]
-
-#: RFC 5280 CRLReason names a revocation may carry (removeFromCRL and 7, unused, left out).
-REVOCATION_REASONS = (
-    "unspecified",
-    "keyCompromise",
-    "cACompromise",
-    "affiliationChanged",
-    "superseded",
-    "cessationOfOperation",
-    "certificateHold",
-    "privilegeWithdrawn",
-    "aACompromise",
-)
-
 
 class Revocation(Base):
     """One DAC taken back: at most once, and only a DAC the database knows (issue 13)."""
