@@ -201,6 +201,8 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "issued_at": iso_utc(row["issued_at"]),
         "confirmed_at": iso_utc(row["confirmed_at"]),
         "work_order": row["work_order"],
+        "revoked_at": iso_utc(row.get("revoked_at")),
+        "revocation_reason": row.get("revocation_reason"),
     }
 
 
