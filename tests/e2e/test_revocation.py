@@ -1,0 +1,300 @@
+"""Revocation end to end: provision with `linehost run` and the simulator, revoke by UID and by
+serial, then check the CRL with openssl, the Matter revocation set, the export and the audit chain
+(PAI key in a file, in SoftHSM2, and a delegated CRL signer)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sqlite3
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.e2e.harness import HostRun, SimRun, jsonl, linehost, write_config
+from tests.e2e.test_hsm_and_bundle import PIN, PIN_ENV, TOKEN, Hsm, hsm  # noqa: F401
+
+DEVICES = 6
+REVOKE_BY_UID = 2
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pki") / "pki"
+    linehost("pki", "init-dev", "--out", out)
+    return out
+
+
+def provision(tmp_path: Path, pki: Path, *, extra_pki: str = "", env: Any = None) -> Path:
+    """Run a line of two jigs until DEVICES good devices are provisioned; the config path."""
+    sim = SimRun(tmp_path, jigs=2, devices=DEVICES // 2, mix="good", paa=pki / "paa.pem").start()
+    config = write_config(tmp_path / "line.toml", pki=pki, ports=sim.ports)
+    text = config.read_text()
+    if extra_pki:
+        text = text.replace('pid = "8000"\n', f'pid = "8000"\n{extra_pki}', 1)
+    config.write_text(text)
+    host = HostRun(config)
+    if env is not None:
+        import os
+
+        os.environ.update(env)
+    host.start()
+    try:
+        sim.wait(timeout=120)
+    finally:
+        sim.stop()
+        code = host.stop()
+    assert code == 0, host.output()[-3000:]
+    return config
+
+
+def export(config: Path) -> list[dict[str, Any]]:
+    return jsonl(linehost("audit", "--config", config, "export", "--format", "jsonl").stdout)
+
+
+def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *map(str, args)], capture_output=True, text=True)
+
+
+def revoke_and_check(
+    tmp_path: Path, config: Path, pki: Path, *, signer_cert: Path | None = None
+) -> None:
+    """Revoke two DACs by UID and one by serial; check CRL, revocation set, export, audit."""
+    records = [r for r in export(config) if r["status"] == "confirmed"]
+    assert len(records) == DEVICES
+    by_uid, by_serial = records[:REVOKE_BY_UID], records[REVOKE_BY_UID]
+    for record in by_uid:
+        done = linehost(
+            "pki", "revoke", "--config", config, "--uid", record["uid"], "--reason",
+            "keyCompromise",
+        )  # fmt: skip
+        assert f"REVOKED {record['dac_serial']}" in done.stdout
+    linehost(
+        "pki", "revoke", "--config", config, "--serial", by_serial["dac_serial"].lower(),
+        "--reason", "cessationOfOperation",
+    )  # fmt: skip
+    revoked = {r["dac_serial"] for r in [*by_uid, by_serial]}
+
+    # a second revoke of the same DAC: one line, exit 2, nothing changed
+    again = linehost(
+        "pki", "revoke", "--config", config, "--uid", by_uid[0]["uid"], "--reason", "superseded",
+        check=False,
+    )  # fmt: skip
+    assert again.returncode == 2
+    assert again.stderr.count("\n") == 1 and "already revoked" in again.stderr, again.stderr
+
+    crl = tmp_path / "pai.crl"
+    first = linehost("pki", "crl", "--config", config, "--out", crl).stdout
+    assert "3 revoked DAC(s)" in first, first
+    issuer_file = signer_cert or pki / "pai.pem"
+    checked = openssl("crl", "-in", crl, "-noout", "-verify", "-CAfile", issuer_file)
+    assert "verify OK" in checked.stdout + checked.stderr, checked.stderr
+    text = openssl("crl", "-in", crl, "-noout", "-text").stdout
+    assert "X509v3 Authority Key Identifier" in text and "X509v3 CRL Number" in text
+    assert "Key Compromise" in text and "Cessation Of Operation" in text
+    if signer_cert is not None:
+        assert "Indirect CRL" in text and "Certificate Issuer" in text
+
+    untrusted = tmp_path / "untrusted.pem"
+    untrusted.write_text(
+        (pki / "pai.pem").read_text() + (signer_cert.read_text() if signer_cert else "")
+    )
+    for record in records:
+        dac = tmp_path / f"{record['dac_serial']}.pem"
+        dac.write_text(record["dac_pem"])
+        result = openssl(
+            "verify", "-crl_check", "-CRLfile", crl, "-CAfile", pki / "paa.pem",
+            "-untrusted", untrusted, *(["-extended_crl"] if signer_cert else []), dac,
+        )  # fmt: skip
+        out = result.stdout + result.stderr
+        if record["dac_serial"] in revoked:
+            assert "certificate revoked" in out, out
+        else:
+            assert result.returncode == 0 and f"{dac}: OK" in out, out
+
+    # the revocation set: exactly the revoked serials under the PAI's SKID and subject
+    rset_file = tmp_path / "revocation-set.json"
+    linehost("pki", "revocation-set", "--config", config, "--out", rset_file)
+    [entry] = json.loads(rset_file.read_text())
+    pai = x509.load_pem_x509_certificate((pki / "pai.pem").read_bytes())
+    skid = pai.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert entry["type"] == "revocation_set"
+    assert entry["issuer_subject_key_id"] == skid.key_identifier.hex().upper()
+    assert base64.b64decode(entry["issuer_name"]) == pai.subject.public_bytes()
+    expected = set()
+    for record in records:
+        if record["dac_serial"] in revoked:
+            cert = x509.load_pem_x509_certificate(record["dac_pem"].encode())
+            der = cert.public_bytes(serialization.Encoding.DER)
+            expected.add(_serial_octets(der))
+            assert cert.issuer.public_bytes() == pai.subject.public_bytes()
+    assert set(entry["revoked_serial_numbers"]) == expected
+    assert len(entry["revoked_serial_numbers"]) == 3
+    signer_der = x509.load_pem_x509_certificate(issuer_file.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    assert base64.b64decode(entry["crl_signer_cert"]) == signer_der
+    if signer_cert is not None:
+        pai_der = pai.public_bytes(serialization.Encoding.DER)
+        assert base64.b64decode(entry["crl_signer_delegator"]) == pai_der
+    else:
+        assert "crl_signer_delegator" not in entry
+
+    # the export shows the revocations; the audit chain holds
+    after = {r["dac_serial"]: r for r in export(config)}
+    for serial, record in after.items():
+        if serial in revoked:
+            assert record["revoked_at"] is not None
+            want = "cessationOfOperation" if serial == by_serial["dac_serial"] else "keyCompromise"
+            assert record["revocation_reason"] == want
+        else:
+            assert record["revoked_at"] is None and record["revocation_reason"] is None
+    shown = linehost("audit", "--config", config, "dac", by_serial["dac_serial"]).stdout
+    assert "REVOKED" in shown and "assignment_revoked" in shown
+    verified = linehost("audit", "--config", config, "verify", check=False)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # CRL numbers only grow, across processes
+    second = linehost("pki", "crl", "--config", config, "--out", crl, "--der").stdout
+    numbers = [int(line.split("number ")[1].split(",")[0]) for line in (first, second)]
+    assert numbers[1] == numbers[0] + 1
+    parsed = x509.load_der_x509_crl(crl.read_bytes())
+    assert parsed.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == (
+        numbers[1]
+    )
+
+
+def _serial_octets(cert_der: bytes) -> str:
+    """The DAC's serial INTEGER content octets, read straight from the certificate bytes."""
+    from linehost.pki import der
+
+    tbs = der.children(cert_der)[0]
+    serial = der.children(tbs)[1]
+    _tag, start, end = der.read_element(serial)
+    return serial[start:end].hex().upper()
+
+
+@pytest.mark.slow
+def test_revoke_with_the_pai_key_in_a_file(tmp_path: Path, dev_pki: Path) -> None:
+    config = provision(tmp_path, dev_pki)
+    revoke_and_check(tmp_path, config, dev_pki)
+
+
+@pytest.mark.slow
+@pytest.mark.hsm
+def test_revoke_with_the_pai_key_in_softhsm(tmp_path: Path, hsm: Hsm) -> None:  # noqa: F811
+    import os
+
+    os.environ["SOFTHSM2_CONF"] = str(hsm.conf)
+    os.environ[PIN_ENV] = PIN
+    extra = (
+        f'pkcs11_module = "/usr/lib/softhsm/libsofthsm2.so"\npkcs11_pin_env = "{PIN_ENV}"\n'
+    )
+    pki = tmp_path / "pki"
+    shutil.copytree(hsm.pki, pki)
+    config = provision(tmp_path, _with_pai_key(pki, f"pkcs11:token={TOKEN};object=pai"), extra_pki=extra)
+    assert not (pki / "pai.key").exists()
+    revoke_and_check(tmp_path, config, pki)
+
+
+@pytest.mark.slow
+def test_revoke_with_a_delegated_crl_signer(tmp_path: Path, dev_pki: Path) -> None:
+    signer_cert, signer_key = make_crl_signer(tmp_path, dev_pki)
+    extra = f'crl_signer_cert = "{signer_cert}"\ncrl_signer_key = "{signer_key}"\n'
+    config = provision(tmp_path, dev_pki, extra_pki=extra)
+    revoke_and_check(tmp_path, config, dev_pki, signer_cert=signer_cert)
+
+
+def _with_pai_key(pki: Path, key: str) -> Path:
+    """`pki` whose config (written by write_config) will name `key` as pai_key."""
+    (pki / "KEY").write_text(key)
+    return pki
+
+
+def make_crl_signer(tmp_path: Path, pki: Path) -> tuple[Path, Path]:
+    """A delegated CRL signer certificate issued by the development PAI (cRLSign only)."""
+    pai = x509.load_pem_x509_certificate((pki / "pai.pem").read_bytes())
+    pai_key = serialization.load_pem_private_key((pki / "pai.key").read_bytes(), None)
+    assert isinstance(pai_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "linehost CRL signer")])
+        )
+        .issuer_name(pai.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(max(now - timedelta(hours=1), pai.not_valid_before_utc))
+        .not_valid_after(min(now + timedelta(days=365), pai.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, False, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(pai_key.public_key()), False
+        )
+        .sign(pai_key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "crl-signer.pem", tmp_path / "crl-signer.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_bad_revoke_input_is_one_line_and_changes_nothing(tmp_path: Path, dev_pki: Path) -> None:
+    config = write_config(tmp_path / "line.toml", pki=dev_pki, ports={"j1": "/nonexistent"})
+    linehost("db", "upgrade", "--config", config)
+    cases = [
+        (["--uid", "00112233AABBCCDD"], "unknown UID 00112233AABBCCDD"),
+        (["--uid", "xyz"], "malformed UID"),
+        (["--serial", "12G4"], "malformed DAC serial"),
+        (["--serial", "1" * 41], "malformed DAC serial"),
+        (["--sha256", "ab"], "malformed SHA-256"),
+    ]
+    for args, message in cases:
+        done = linehost(
+            "pki", "revoke", "--config", config, *args, "--reason", "keyCompromise", check=False
+        )
+        assert done.returncode == 2, done
+        assert done.stderr.count("\n") == 1 and message in done.stderr, done.stderr
+    bad_reason = linehost(
+        "pki", "revoke", "--config", config, "--uid", "00112233AABBCCDD", "--reason", "bored",
+        check=False,
+    )  # fmt: skip
+    assert bad_reason.returncode == 2 and "unknown revocation reason 'bored'" in bad_reason.stderr
+    assert bad_reason.stderr.count("\n") == 1
+    db = sqlite3.connect(tmp_path / "linehost.db")
+    assert db.execute("SELECT count(*) FROM revocations").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM audit_log").fetchone() == (0,)
+
+
+def test_crl_needs_a_key(tmp_path: Path, dev_pki: Path) -> None:
+    config = tmp_path / "bundle.toml"
+    config.write_text(
+        f'[line]\nname = "l"\n[database]\nurl = "sqlite+aiosqlite:///{tmp_path / "l.db"}"\n'
+        f'[pki]\nissuer = "bundle"\npai_cert = "{dev_pki / "pai.pem"}"\n'
+        f'paa_cert = "{dev_pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
+        '[[jigs]]\nname = "j1"\nstation = "s"\nport = "/nonexistent"\n'
+    )
+    done = linehost("pki", "crl", "--config", config, "--out", tmp_path / "x.crl", check=False)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "no key to sign its CRL" in done.stderr, done.stderr
+    assert not (tmp_path / "x.crl").exists()
