@@ -31,6 +31,7 @@ from linehost.transport.serial import ensure_fd_limit
 
 if TYPE_CHECKING:
     from linehost.mqtt.relay import MqttRelay
+    from linehost.pki.crl_keeper import CrlKeeper
 
 _log = structlog.get_logger("linehost.app")
 
@@ -127,6 +128,7 @@ async def run_line(
             timing = timing_of(config)
             relay = open_relay(config, store)
             evidence = await start_evidence(config, store.engine)
+            crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
             await ops.start(store)
             listeners = [x for x in (listener, relay) if x is not None] + ops.listeners()
             fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
@@ -162,6 +164,8 @@ async def run_line(
                 supervisor = LineSupervisor(runners, shutdown_grace=config.line.shutdown_grace)
                 await supervisor.run(stop)
             finally:
+                if crl_keeper is not None:
+                    await crl_keeper.aclose()
                 await ops.close()
                 if evidence is not None:
                     await evidence.close()  # the final checkpoint, before MQTT goes
@@ -173,6 +177,25 @@ async def run_line(
         if onboarding is not None:
             await onboarding.aclose()  # labels still printing
         await issuer.aclose()
+
+
+async def _start_crl_keeper(
+    config: LineConfig, store: Store, issuer: Issuer, ops: LineOperations
+) -> CrlKeeper | None:
+    """The CRL keeper of `[pki] crl_dir` (None without it), its first CRL signed."""
+    if config.pki.crl_dir is None:
+        return None
+    from linehost.pki.crl_keeper import start_crl_keeper
+    from linehost.pki.local import LocalIssuer
+    from linehost.store.revocations import RevocationLedger
+
+    metrics = ops.metrics
+    return await start_crl_keeper(
+        config.pki,
+        RevocationLedger(store.engine),
+        issuer.signer if isinstance(issuer, LocalIssuer) else None,
+        on_remaining=metrics.crl_to_next_update.set if metrics is not None else None,
+    )
 
 
 def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:

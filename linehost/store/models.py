@@ -367,6 +367,7 @@ class AuditCheckpointRow(Base):
 
 audit_checkpoints = metadata.tables["audit_checkpoints"]
 
+
 class Revocation(Base):
     """One DAC taken back: at most once, and only a DAC the database knows (issue 13)."""
 
