@@ -336,3 +336,73 @@ def test_crl_needs_a_key(tmp_path: Path, dev_pki: Path) -> None:
     assert done.stderr.count("\n") == 1, done.stderr
     assert "no key to sign its CRL" in done.stderr, done.stderr
     assert not (tmp_path / "x.crl").exists()
+
+
+@pytest.mark.slow
+def test_run_keeps_the_crl_current(tmp_path: Path, dev_pki: Path) -> None:
+    """`linehost run` with crl_dir: a CRL at start, re-signed (higher number) after a revoke
+    made while it runs, and the seconds to nextUpdate on /metrics."""
+    import socket
+    import urllib.request
+
+    from tests.e2e.harness import wait_for
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    crl_dir = tmp_path / "crl"
+    sim = SimRun(tmp_path, jigs=2, devices=2, mix="good", paa=dev_pki / "paa.pem").start()
+    config = write_config(
+        tmp_path / "line.toml",
+        pki=dev_pki,
+        ports=sim.ports,
+        extra=f'[metrics]\nlisten = "127.0.0.1:{port}"\n',
+    )
+    text = config.read_text().replace(
+        'pid = "8000"\n', f'pid = "8000"\ncrl_dir = "{crl_dir}"\ncrl_next_update = "P10D"\n', 1
+    )
+    config.write_text(text)
+    host = HostRun(config).start()
+    try:
+        sim.wait(timeout=120)
+        [crl_file] = wait_for_files(crl_dir, host)
+        first = x509.load_der_x509_crl(crl_file.read_bytes())
+        assert len(first) == 0
+        number = first.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        record = export(config)[0]
+        linehost(
+            "pki", "revoke", "--config", config, "--uid", record["uid"], "--reason",
+            "keyCompromise",
+        )  # fmt: skip
+
+        def resigned() -> bool:
+            crl = x509.load_der_x509_crl(crl_file.read_bytes())
+            return len(crl) == 1
+
+        wait_for(resigned, 20, "the CRL re-signed with the revoked DAC")
+        second = x509.load_der_x509_crl(crl_file.read_bytes())
+        assert second.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number > number
+        assert [f"{e.serial_number:X}" for e in second] == [record["dac_serial"]]
+        assert second.next_update_utc is not None
+        assert second.last_update_utc is not None
+        assert second.next_update_utc - second.last_update_utc == timedelta(days=10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as page:
+            metrics = page.read().decode()
+        [sample] = [
+            line for line in metrics.splitlines()
+            if line.startswith("linehost_crl_seconds_to_next_update ")
+        ]  # fmt: skip
+        remaining = float(sample.split()[1])
+        assert 9 * 86400 < remaining <= 10 * 86400
+    finally:
+        sim.stop()
+        code = host.stop()
+    assert code == 0, host.output()[-3000:]
+    assert "crl_signed" in host.output()
+
+
+def wait_for_files(directory: Path, host: HostRun) -> list[Path]:
+    from tests.e2e.harness import wait_for
+
+    wait_for(lambda: any(directory.glob("*.crl")), 30, f"a CRL in {directory}\n{host.output()}")
+    return sorted(directory.glob("*.crl"))
