@@ -155,6 +155,28 @@ def revoke_and_check(
     verified = linehost("audit", "--config", config, "verify", check=False)
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
+    # the DCL arguments, checked against the CRL just written
+    dcl = linehost(
+        "pki", "dcl-revocation-point", "--config", config, "--crl", crl,
+        "--data-url", "https://crl.example.com/pai.crl",
+    ).stdout  # fmt: skip
+    assert dcl.startswith("dcld tx pki add-revocation-point ")
+    crl_der = x509.load_pem_x509_crl(crl.read_bytes()).public_bytes(serialization.Encoding.DER)
+    signer = x509.load_pem_x509_certificate(issuer_file.read_bytes())
+    signer_skid = signer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    for arg in (
+        "--vid=0xFFF1", "--pid=0x8000", "--is-paa=false", "--revocation-type=1",
+        f"--issuer-subject-key-id={signer_skid.key_identifier.hex().upper()}",
+        f"--data-file-size={len(crl_der)}", "--data-url=https://crl.example.com/pai.crl",
+    ):  # fmt: skip
+        assert arg in dcl, (arg, dcl)
+    assert ("--certificate-delegator=" in dcl) == (signer_cert is not None)
+    bad_url = linehost(
+        "pki", "dcl-revocation-point", "--config", config, "--crl", crl, "--data-url", "ftp://x",
+        check=False,
+    )  # fmt: skip
+    assert bad_url.returncode == 2, bad_url.stderr
+
     # CRL numbers only grow, across processes
     second = linehost("pki", "crl", "--config", config, "--out", crl, "--der").stdout
     numbers = [int(line.split("number ")[1].split(",")[0]) for line in (first, second)]

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from linehost.protocol.outcomes import Outcome
+from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.revocations import RevocationError, RevocationLedger
 from linehost.store.store import Store
 
@@ -76,3 +76,24 @@ async def test_crl_numbers_only_grow(store: Store) -> None:
     assert numbers == [1, 2, 3]
     assert await RevocationLedger(store.engine).next_crl_number("ab" * 32, NOW) == 4
     assert await ledger.next_crl_number("cd" * 32, NOW) == 1
+
+
+async def test_candidates_are_delivered_dacs_of_failed_devices(store: Store, make: Any) -> None:
+    good = make.request()
+    good_dac = await store.assign(good)
+    await store.end_attempt(
+        good.attempt,
+        make.end(assignment_id=good_dac.assignment_id, status=AssignmentStatus.CONFIRMED),
+    )
+    lost = make.request()
+    lost_dac = await store.assign(lost)
+    await store.end_attempt(
+        lost.attempt,
+        make.end(Outcome.TIMEOUT, assignment_id=lost_dac.assignment_id),
+    )
+    ledger = RevocationLedger(store.engine)
+    [candidate] = await ledger.candidates()
+    assert candidate.dac_serial == lost_dac.dac_serial
+    assert candidate.status == "unknown"
+    await _revoke(store, lost_dac.dac_serial)
+    assert await ledger.candidates() == []
