@@ -32,6 +32,7 @@ from linehost.transport.serial import ensure_fd_limit
 if TYPE_CHECKING:
     from linehost.mqtt.relay import MqttRelay
     from linehost.opcua.server import OpcuaServer
+    from linehost.pki.crl_keeper import CrlKeeper
     from linehost.sparkplug.node import EdgeNode
 
 _log = structlog.get_logger("linehost.app")
@@ -131,6 +132,7 @@ async def run_line(
             edge_node = open_edge_node(config, store)
             opcua = open_opcua(config, store)
             evidence = await start_evidence(config, store.engine)
+            crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
             await ops.start(store)
             if opcua is not None:
                 await opcua.start()
@@ -178,6 +180,8 @@ async def run_line(
                 supervisor = LineSupervisor(runners, shutdown_grace=config.line.shutdown_grace)
                 await supervisor.run(stop)
             finally:
+                if crl_keeper is not None:
+                    await crl_keeper.aclose()
                 await ops.close()
                 if opcua is not None:
                     await opcua.close()
@@ -193,6 +197,25 @@ async def run_line(
         if onboarding is not None:
             await onboarding.aclose()  # labels still printing
         await issuer.aclose()
+
+
+async def _start_crl_keeper(
+    config: LineConfig, store: Store, issuer: Issuer, ops: LineOperations
+) -> CrlKeeper | None:
+    """The CRL keeper of `[pki] crl_dir` (None without it), its first CRL signed."""
+    if config.pki.crl_dir is None:
+        return None
+    from linehost.pki.crl_keeper import start_crl_keeper
+    from linehost.pki.local import LocalIssuer
+    from linehost.store.revocations import RevocationLedger
+
+    metrics = ops.metrics
+    return await start_crl_keeper(
+        config.pki,
+        RevocationLedger(store.engine),
+        issuer.signer if isinstance(issuer, LocalIssuer) else None,
+        on_remaining=metrics.crl_to_next_update.set if metrics is not None else None,
+    )
 
 
 def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:

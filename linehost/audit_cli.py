@@ -38,6 +38,8 @@ ASSIGNMENT_FIELDS = [
     "issued_at",
     "confirmed_at",
     "work_order",
+    "revoked_at",
+    "revocation_reason",
 ]
 ATTEMPT_FIELDS = [
     "attempt_id",
@@ -160,6 +162,11 @@ def show_uid(args: argparse.Namespace) -> int:
                 f"  {item['at']}  assignment {item['status']:<10} DAC serial {item['dac_serial']}"
                 f"  sha256 {item['dac_sha256'][:16]}…  {item['station']}/{item['jig']}"
                 + (f"  confirmed {item['confirmed_at']}" if item["confirmed_at"] else "")
+                + (
+                    f"  REVOKED {item['revoked_at']} ({item['revocation_reason']})"
+                    if item.get("revoked_at")
+                    else ""
+                )
             )
         else:
             code = "" if item["device_code"] is None else f" (device code {item['device_code']})"
@@ -190,6 +197,8 @@ def show_dac(args: argparse.Namespace) -> int:
     print(f"  status      {a['status']}")
     print(f"  issued      {a['issued_at']} on {a['line']}/{a['station']}/{a['jig']}")
     print(f"  confirmed   {a['confirmed_at'] or '-'}")
+    if a.get("revoked_at"):
+        print(f"  REVOKED     {a['revoked_at']} ({a['revocation_reason']})")
     print(f"  VID/PID     {a['vid']}/{a['pid']}  PAI sha256 {a['pai_sha256']}")
     print(f"  work order  {a['work_order'] or '-'}")
     print("  deliveries")

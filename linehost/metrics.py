@@ -38,6 +38,7 @@ METRIC_NAMES: Final = frozenset(
         "linehost_work_order_devices",
         "linehost_work_order_claimed",
         "linehost_host_info",
+        "linehost_crl_seconds_to_next_update",
     }
 )
 
@@ -105,6 +106,12 @@ class LineMetrics:
             ["work_order"], registry=r,
         )  # fmt: skip
         self.info = Gauge("linehost_host_info", "This line host", ["line", "version"], registry=r)
+        self.crl_to_next_update = Gauge(
+            "linehost_crl_seconds_to_next_update",
+            "Seconds until the nextUpdate of the CRL this host keeps (NaN: none signed yet)",
+            registry=r,
+        )  # fmt: skip
+        self.crl_to_next_update.set(float("nan"))
         self.db_assign = self.db_commit.labels("assign")
         self.db_end = self.db_commit.labels("end_attempt")
         self._jigs: dict[tuple[str, str], JigMetrics] = {}

@@ -146,6 +146,20 @@ class AttemptEnd:
     transcript: str = ""
 
 
+#: RFC 5280 CRLReason names a revocation may carry (removeFromCRL and 7, unused, left out).
+REVOCATION_REASONS = (
+    "unspecified",
+    "keyCompromise",
+    "cACompromise",
+    "affiliationChanged",
+    "superseded",
+    "cessationOfOperation",
+    "certificateHold",
+    "privilegeWithdrawn",
+    "aACompromise",
+)
+
+
 def iso_utc(moment: datetime | None) -> str | None:
     """ISO 8601 UTC with microseconds and a Z, e.g. `2026-11-22T05:01:02.123456Z`."""
     if moment is None:
@@ -191,6 +205,8 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "issued_at": iso_utc(row["issued_at"]),
         "confirmed_at": iso_utc(row["confirmed_at"]),
         "work_order": row["work_order"],
+        "revoked_at": iso_utc(row.get("revoked_at")),
+        "revocation_reason": row.get("revocation_reason"),
     }
 
 

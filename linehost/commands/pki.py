@@ -50,6 +50,7 @@ def register(subparsers: Subparsers) -> None:
         "--bundle", default=None, help="bundle name in the pool (default: the source's name)"
     )
     import_bundle.set_defaults(handler=_import_bundle)
+    register_lifecycle(pki_sub)
 
 
 def init_dev_command(options: InitDevOptions) -> int:
@@ -83,3 +84,86 @@ def _import_bundle(args: argparse.Namespace) -> int:
     from linehost.pki.cli import import_bundle
 
     return import_bundle(args)
+
+
+def register_lifecycle(pki_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `pki revoke|crl|revocation-set|dcl-revocation-point`."""
+    from linehost.records import REVOCATION_REASONS
+
+    revoke = pki_sub.add_parser(
+        "revoke", help="revoke DACs (recorded and audited), or list revocation candidates"
+    )
+    config_arg(revoke)
+    what = revoke.add_mutually_exclusive_group(required=True)
+    what.add_argument("--uid", help="every DAC of this device")
+    what.add_argument("--serial", help="one DAC by serial number (hex)")
+    what.add_argument("--sha256", help="one DAC by SHA-256 of its DER")
+    what.add_argument("--work-order", help="every DAC of this work order")
+    what.add_argument("--from-file", type=Path, help="a file of UIDs, one a line")
+    what.add_argument(
+        "--candidates",
+        action="store_true",
+        help="list delivered DACs whose device failed afterwards (revokes nothing)",
+    )
+    revoke.add_argument("--reason", help=f"one of {', '.join(REVOCATION_REASONS)}")
+    revoke.add_argument("--dry-run", action="store_true", help="list, change nothing")
+    revoke.set_defaults(handler=_revoke)
+    crl = pki_sub.add_parser("crl", help="sign the CRL of the issuing PAI")
+    config_arg(crl)
+    crl.add_argument("--out", type=Path, required=True, help="CRL file to write")
+    crl.add_argument("--der", action="store_true", help="DER instead of PEM")
+    crl.set_defaults(handler=_crl)
+    rset = pki_sub.add_parser("revocation-set", help="the Matter SDK revocation-set JSON")
+    config_arg(rset)
+    rset.add_argument("--out", type=Path, required=True)
+    rset.set_defaults(handler=_revocation_set)
+    dcl = pki_sub.add_parser(
+        "dcl-revocation-point", help="print the `dcld tx pki add-revocation-point` arguments"
+    )
+    config_arg(dcl)
+    dcl.add_argument("--data-url", required=True, help="where the CRL is published (http/https)")
+    dcl.add_argument("--crl", type=Path, help="the published CRL file (default: sign one now)")
+    dcl.add_argument("--label", default=None, help="DCL label (default: the line name)")
+    dcl.set_defaults(handler=_dcl)
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from linehost.pki import lifecycle
+    from linehost.pki.lifecycle_cli import candidates_command, revoke_command
+
+    if args.candidates:
+        if args.reason is not None or args.dry_run:
+            raise UserError("--candidates lists only: it takes no --reason or --dry-run")
+        return candidates_command(args.config)
+    if args.reason is None:
+        raise UserError("--reason is required (e.g. keyCompromise, cessationOfOperation)")
+    reason = lifecycle.parse_reason(args.reason)
+    if args.uid is not None:
+        selection = lifecycle.Selection(uids=(lifecycle.parse_uid(args.uid),))
+    elif args.serial is not None:
+        selection = lifecycle.Selection(serials=(lifecycle.parse_serial(args.serial),))
+    elif args.sha256 is not None:
+        selection = lifecycle.Selection(sha256s=(lifecycle.parse_sha256(args.sha256),))
+    elif args.work_order is not None:
+        selection = lifecycle.Selection(work_order=args.work_order)
+    else:
+        selection = lifecycle.Selection(uids=lifecycle.read_uid_file(args.from_file))
+    return revoke_command(args.config, selection, reason=reason, dry_run=args.dry_run)
+
+
+def _crl(args: argparse.Namespace) -> int:
+    from linehost.pki.lifecycle_cli import crl_command
+
+    return crl_command(args.config, args.out, der=args.der)
+
+
+def _revocation_set(args: argparse.Namespace) -> int:
+    from linehost.pki.lifecycle_cli import revocation_set_command
+
+    return revocation_set_command(args.config, args.out)
+
+
+def _dcl(args: argparse.Namespace) -> int:
+    from linehost.pki.lifecycle_cli import dcl_command
+
+    return dcl_command(args.config, args.data_url, crl=args.crl, label=args.label)

@@ -84,6 +84,16 @@ class PkiSection(_Section):
     pid: VidPid
     cn_template: str = "{uid}"
     allow_reprovision: bool = False
+    # Revocation (issue 13): who signs the CRL, how long it holds, where `run` keeps it.
+    crl_signer_cert: ConfigPath | None = None  # a delegated CRL signer the PAI issued
+    crl_signer_key: KeyLocation | None = None  # its key: a PEM path or a pkcs11: URI
+    crl_signer_key_passphrase_env: str | None = None
+    crl_signer_key_passphrase_file: ConfigPath | None = None
+    crl_next_update: Annotated[timedelta, Field(gt=timedelta(0), le=timedelta(days=3660))] = (
+        timedelta(days=30)
+    )
+    crl_dir: ConfigPath | None = None  # `linehost run` keeps each PAI's current CRL here
+    crl_refresh_margin: Annotated[timedelta, Field(ge=timedelta(0))] = timedelta(days=7)
 
     @model_validator(mode="after")
     def _key_source(self) -> PkiSection:
@@ -93,6 +103,11 @@ class PkiSection(_Section):
             raise ValueError("issuer = 'est' needs a [pki.est] table (url, client_cert, ...)")
         one_secret_source(self.passphrase_secret)
         one_secret_source(self.pin_secret)
+        one_secret_source(self.crl_signer_passphrase_secret)
+        if (self.crl_signer_cert is None) != (self.crl_signer_key is None):
+            raise ValueError("crl_signer_cert and crl_signer_key go together")
+        if self.crl_refresh_margin >= self.crl_next_update:
+            raise ValueError("crl_refresh_margin must be shorter than crl_next_update")
         if self.issuer == "local" and self.pai_key and self.pai_key.startswith("pkcs11:"):
             if not self.pkcs11_module:
                 raise ValueError("a pkcs11: pai_key needs pkcs11_module (the module path)")
@@ -114,6 +129,15 @@ class PkiSection(_Section):
         """Where the PAI key passphrase comes from."""
         return SecretRef(
             "pki.pai_key_passphrase", self.pai_key_passphrase_env, self.pai_key_passphrase_file
+        )
+
+    @property
+    def crl_signer_passphrase_secret(self) -> SecretRef:
+        """Where the delegated CRL signer's key passphrase comes from."""
+        return SecretRef(
+            "pki.crl_signer_key_passphrase",
+            self.crl_signer_key_passphrase_env,
+            self.crl_signer_key_passphrase_file,
         )
 
     @property

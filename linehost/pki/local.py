@@ -109,6 +109,11 @@ class LocalIssuer(PaiIssuer):
         # no re-verification. A token's signature is checked (a faulty HSM must not brick).
         self._verify_signatures = not isinstance(signer, FileKeySigner)
 
+    @property
+    def signer(self) -> Signer:
+        """The PAI key, for the CRLs the line keeps (the issuer owns and closes it)."""
+        return self._signer
+
     @classmethod
     def load(
         cls,

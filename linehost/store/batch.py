@@ -10,14 +10,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
-from sqlalchemy import ColumnElement, and_, any_, bindparam, insert, or_, select, update
+from sqlalchemy import ColumnElement, and_, any_, bindparam, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 from linehost.records import AttemptStart, OnboardingRequest, iso_utc
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
-from linehost.store.models import assignments, attempts, audit_log, outbox, work_orders
+from linehost.store.models import (
+    assignments,
+    attempts,
+    audit_log,
+    outbox,
+    revocations,
+    work_orders,
+)
 from linehost.store.onboarding import OnboardingBook
 from linehost.store.rows import ATTEMPT_COLUMNS, AssignmentRow, AttemptRow
 
@@ -67,6 +74,7 @@ class Batch:
         self.work_orders: dict[str, tuple[int, int]] = {}  # id -> (quantity, claimed)
         self.slots: defaultdict[str, int] = defaultdict(int)  # id -> slots taken (+) / freed (-)
         self.onboarding = OnboardingBook(now)
+        self.revoked: set[str] = set()  # serials of loaded assignments whose DAC is revoked
 
     async def load(self, conn: AsyncConnection, wants: Wants) -> None:
         one_of = _one_of_for(conn)
@@ -112,9 +120,17 @@ class Batch:
                 )
             )
         # FOR UPDATE (PostgreSQL): another host cannot change them before we commit.
-        stmt = select(assignments).where(or_(*where)).order_by(assignments.c.id).with_for_update()
+        revoked = exists().where(revocations.c.dac_serial == assignments.c.dac_serial)
+        stmt = (
+            select(assignments, revoked.label("revoked"))
+            .where(or_(*where))
+            .order_by(assignments.c.id)
+            .with_for_update(of=assignments)
+        )
         for row in await _fetch(conn, stmt):
             self._index(AssignmentRow.from_db(row))
+            if row.revoked:
+                self.revoked.add(row.dac_serial)
 
     def _index(self, row: AssignmentRow) -> None:
         if row.id is not None:

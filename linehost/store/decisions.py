@@ -21,6 +21,7 @@ class LiveAssignment:
     status: AssignmentStatus
     public_key_sha256: str
     dac_serial: str
+    revoked: bool = False  # the DAC is revoked: never delivered again
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,18 @@ def decide_assign(
             )
     mine = [a for a in live if a.uid == uid]
     for current in mine:
-        if current.public_key_sha256 == public_key_sha256:
+        if current.public_key_sha256 != public_key_sha256:
+            continue
+        if not current.revoked:
             return AssignDecision(kind="redeliver", target=current)
+        if not allow_reprovision:
+            return AssignDecision(
+                kind="reject",
+                outcome=Outcome.ALREADY_PROVISIONED,
+                detail=(
+                    f"UID's DAC {current.dac_serial} is revoked and re-provisioning is not allowed"
+                ),
+            )
     confirmed = [a for a in mine if a.status is AssignmentStatus.CONFIRMED]
     if confirmed and not allow_reprovision:
         return AssignDecision(

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, select
+from sqlalchemy import Select, and_, select
 
 from linehost.errors import StoreError
 from linehost.records import assignment_record, attempt_record, iso_utc
-from linehost.store.models import assignments, attempts, audit_log, onboarding
+from linehost.store.models import assignments, attempts, audit_log, onboarding, revocations
 from linehost.store.reader import Reader, equal, window
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
@@ -34,7 +34,7 @@ class Exports(Reader):
     ) -> AsyncIterator[dict[str, Any]]:
         """Export records of assignments issued in [since, until), oldest first, streamed."""
         t = assignments
-        stmt = select(t).where(
+        stmt = _with_revocation(select(t)).where(
             *window(t.c.issued_at, since, until),
             *equal({t.c.station: station, t.c.jig: jig, t.c.status: status, t.c.line: line}),
             *equal({t.c.work_order: work_order}),
@@ -61,8 +61,8 @@ class Exports(Reader):
         fields = [c.name for c in o.c if c.name not in ("id", "assignment_id", "created_at")]
         device = and_(o.c.uid == t.c.uid, o.c.vid == t.c.vid, o.c.pid == t.c.pid)
         stmt = (
-            select(t, *(o.c[k].label(f"ob_{k}") for k in fields))
-            .select_from(t.outerjoin(o, device))
+            select(t, *_REVOCATION_COLUMNS, *(o.c[k].label(f"ob_{k}") for k in fields))
+            .select_from(t.outerjoin(o, device).outerjoin(revocations, _REVOKED))
             .where(
                 *window(t.c.issued_at, since, until),
                 *equal({t.c.station: station, t.c.jig: jig, t.c.status: status, t.c.line: line}),
@@ -108,7 +108,9 @@ class Exports(Reader):
         """
         uid = uid.strip().upper()
         items: list[dict[str, Any]] = []
-        rows_a = await self._all(select(assignments).where(assignments.c.uid == uid))
+        rows_a = await self._all(
+            _with_revocation(select(assignments)).where(assignments.c.uid == uid)
+        )
         for row in rows_a:
             items.append({"kind": "assignment", "at": iso_utc(row["issued_at"])})
             items[-1].update(assignment_record(row))
@@ -138,7 +140,7 @@ class Exports(Reader):
             where = assignments.c.dac_sha256 == text.lower()
         else:
             where = assignments.c.dac_serial == (text.upper().lstrip("0") or "0")
-        found = await self._all(select(assignments).where(where))
+        found = await self._all(_with_revocation(select(assignments)).where(where))
         if not found:
             return None
         assignment = found[0]
@@ -168,3 +170,14 @@ class Exports(Reader):
                 for ev in events
             ],
         }
+
+
+_REVOKED = revocations.c.dac_serial == assignments.c.dac_serial
+_REVOCATION_COLUMNS = (revocations.c.revoked_at, revocations.c.reason.label("revocation_reason"))
+
+
+def _with_revocation(stmt: Select[Any]) -> Select[Any]:
+    """`stmt` over assignments, with each DAC's revocation (or nulls) alongside."""
+    return stmt.add_columns(*_REVOCATION_COLUMNS).select_from(
+        assignments.outerjoin(revocations, _REVOKED)
+    )

@@ -26,6 +26,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import REVOCATION_REASONS
 
 #: Integer ids that will not run out (SQLite needs plain INTEGER for its rowid alias).
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -382,3 +383,40 @@ class AuditCheckpointRow(Base):
 
 
 audit_checkpoints = metadata.tables["audit_checkpoints"]
+
+
+class Revocation(Base):
+    """One DAC taken back: at most once, and only a DAC the database knows (issue 13)."""
+
+    __tablename__ = "revocations"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    dac_serial: Mapped[str] = mapped_column(
+        String(SERIAL_LEN), ForeignKey("assignments.dac_serial")
+    )
+    pai_sha256: Mapped[str] = mapped_column(String(SHA256_LEN))
+    reason: Mapped[str] = mapped_column(String(32))
+    revoked_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    revoked_by: Mapped[str] = mapped_column(String(128))
+
+    __table_args__ = (
+        UniqueConstraint("dac_serial"),
+        CheckConstraint(f"reason IN ({_in_list(list(REVOCATION_REASONS))})", name="reason"),
+        Index("ix_revocations_pai_sha256", "pai_sha256", "id"),
+    )
+
+
+class CrlNumber(Base):
+    """The last CRL number signed for one PAI: it only grows (RFC 5280 5.2.3)."""
+
+    __tablename__ = "crl_numbers"
+
+    pai_sha256: Mapped[str] = mapped_column(String(SHA256_LEN), primary_key=True)
+    crl_number: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+    __table_args__ = (CheckConstraint("crl_number > 0", name="positive"),)
+
+
+revocations = metadata.tables["revocations"]
+crl_numbers = metadata.tables["crl_numbers"]

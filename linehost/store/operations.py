@@ -115,7 +115,7 @@ class AssignOp(Op[AssignResult]):
                 self._onboarding = None if found is None else found.record()
             return
         existing = batch.sharing(req.public_key_sha256, start.uid)
-        views = [row.live() for row in existing]
+        views = [row.live(revoked=row.dac_serial in batch.revoked) for row in existing]
         rows = {id(view): row for view, row in zip(views, existing, strict=True)}
         decision = self._decide(batch, views, rows)
         # Prepared before any change: a rule the config cannot meet refuses the whole op.

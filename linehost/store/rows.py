@@ -40,9 +40,9 @@ class AssignmentRow:
         m = row._mapping
         return cls(**{k: m[k] for k in ASSIGNMENT_COLUMNS}, status=AssignmentStatus(m["status"]))
 
-    def live(self) -> LiveAssignment:
+    def live(self, *, revoked: bool = False) -> LiveAssignment:
         return LiveAssignment(
-            self.id, self.uid, self.status, self.public_key_sha256, self.dac_serial
+            self.id, self.uid, self.status, self.public_key_sha256, self.dac_serial, revoked
         )
 
     def set(self, **values: Any) -> None:

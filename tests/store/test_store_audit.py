@@ -33,6 +33,8 @@ EXPORT_FIELDS = [
     "issued_at",
     "confirmed_at",
     "work_order",
+    "revoked_at",  # issue 13: added, contract fields kept
+    "revocation_reason",
 ]
 
 

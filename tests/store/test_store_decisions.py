@@ -139,3 +139,18 @@ def test_row_hash_is_sha256_of_prev_and_canonical_json() -> None:
     assert got == expected
     assert canonical_json(data) == '{"a":"ü","b":1}'
     assert iso_utc(datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00.000000Z"
+
+
+def test_revoked_same_key_is_refused_without_reprovision() -> None:
+    revoked = LiveAssignment(7, UID, S.UNKNOWN, KEY, "1A2B", revoked=True)
+    d = decide_assign(UID, KEY, [revoked])
+    assert d.kind == "reject"
+    assert d.outcome is Outcome.ALREADY_PROVISIONED
+    assert "1A2B is revoked" in d.detail
+
+
+def test_revoked_same_key_gets_a_new_dac_with_reprovision() -> None:
+    revoked = LiveAssignment(7, UID, S.CONFIRMED, KEY, "1A2B", revoked=True)
+    d = decide_assign(UID, KEY, [revoked], allow_reprovision=True)
+    assert d.kind == "issue"
+    assert d.supersede == (revoked,)

@@ -1,0 +1,127 @@
+"""The `linehost pki revoke|crl|revocation-set|dcl-revocation-point` handlers: load, run, print."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+from linehost.commands import EXIT_OK
+from linehost.config import load_config
+from linehost.pki import lifecycle
+from linehost.pki.crl import crl_bytes
+from linehost.store.revocations import Candidate
+
+
+def revoke_command(
+    config_path: Path, selection: lifecycle.Selection, *, reason: str, dry_run: bool
+) -> int:
+    """Revoke the selection in one transaction (or list it) and print each DAC and a summary."""
+    config = load_config(config_path)
+
+    async def go() -> lifecycle.RevokeReport:
+        async with lifecycle.open_ledger(config, write=not dry_run) as ledger:
+            return await lifecycle.revoke(
+                ledger, selection, reason=reason, dry_run=dry_run, by=lifecycle.operator()
+            )
+
+    report = asyncio.run(go())
+    verb = "WOULD REVOKE" if dry_run else "REVOKED"
+    out = sys.stdout
+    for target in report.revoked:
+        out.write(f"{verb} {target.dac_serial} uid {target.uid} ({reason})\n")
+    for target in report.skipped:
+        out.write(f"SKIP {target.dac_serial} uid {target.uid}: already revoked ({target.reason})\n")
+    done = "would be revoked (dry run: nothing changed)" if dry_run else "revoked"
+    out.write(
+        f"{len(report.revoked)} DAC(s) {done}, {len(report.skipped)} already revoked; "
+        f"reason {reason}\n"
+    )
+    if not dry_run:
+        out.write("publish a new CRL: linehost pki crl (linehost run re-signs its own)\n")
+    return EXIT_OK
+
+
+def candidates_command(config_path: Path) -> int:
+    """List revocation candidates: delivered DACs whose device failed afterwards."""
+    config = load_config(config_path)
+
+    async def go() -> list[Candidate]:
+        async with lifecycle.open_ledger(config, write=False) as ledger:
+            return await ledger.candidates()
+
+    found = asyncio.run(go())
+    for c in found:
+        print(f"CANDIDATE {c.dac_serial} uid {c.uid} work_order {c.work_order or '-'}: {c.why}")
+    print(f"{len(found)} candidate(s); revoke with: linehost pki revoke --serial S --reason R")
+    return EXIT_OK
+
+
+def crl_command(config_path: Path, out: Path, *, der: bool) -> int:
+    """Sign the PAI's CRL with the next CRL number and write it."""
+    config = load_config(config_path)
+    pai = lifecycle.issuing_pai(config.pki)
+    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+
+    async def go() -> lifecycle.SignedCrl:
+        try:
+            async with lifecycle.open_ledger(config, write=True) as ledger:
+                return await lifecycle.sign_crl(ledger, pai, crl_signer, config.pki)
+        finally:
+            await crl_signer.signer.aclose()
+
+    signed = asyncio.run(go())
+    lifecycle.write_crl(signed, out, der=der)
+    print(
+        f"CRL {out}: number {signed.number}, {signed.entries} revoked DAC(s), "
+        f"thisUpdate {signed.this_update.isoformat()}, nextUpdate {signed.next_update.isoformat()}"
+        + (", indirect (delegated signer)" if crl_signer.indirect else "")
+    )
+    return EXIT_OK
+
+
+def revocation_set_command(config_path: Path, out: Path) -> int:
+    """Write the Matter SDK revocation-set JSON of the PAI's revoked DACs."""
+    config = load_config(config_path)
+    pai = lifecycle.issuing_pai(config.pki)
+    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+
+    async def go() -> list[dict[str, Any]]:
+        try:
+            async with lifecycle.open_ledger(config, write=False) as ledger:
+                return await lifecycle.revocation_set(ledger, pai, crl_signer)
+        finally:
+            await crl_signer.signer.aclose()
+
+    entries = asyncio.run(go())
+    out.write_text(lifecycle.json_text(entries))
+    count = sum(len(e["revoked_serial_numbers"]) for e in entries)
+    print(f"revocation set {out}: {count} revoked serial(s) under {len(entries)} issuer(s)")
+    return EXIT_OK
+
+
+def dcl_command(config_path: Path, data_url: str, *, crl: Path | None, label: str | None) -> int:
+    """Print the `dcld tx pki add-revocation-point` line, checked against the CRL."""
+    config = load_config(config_path)
+    pai = lifecycle.issuing_pai(config.pki)
+    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+
+    async def fresh() -> bytes:
+        try:
+            async with lifecycle.open_ledger(config, write=True) as ledger:
+                signed = await lifecycle.sign_crl(ledger, pai, crl_signer, config.pki)
+                return crl_bytes(signed.crl, pem=False)
+        finally:
+            await crl_signer.signer.aclose()
+
+    if crl is not None:
+        asyncio.run(crl_signer.signer.aclose())
+        crl_der = lifecycle.read_crl_der(crl)
+    else:
+        crl_der = asyncio.run(fresh())
+    args = lifecycle.dcl_arguments(
+        pai, crl_signer, crl_der, data_url, label=label or config.line.name
+    )
+    print(lifecycle.shell_line(args))
+    return EXIT_OK
