@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+
+from tests.pki.softhsm import SoftHsm, make_softhsm
 
 PG_SERVER = os.environ.get("LINEHOST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 PG_CONNECT_TIMEOUT = 5.0
@@ -81,3 +83,9 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         return
     async for url in _postgres_database():
         yield url
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
+    """The session's one SoftHSM2 token with the development PAI key (tests/pki/softhsm.py)."""
+    yield from make_softhsm(tmp_path_factory)

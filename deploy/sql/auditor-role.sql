@@ -40,3 +40,7 @@ GRANT SELECT ON assignments, attempts, audit_log, bundle_entries, work_orders, a
 
 -- `linehost audit prove` reads the signed checkpoints (issue 14; revision 0006).
 GRANT SELECT ON audit_checkpoints TO linehost_auditor;
+
+-- `linehost audit export|uid|dac|verify` show revocations; `pki revocation-set` and CRL checks
+-- read the ledger and the CRL numbers (issue 13; revisions 0008, 0010).
+GRANT SELECT ON revocations, crl_numbers TO linehost_auditor;

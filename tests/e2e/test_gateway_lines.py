@@ -15,7 +15,7 @@ from linehost.gateway.tls import init_tls, make_client_cert, write_client_files
 from tests.e2e.harness import HostRun, SimRun, jsonl, linehost, wait_for
 from tests.gateway.test_gateway_cli import _free_port, _start, _stop
 from tests.pki.builders import openssl_verify, write
-from tests.pki.test_pkcs11 import PIN, TOKEN, SoftHsm, softhsm  # noqa: F401 (fixture)
+from tests.pki.softhsm import PIN, TOKEN, SoftHsm
 
 pytestmark = [pytest.mark.hsm, pytest.mark.slow]
 
@@ -31,7 +31,7 @@ def _all_done(sim: SimRun) -> bool:
 @pytest.mark.timeout(300)
 def test_two_lines_provision_through_the_gateway(
     tmp_path: Path,
-    softhsm: SoftHsm,  # noqa: F811 (fixture)
+    softhsm: SoftHsm,
 ) -> None:
     pki = softhsm.pki
     tls = init_tls(tmp_path / "tls", ["127.0.0.1"])

@@ -16,7 +16,7 @@ from linehost.gateway.tls import init_tls, make_client_cert, write_client_files
 from tests.e2e.harness import HostRun, SimRun, jsonl, linehost, wait_for
 from tests.gateway.test_gateway_cli import _free_port, _start, _stop
 from tests.pki.builders import write
-from tests.pki.test_pkcs11 import PIN, TOKEN, SoftHsm, softhsm  # noqa: F401 (fixture)
+from tests.pki.softhsm import PIN, TOKEN, SoftHsm
 
 pytestmark = [pytest.mark.hsm, pytest.mark.slow]
 
@@ -45,7 +45,7 @@ def _outcomes(db: Path) -> list[str]:
 @pytest.mark.timeout(300)
 def test_jigs_wait_for_a_stopped_gateway_and_resume_when_it_is_back(
     tmp_path: Path,
-    softhsm: SoftHsm,  # noqa: F811 (fixture)
+    softhsm: SoftHsm,
 ) -> None:
     pki = softhsm.pki
     tls = init_tls(tmp_path / "tls", ["127.0.0.1"])

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from linehost.pki.est_wire import decode_certs_only
-from tests.pki.test_pkcs11 import PIN, TOKEN, SoftHsm, softhsm  # noqa: F401 (fixture)
+from tests.pki.softhsm import PIN, TOKEN, SoftHsm
 
 from .conftest import GatewayFiles, enroll, gateway_toml, make_csr_der
 
@@ -161,7 +161,7 @@ def test_curl_and_openssl_enroll_a_dac_that_openssl_verifies(
 @pytest.mark.hsm
 async def test_gateway_signs_with_the_pai_key_in_softhsm(
     gw_files: GatewayFiles,
-    softhsm: SoftHsm,  # noqa: F811 (fixture)
+    softhsm: SoftHsm,
     tmp_path: Path,
 ) -> None:
     from cryptography import x509

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -21,12 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.errors import IssuerError, PkiError
 from linehost.pki.csr import parse_csr
-from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.profile import check_dac
 from linehost.pki.signer import FileKeySigner, open_signer
 
-from .builders import make_csr, openssl_verify, run_tool, write
+from .builders import make_csr, openssl_verify, write
+from .softhsm import MODULE, PIN, TOKEN, SoftHsm
 
 try:
     import pkcs11
@@ -39,75 +36,6 @@ except ImportError:  # the hsm extra is optional; the fixture reports it
     HAVE_PKCS11 = False
 
 pytestmark = pytest.mark.hsm
-
-MODULE = os.environ.get("SOFTHSM2_MODULE", "/usr/lib/softhsm/libsofthsm2.so")
-TOKEN = "linehost-test"
-PIN = "1234"
-
-
-def unavailable(reason: str) -> None:
-    """Skip loudly, or fail when CI=true: CI must run the HSM tests."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"SoftHSM2 tests cannot run on CI: {reason}")
-    pytest.skip(f"SoftHSM2 tests skipped: {reason}")
-
-
-@dataclass(frozen=True)
-class SoftHsm:
-    """A SoftHSM2 token holding the development PAI key (label pai, id 01) and others."""
-
-    module: str
-    pki: DevPki
-    workdir: Path
-
-
-@pytest.fixture(scope="session")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    """One token for the session: SoftHSM reads its config once, at C_Initialize."""
-    if not HAVE_PKCS11:
-        unavailable("python-pkcs11 is not installed (the hsm extra)")
-    util = shutil.which("softhsm2-util")
-    if util is None or not Path(MODULE).exists():
-        unavailable(f"softhsm2-util or {MODULE} missing (apt-get install softhsm2)")
-    if shutil.which("openssl") is None:
-        unavailable("openssl CLI missing")
-    assert util is not None
-    work = tmp_path_factory.mktemp("softhsm")
-    (work / "tokens").mkdir()
-    conf = write(
-        work / "softhsm2.conf",
-        f"directories.tokendir = {work / 'tokens'}\n"
-        "objectstore.backend = file\nlog.level = ERROR\n",
-    )
-    old_conf = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    try:
-        init = run_tool(
-            util, "--init-token", "--free", "--label", TOKEN, "--pin", PIN, "--so-pin", "5678"
-        )
-        assert init.returncode == 0, init.stdout + init.stderr
-        pki = init_dev(work / "pki")
-        other = init_dev(work / "other")
-        for label, key_id, key in (
-            ("pai", "01", pki.pai_key),
-            ("other", "02", other.pai_key),
-            ("doomed", "03", pki.pai_key),
-        ):
-            pk8 = work / f"{label}.pk8"
-            conv = run_tool("openssl", "pkcs8", "-topk8", "-nocrypt", "-in", key, "-out", pk8)
-            assert conv.returncode == 0, conv.stderr
-            imp = run_tool(
-                util, "--import", pk8, "--token", TOKEN, "--label", label, "--id", key_id,
-                "--pin", PIN,
-            )  # fmt: skip
-            assert imp.returncode == 0, imp.stdout + imp.stderr
-            pk8.unlink()
-        yield SoftHsm(MODULE, pki, work)
-    finally:
-        if old_conf is None:
-            os.environ.pop("SOFTHSM2_CONF", None)
-        else:
-            os.environ["SOFTHSM2_CONF"] = old_conf
 
 
 @pytest.fixture
