@@ -13,6 +13,8 @@ import structlog
 from linehost.config import LineConfig
 from linehost.errors import LinehostError
 from linehost.evidence.service import start_evidence
+from linehost.line.controls import LineControls
+from linehost.line.hold import JigHolds
 from linehost.line.latency import LatencyProbe
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
@@ -130,7 +132,11 @@ async def run_line(
             timing = timing_of(config)
             relay = open_relay(config, store)
             edge_node = open_edge_node(config, store)
-            opcua = open_opcua(config, store)
+            holds = JigHolds()
+            controls = LineControls(
+                store, holds, jigs=[(j.station, j.name) for j in config.jigs], gate=ops.gate
+            )
+            opcua = open_opcua(config, store, controls)
             evidence = await start_evidence(config, store.engine)
             crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
             await ops.start(store)
@@ -148,7 +154,7 @@ async def run_line(
                 gate=ops.gate,
             )
             context = LineContext(
-                provisioner, timing, fanout if listeners else None, latency=latency
+                provisioner, timing, fanout if listeners else None, latency=latency, holds=holds
             )
             runners = [
                 JigRunner(
@@ -252,7 +258,7 @@ def open_edge_node(config: LineConfig, store: Store) -> EdgeNode | None:
     )
 
 
-def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
+def open_opcua(config: LineConfig, store: Store, controls: LineControls) -> OpcuaServer | None:
     """The OPC UA server when `[opcua]` is configured (user passwords are read here)."""
     if config.opcua is None:
         return None
@@ -267,7 +273,7 @@ def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
         line=config.line.name,
         jigs=[(jig.station, jig.name) for jig in config.jigs],
         work_order=facts.work_order if wo else None,
-        open_work_order=store.open_work_order,
+        controls=controls,
     )
 
 
