@@ -39,8 +39,8 @@ class WorkOrderGate:
 
     def set_complete(self, complete: bool, *, closed: bool = False) -> None:
         """Record what the database said; tell the jigs when it changed."""
-        self.closed = closed
-        complete = complete or closed
+        self.closed = self.closed or closed  # a closed work order is never opened again
+        complete = complete or self.closed
         if complete is self.complete:
             return
         self.complete = complete

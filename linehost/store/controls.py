@@ -3,12 +3,20 @@ audit chain; opening or closing a work order is written in the same transaction 
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Final, Literal
 
+from sqlalchemy import select
+
 from linehost.errors import StoreError
+from linehost.records import iso_utc
 from linehost.store.batch import Batch, Wants
+from linehost.store.models import audit_log
 from linehost.store.operations import Op
+from linehost.store.reader import Reader, equal, window
 
 #: The audit-log entity of supervisor control calls (entity_id: the jig or work order).
 CONTROL_ENTITY: Final = "control"
@@ -95,3 +103,40 @@ class WorkOrderOp(Op[None]):
 
 def _audit(batch: Batch, event: ControlEvent) -> None:
     batch.audit(CONTROL_ENTITY, event.target[:ENTITY_ID_LEN], event.event, event.data)
+
+
+#: The fields of a control record (`linehost audit controls`).
+CONTROL_FIELDS: Final = [
+    "seq", "line", "at", "event", "target", "via", "user", "operation", "arguments", "result",
+    "refusal", "reason",
+]  # fmt: skip
+
+
+class ControlReads(Reader):
+    """The supervisor calls in the audit chain, for auditors."""
+
+    async def iter_control_records(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        line: str | None = None,
+        user: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Control records of calls made in [since, until), oldest first, streamed."""
+        t = audit_log
+        stmt = select(t.c.line, t.c.seq, t.c.at, t.c.event, t.c.entity_id, t.c.data).where(
+            t.c.entity == CONTROL_ENTITY, *window(t.c.at, since, until), *equal({t.c.line: line})
+        )
+        async for row in self._stream(stmt.order_by(t.c.at, t.c.line, t.c.seq)):
+            data = json.loads(row["data"])
+            if user is not None and data.get("user") != user:
+                continue
+            yield {
+                "seq": row["seq"],
+                "line": row["line"],
+                "at": iso_utc(row["at"]),
+                "event": row["event"],
+                "target": row["entity_id"],
+                **{k: data.get(k) for k in CONTROL_FIELDS[5:]},
+            }

@@ -121,6 +121,10 @@ async def test_a_closed_work_order_takes_no_more_devices(store: Store, make: Fac
     assert refused.kind == "quota_full"
     assert refused.outcome is Outcome.ISSUER_ERROR
     assert refused.detail.startswith(WORK_ORDER_CLOSED)
+    gate.set_complete(True)  # what the provisioner does on that refusal: still closed
+    assert gate.refusal.startswith(WORK_ORDER_CLOSED)
+    gate.set_complete(False)  # a poll that sees free slots: closed is closed
+    assert gate.complete
     progress = await store.audit().work_order_progress(WO)
     assert progress is not None
     assert progress["closed_by"] == "mes"
