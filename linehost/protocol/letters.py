@@ -56,6 +56,7 @@ TRANSCRIPT_LINES: Final = 400
 TRANSCRIPT_LINE_CHARS: Final = 200
 READBACK_MISMATCH: Final = "readback mismatch"
 READBACK_TIMEOUT: Final = "readback timeout"
+DEFAULT_TIMING: Final = Timing()
 
 #: An ESP-IDF log line, wherever it lands in the stream (base64 has no space or parentheses).
 LOG_LINE: Final = re.compile(r"[EWIDV] \(\d+\) [^\n]*\n")
@@ -85,7 +86,7 @@ class Phase(Enum):
 class LetterSession:
     """One jig's conversation in letters, device after device, while its port stays open."""
 
-    def __init__(self, timing: Timing = Timing()) -> None:
+    def __init__(self, timing: Timing = DEFAULT_TIMING) -> None:
         self.timing = timing
         self.phase = Phase.CLOSED
         self.uid: str | None = None

@@ -1,6 +1,8 @@
-"""LetterSession: every transition and outcome of the ECC608 letter protocol, no ports, no clocks."""
+"""LetterSession: every transition and outcome of the ECC608 letter protocol, no port, no clock."""
 
 from __future__ import annotations
+
+import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,9 +116,12 @@ def test_good_device_provisioned_and_told_q() -> None:
     bench = Bench()
     bench.open()
     key = bench.key()
-    assert key.uid == SERIAL and key.key_proof == "none" and key.pem == KEY
+    assert key.uid == SERIAL
+    assert key.key_proof == "none"
+    assert key.pem == KEY
     started = [e for e in bench.log if isinstance(e, AttemptStarted)]
-    assert started[0].key_proof == "none" and started[0].uid == SERIAL
+    assert started[0].key_proof == "none"
+    assert started[0].uid == SERIAL
     assert bench.wire == [b"r", b"s", b"k"]
     bench.deliver()
     assert bench.wire[-1] == b"c"  # one letter alone, the PEM after letter_gap
@@ -141,7 +146,7 @@ def test_letters_are_sent_apart() -> None:
         b"b",
         b"-----BEGIN PUBLIC KEY-----\nUEFB\n-----END PUBLIC KEY-----\n",
     ]
-    assert all(b - a >= 0.2 - 1e-9 for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= 0.2 - 1e-9 for a, b in itertools.pairwise(times))
     assert bench.firmware.slots["root"].startswith(b"-----BEGIN PUBLIC KEY-----")
 
 
@@ -257,7 +262,8 @@ def test_no_serial_goes_back_to_sync_without_attempt() -> None:
     bench = Bench(LetterFirmware("", KEY))
     bench.open()
     bench.advance(31.0)
-    assert bench.ends() == [] and not bench.session.in_attempt
+    assert bench.ends() == []
+    assert not bench.session.in_attempt
     assert bench.wire == [b"r", b"s", b"r", b"s"]  # after csr_timeout: sync again
 
 
@@ -288,7 +294,8 @@ def test_hold_new_devices_yields_device_arrived() -> None:
     bench.session.hold_new_devices(True)
     bench.open()
     assert [e for e in bench.log if isinstance(e, DeviceArrived)] == [DeviceArrived(SERIAL)]
-    assert bench.ends() == [] and not bench.session.in_attempt
+    assert bench.ends() == []
+    assert not bench.session.in_attempt
 
 
 # --- fuzz --------------------------------------------------------------------------------------
