@@ -180,7 +180,7 @@ def _non_negative_float(text: str) -> float:
 
 
 def _personality(text: str) -> str:
-    _known_somewhere(text)  # checked against --protocol when the line is built
+    _known_somewhere(text)
     return text
 
 
@@ -189,24 +189,22 @@ def _plan(text: str) -> list[list[str]]:
     if not plans or not all(plans):
         raise argparse.ArgumentTypeError(f"every jig needs at least one device: {text!r}")
     for plan in plans:
-        for name in plan:
-            _known_somewhere(name)
+        _known_somewhere(",".join(plan))
     return plans
 
 
 def _mix(text: str) -> str:
-    for part in text.split(","):
-        if part.strip():
-            _known_somewhere(part.strip().partition(":")[0].strip())
+    _known_somewhere(text)
     return text
 
 
-def _known_somewhere(name: str) -> None:
-    """ArgumentTypeError unless some protocol's simulator knows the personality `name`."""
+def _known_somewhere(mix: str) -> None:
+    """ArgumentTypeError unless some protocol's simulator knows every personality of `mix`
+    (checked against --protocol when the line is built)."""
     problems = []
     for protocol in protocol_names():
         try:
-            parse_mix(name, protocol)
+            parse_mix(mix, protocol)
             return
         except Exception as exc:
             problems.append(str(exc))
