@@ -58,10 +58,13 @@ READBACK_MISMATCH: Final = "readback mismatch"
 READBACK_TIMEOUT: Final = "readback timeout"
 DEFAULT_TIMING: Final = Timing()
 
-#: An ESP-IDF log line, wherever it lands in the stream (base64 has no space or parentheses).
-LOG_LINE: Final = re.compile(r"[EWIDV] \(\d+\) [^\n]*\n")
+#: An ESP-IDF log line (colour codes and all), wherever it lands in the stream (base64 has no
+#: space, parenthesis or escape).
+LOG_LINE: Final = re.compile(r"(?:\x1b\[[0-9;]*m)?[EWIDV] \(\d+\) [^\n]*\n")
 #: The start of a log line not yet complete, at the end of what was read so far.
-_LOG_TAIL: Final = re.compile(r"[EWIDV] (?:\(\d*(?:\)[^\n]*)?)?\Z")
+_LOG_TAIL: Final = re.compile(
+    r"\x1b(?:\[[0-9;]*(?:m(?:[EWIDV](?: [^\n]*)?)?)?)?\Z|[EWIDV] (?:\(\d*(?:\)[^\n]*)?)?\Z"
+)
 _READY_LINE: Final = re.compile(r"(?:^|[\r\n])Ready\.(?=[\r\n]|\Z)")
 _SERIAL: Final = re.compile(r"[0-9A-Fa-f]{18}")
 _HEX: Final = frozenset("0123456789ABCDEFabcdef")

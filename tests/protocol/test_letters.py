@@ -41,6 +41,7 @@ KEY = (
 DAC = "-----BEGIN CERTIFICATE-----\n" + "REFD" * 40 + "\n-----END CERTIFICATE-----\n"
 PAI = "-----BEGIN CERTIFICATE-----\n" + "UEFJ" * 40 + "\n-----END CERTIFICATE-----\n"
 LOG = b"I (1234) app: heap free 123456\n"
+COLOURED = b"\x1b[0;33mW (99) wifi: sta disconnected\x1b[0m\n"
 
 
 def sent(effects: list[Effect]) -> list[bytes]:
@@ -159,6 +160,16 @@ def test_log_lines_between_chunks_and_answers_are_ignored() -> None:
     bench.advance(2.0)
     assert ended(bench.log).outcome is Outcome.PROVISIONED
     assert any("heap free" in line for line in ended(bench.log).transcript)
+
+
+def test_coloured_log_lines_are_ignored_too() -> None:
+    bench = Bench()
+    bench.noise = b"\x1b[0;32mI (1234) atecc: slot 0 locked\x1b[0m\n"
+    bench.open()
+    assert bench.key().pem == KEY
+    bench.deliver()
+    bench.advance(2.0)
+    assert ended(bench.log).outcome is Outcome.PROVISIONED
 
 
 def test_readback_of_a_corrupted_certificate() -> None:
@@ -316,12 +327,11 @@ def _feed(session: LetterSession, data: bytes, cuts: list[int], now: float) -> l
 @settings(max_examples=200, deadline=None)
 @given(
     cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=60),
-    noisy=st.booleans(),
+    noise=st.sampled_from([b"", LOG, COLOURED]),
 )
-def test_fuzz_any_chunking_gives_the_same_key(cuts: list[int], noisy: bool) -> None:
+def test_fuzz_any_chunking_gives_the_same_key(cuts: list[int], noise: bytes) -> None:
     session = LetterSession(TIMING)
     session.open(0.0)
-    noise = LOG if noisy else b""
     effects: list[Effect] = []
     # Each answer follows its command letter; any answer may come in any pieces.
     for answer in (
@@ -335,8 +345,11 @@ def test_fuzz_any_chunking_gives_the_same_key(cuts: list[int], noisy: bool) -> N
 
 
 @settings(max_examples=200, deadline=None)
-@given(cuts=st.lists(st.integers(min_value=1, max_value=90), max_size=80), noisy=st.booleans())
-def test_fuzz_readback_any_chunking(cuts: list[int], noisy: bool) -> None:
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=90), max_size=80),
+    noise=st.sampled_from([b"", LOG, COLOURED]),
+)
+def test_fuzz_readback_any_chunking(cuts: list[int], noise: bytes) -> None:
     session = LetterSession(TIMING)
     session.open(0.0)
     for answer in (b"Ready.\n", SERIAL.encode(), KEY.encode()):
@@ -348,7 +361,7 @@ def test_fuzz_readback_any_chunking(cuts: list[int], noisy: bool) -> None:
         session.on_timer(now)
     assert session.phase is Phase.READBACK
     pieces = chunked((PAI + DAC).encode())
-    data = (LOG if noisy else b"").join(pieces)
+    data = noise.join(pieces)
     effects = _feed(session, data, cuts, now)
     assert ended(effects).outcome is Outcome.PROVISIONED
     assert sent(effects)[0] == b"q"
