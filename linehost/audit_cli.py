@@ -40,6 +40,7 @@ ASSIGNMENT_FIELDS = [
     "work_order",
     "revoked_at",
     "revocation_reason",
+    "key_proof",
 ]
 ATTEMPT_FIELDS = [
     "attempt_id",
@@ -54,6 +55,7 @@ ATTEMPT_FIELDS = [
     "started_at",
     "ended_at",
     "work_order",
+    "key_proof",
 ]
 
 

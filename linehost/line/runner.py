@@ -269,6 +269,7 @@ class JigRunner:
             uid=started.uid,
             started_at=utcnow(),
             work_order=self._work_order,
+            key_proof=started.key_proof,
         )
         self._attempt = Attempt(start, self._log, on_wait=self._waiting, metrics=self._metrics)
         self.status.attempt_id = start.attempt_id
@@ -287,6 +288,7 @@ class JigRunner:
             now,
             cd_b64=decision.cd_b64,
             factory_data=decision.factory_data,
+            root_key_pem=decision.root_key_pem,
         )
 
     async def _end(self, ended: AttemptEnded) -> None:
