@@ -108,6 +108,7 @@ def timing_of(config: LineConfig) -> Timing:
         csr_timeout=p.csr_timeout,
         result_timeout=p.result_timeout,
         empty_after_syncs=p.empty_after_syncs,
+        attest=p.attest,
     )
 
 
@@ -146,6 +147,7 @@ async def run_line(
                 onboarding=onboarding,
                 cd_b64=cd_b64,
                 gate=ops.gate,
+                attest=config.protocol.attest,
             )
             context = LineContext(
                 provisioner, timing, fanout if listeners else None, latency=latency

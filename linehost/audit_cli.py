@@ -54,6 +54,8 @@ ATTEMPT_FIELDS = [
     "started_at",
     "ended_at",
     "work_order",
+    "attest_nonce",
+    "attest_signature",
 ]
 
 

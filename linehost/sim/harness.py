@@ -76,6 +76,8 @@ class DeviceRecord:
     left_at: str
     reseats: int = 0  # times the operator took it out and put the same device back
     factory_data: dict[str, str] | None = None  # `FD:` fields stored with the DAC (onboarding)
+    attest_offered: bool = False  # offered the attestation extension (v1.1)
+    attest_nonce: str | None = None  # lower-case hex of the challenge it received, if any
 
     def to_json(self) -> str:
         """One JSONL line (without the newline)."""
@@ -428,6 +430,8 @@ class SimulatedJig:
             left_at=_iso(now_wall),
             reseats=log.reseats,
             factory_data=dict(log.factory_data) if log.factory_data is not None else None,
+            attest_offered=device.personality.attest,
+            attest_nonce=log.attest_nonce,
         )
 
 

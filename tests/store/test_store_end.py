@@ -26,6 +26,8 @@ RECORD_FIELDS = [
     "started_at",
     "ended_at",
     "work_order",
+    "attest_nonce",
+    "attest_signature",
 ]
 
 
