@@ -355,7 +355,7 @@ class SimulatedDevice:
             if isinstance(event, Send):
                 if event.line == END_CSR and self.personality.csr_unclosed:
                     continue  # the block never closes
-                if event.line == START_PROVISIONING:
+                if event.line.partition(" ")[0] == START_PROVISIONING:  # offer words follow
                     started = True
                     if self.log.first_sync_at is None:
                         self.log.first_sync_at = now

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
+import socket
 import sqlite3
 import subprocess
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -75,8 +78,15 @@ def _signature_verifies(tmp: Path, dac_pem: str, nonce_hex: str, signature_b64: 
     return proc.returncode == 0 and b"Verified OK" in proc.stdout
 
 
-def _run_line(tmp: Path, dev_pki: Path, mode: str) -> tuple[Path, list[dict[str, Any]]]:
-    """v1 jigs j1.. and attesting jigs after them, one host; returns the config and devices."""
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run_line(tmp: Path, dev_pki: Path, mode: str) -> tuple[Path, list[dict[str, Any]], str]:
+    """v1 jigs j1.. and attesting jigs after them, one host; returns the config, the devices and
+    the host's Prometheus metrics scraped once every device is done."""
     v1 = SimRun(tmp / "v1", jigs=V1_JIGS, devices=V1_DEVICES, mix="good", paa=dev_pki / "paa.pem")
     v11 = SimRun(
         tmp / "v11", jigs=ATTEST_JIGS, devices=ATTEST_DEVICES, mix=ATTEST_MIX,
@@ -86,16 +96,21 @@ def _run_line(tmp: Path, dev_pki: Path, mode: str) -> tuple[Path, list[dict[str,
     v11.start()
     ports = dict(v1.ports)
     ports |= {f"j{V1_JIGS + int(name[1:])}": path for name, path in v11.ports.items()}
+    metrics_port = _free_port()
     config = write_config(
         tmp / "line.toml",
         pki=dev_pki,
         ports=ports,
         protocol=f'sync_interval = 0.2\ncsr_timeout = 5\nresult_timeout = 3\nattest = "{mode}"\n',
+        extra=f'[metrics]\nlisten = "127.0.0.1:{metrics_port}"\n',
     )
     host = HostRun(config).start()
     try:
         v1.wait(timeout=120)
         v11.wait(timeout=120)
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            metrics = response.read().decode()
     finally:
         v1.stop()
         v11.stop()
@@ -107,14 +122,14 @@ def _run_line(tmp: Path, dev_pki: Path, mode: str) -> tuple[Path, list[dict[str,
     devices = v1.devices_seen() + v11.devices_seen()
     assert len(devices) == V1_JIGS * V1_DEVICES + ATTEST_JIGS * ATTEST_DEVICES
     assert {d["personality"] for d in devices} == {"good", *ATTESTING}
-    return config, devices
+    return config, devices, metrics
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("mode", ["when_offered", "require"])
 def test_a_line_of_v1_and_attesting_jigs(tmp_path: Path, dev_pki: Path, mode: str) -> None:
-    config, devices = _run_line(tmp_path, dev_pki, mode)
+    config, devices, metrics = _run_line(tmp_path, dev_pki, mode)
     assignments = jsonl(linehost("audit", "--config", config, "export", "--format", "jsonl").stdout)
     attempts = jsonl(linehost("audit", "--config", config, "attempts", "--format", "jsonl").stdout)
     by_uid: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -192,6 +207,15 @@ def test_a_line_of_v1_and_attesting_jigs(tmp_path: Path, dev_pki: Path, mode: st
     for serial in failed_serials:
         assert f"CANDIDATE {serial} " in listed, listed
     assert "ended attestation_failed" in listed or "assignment failed" in listed
+
+    # the Prometheus counter by outcome counts them too
+    counted = sum(
+        float(n)
+        for n in re.findall(
+            r'linehost_attempts_total\{[^}]*outcome="attestation_failed"[^}]*\} (\S+)', metrics
+        )
+    )
+    assert counted == sum(1 for a in attempts if a["outcome"] == "attestation_failed") > 0
 
     result = linehost("audit", "--config", config, "verify")
     assert "audit verify: OK" in result.stdout

@@ -65,6 +65,7 @@ def test_good_attesting_device_signs_what_the_host_recorded(pai: Ca, tmp_path: P
     assert end.attestation is not None
     assert end.attestation.signature is not None
     assert device.log.attest_nonce == end.attestation.nonce.hex()
+    assert device.log.first_sync_at is not None  # `Start_provisioning attest` counts as a sync
     assert verify_attestation(dac_pem, end.attestation.nonce, end.attestation.signature) is None
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not installed")
