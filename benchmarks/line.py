@@ -410,7 +410,8 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         code = host.wait(120)
         if code != 0:
             raise SystemExit(f"host exited {code}:\n{log.read_text()[-3000:]}")
-        figures = run_figures(sim.records())
+        records = sim.records()
+        figures = run_figures(records)
         probe = json.loads(latency_file.read_text())
         devices = figures["devices"]
         result: dict[str, Any] = {
@@ -430,7 +431,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             "mqtt": "on" if args.mqtt else "off",
             "sparkplug": "on" if args.sparkplug else "off",
             "attest": "require" if args.attest else "off",
-            "attested": sum(1 for r in sim.records() if r.get("attest_nonce")),
+            "attested": sum(1 for r in records if r.get("attest_nonce")),
             "checkpoints": len(list(checkpoints.glob("*.json"))) if checkpoints else "off",
             "log_level": args.log_level,
         }
