@@ -277,6 +277,7 @@ def write_config(
     sparkplug: bool = False,
     protocol: str = "v1",
     letter_gap: float = 0.2,
+    attest: bool = False,
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
@@ -312,7 +313,9 @@ def write_config(
         f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n{pop}'
         f"[protocol]\nsync_interval = {sync}\ncsr_timeout = 30\nresult_timeout = 30\n"
         f"letter_gap = {letter_gap}\n"
-        f"{mqtt_section}{sparkplug_section}{audit_section}{jigs}"
+        # Issue 17: every device challenged after finish:000, its signature verified.
+        + ('attest = "require"\n' if attest else "")
+        + f"{mqtt_section}{sparkplug_section}{audit_section}{jigs}"
     )
 
 
@@ -346,7 +349,15 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         url, pg_name = create_pg_database()
     else:
         url = f"sqlite+aiosqlite:///{work / 'linehost.db'}"
-    sim = Simulator(work, args.jigs, per_jig, args.baud, protocol=args.protocol)
+    # --attest: v1.1 devices that offer attestation and answer the challenge (issue 17)
+    sim = Simulator(
+        work,
+        args.jigs,
+        per_jig,
+        args.baud,
+        mix="attest" if args.attest else "good",
+        protocol=args.protocol,
+    )
     config = work / "line.toml"
     latency_file = work / "latency.json"
     log = work / "host.log"
@@ -367,6 +378,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             args.sparkplug,
             args.protocol,
             args.letter_gap,
+            args.attest,
         )
         cmd = [sys.executable, "-m", "linehost.cli", "--log-level", args.log_level]
         if args.profile == "pyinstrument":
@@ -419,7 +431,8 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         code = host.wait(120)
         if code != 0:
             raise SystemExit(f"host exited {code}:\n{log.read_text()[-3000:]}")
-        figures = run_figures(sim.records())
+        records = sim.records()
+        figures = run_figures(records)
         probe = json.loads(latency_file.read_text())
         devices = figures["devices"]
         result: dict[str, Any] = {
@@ -439,6 +452,8 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             "database": args.database,
             "mqtt": "on" if args.mqtt else "off",
             "sparkplug": "on" if args.sparkplug else "off",
+            "attest": "require" if args.attest else "off",
+            "attested": sum(1 for r in records if r.get("attest_nonce")),
             "checkpoints": len(list(checkpoints.glob("*.json"))) if checkpoints else "off",
             "log_level": args.log_level,
         }
@@ -669,6 +684,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="[audit] signed checkpoints on/off (issue 14; compare devices_per_s of both)",
+    )
+    parser.add_argument(
+        "--attest",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='attesting devices and [protocol] attest = "require" (issue 17; compare with off)',
     )
     parser.add_argument(
         "--baud", type=int, default=None, help="simulator paces both directions at B baud"

@@ -114,6 +114,7 @@ def timing_of(config: LineConfig) -> Timing:
         result_timeout=p.result_timeout,
         empty_after_syncs=p.empty_after_syncs,
         letter_gap=p.letter_gap,
+        attest=p.attest,
     )
 
 
@@ -135,6 +136,12 @@ def check_key_proof(config: LineConfig) -> None:
         raise ConfigError(
             f"{where}{named} has no CSR, and [pki] issuer = 'est' enrols CSRs only; "
             "use issuer = 'local' or 'bundle' for it"
+        )
+    if config.protocol.attest == "require":
+        # Letter firmware cannot answer a challenge: every DAC it got would end failed.
+        raise ConfigError(
+            f"{where}{named} cannot attest, and [protocol] attest = 'require' confirms no DAC "
+            "without an attestation; use attest = 'when_offered' on a line with letter jigs"
         )
 
 
@@ -191,6 +198,7 @@ async def run_line(
                 cd_b64=cd_b64,
                 gate=ops.gate,
                 root_key_pem=root_key_pem(config),
+                attest=config.protocol.attest,
             )
             context = LineContext(
                 provisioner, timing, fanout if listeners else None, latency=latency, holds=holds

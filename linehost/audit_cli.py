@@ -56,6 +56,8 @@ ATTEMPT_FIELDS = [
     "ended_at",
     "work_order",
     "key_proof",
+    "attest_nonce",
+    "attest_signature",
 ]
 
 

@@ -146,6 +146,8 @@ class AttemptEnd:
     assignment_status: AssignmentStatus | None = None  # confirmed / failed / unknown
     dac_serial: str | None = None
     transcript: str = ""
+    attest_nonce: str | None = None  # lower-case hex of the attestation challenge N (v1.1)
+    attest_signature: str | None = None  # base64 of the device's DER signature, as answered
 
 
 #: RFC 5280 CRLReason names a revocation may carry (removeFromCRL and 7, unused, left out).
@@ -187,6 +189,8 @@ def attempt_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "ended_at": iso_utc(row["ended_at"]),
         "work_order": row["work_order"],
         "key_proof": row.get("key_proof", "csr"),
+        "attest_nonce": row.get("attest_nonce"),
+        "attest_signature": row.get("attest_signature"),
     }
 
 

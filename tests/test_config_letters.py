@@ -22,6 +22,7 @@ pid = "8000"
 {pki}
 [protocol]
 letter_gap = 0.05
+{protocol_keys}
 [[jigs]]
 name = "j1"
 station = "st1"
@@ -34,9 +35,11 @@ protocol = "{protocol}"
 """
 
 
-def write(tmp_path: Path, *, pki: str = "", protocol: str = "ecc608-letters") -> Path:
+def write(
+    tmp_path: Path, *, pki: str = "", protocol: str = "ecc608-letters", protocol_keys: str = ""
+) -> Path:
     path = tmp_path / "line.toml"
-    path.write_text(LETTER_LINE.format(pki=pki, protocol=protocol))
+    path.write_text(LETTER_LINE.format(pki=pki, protocol=protocol, protocol_keys=protocol_keys))
     return path
 
 
@@ -69,6 +72,20 @@ def test_an_est_issuer_cannot_serve_letter_jigs(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, pki=est))
     with pytest.raises(ConfigError, match="enrols CSRs only"):
         check_key_proof(config)
+
+
+def test_letter_jigs_cannot_meet_attest_require(tmp_path: Path) -> None:
+    config = load_config(
+        write(tmp_path, pki="allow_without_pop = true", protocol_keys='attest = "require"')
+    )
+    with pytest.raises(ConfigError) as exc:
+        check_key_proof(config)
+    assert "\n" not in str(exc.value)
+    assert "attest = 'when_offered'" in str(exc.value)
+    relaxed = 'attest = "when_offered"'
+    check_key_proof(
+        load_config(write(tmp_path, pki="allow_without_pop = true", protocol_keys=relaxed))
+    )
 
 
 def test_a_v1_only_line_needs_no_gate(tmp_path: Path) -> None:

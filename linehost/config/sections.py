@@ -158,13 +158,16 @@ class PkiSection(_Section):
 
 
 class ProtocolSection(_Section):
-    """`[protocol]`: jig protocol timing in seconds."""
+    """`[protocol]`: jig protocol timing in seconds, and the attestation extension (v1.1)."""
 
     sync_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
     csr_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     result_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     empty_after_syncs: Annotated[int, Field(ge=1, le=100)] = 3
     letter_gap: Annotated[float, Field(gt=0, le=10)] = 0.2  # ecc608-letters: pause per letter
+    # off: never challenge; when_offered: challenge devices that offer it after finish:000;
+    # require: also refuse a device that does not offer it (protocol_error, before its CSR)
+    attest: Literal["off", "when_offered", "require"] = "off"
 
 
 _MQTT_URL = re.compile(

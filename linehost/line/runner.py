@@ -297,13 +297,17 @@ class JigRunner:
         if attempt is None:
             return
         log = self._log.bind(uid=ended.uid, attempt_id=attempt.start.attempt_id)
-        outcome, detail, transcript = ended.outcome, ended.detail, list(ended.transcript)
+        outcome, detail = self._provisioner.attestation_verdict(
+            attempt, ended.outcome, ended.detail, ended.attestation
+        )
+        provisioned = outcome is Outcome.PROVISIONED  # and proved its DAC when challenged
+        transcript = list(ended.transcript)
         if self._pre_result is not None:
             transcript[:0] = self._pre_result.transcript()
             self._pre_result = None
         if self._steps is not None:
             self._set_pre_pending(self._steps.pre is not None)
-            if ended.outcome is Outcome.PROVISIONED and self._steps.post is not None:
+            if provisioned and self._steps.post is not None:
                 post = await self._post_step(self._steps.post, ended.uid, attempt)
                 transcript.extend(post.transcript())
                 if not post.ok:
@@ -316,7 +320,8 @@ class JigRunner:
             detail,
             ended.device_code,
             "\n".join(transcript),
-            provisioned=ended.outcome is Outcome.PROVISIONED,
+            provisioned=provisioned,
+            attestation=ended.attestation,
         )
         if self._metrics is not None:
             seconds = (end.ended_at - attempt.start.started_at).total_seconds()

@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     ISSUER_ERROR = "issuer_error"
     POST_STEP_FAILED = "post_step_failed"
+    ATTESTATION_FAILED = "attestation_failed"  # v1.1: stored a DAC, could not prove it
 
 
 class AssignmentStatus(StrEnum):

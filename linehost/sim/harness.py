@@ -82,6 +82,8 @@ class DeviceRecord:
     reseats: int = 0  # times the operator took it out and put the same device back
     factory_data: dict[str, str] | None = None  # `FD:` fields stored with the DAC (onboarding)
     protocol: str = "v1"  # the jig protocol its firmware speaks
+    attest_offered: bool = False  # offered the attestation extension (v1.1)
+    attest_nonce: str | None = None  # lower-case hex of the challenge it received, if any
 
     def to_json(self) -> str:
         """One JSONL line (without the newline)."""
@@ -468,6 +470,8 @@ class SimulatedJig:
             reseats=log.reseats,
             factory_data=dict(log.factory_data) if log.factory_data is not None else None,
             protocol=device.personality.protocol,
+            attest_offered=device.personality.attest,
+            attest_nonce=log.attest_nonce,
         )
 
 

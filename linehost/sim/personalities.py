@@ -47,6 +47,12 @@ UNPLUG_AFTER_DELIVERY = 0.05
 SILENT_AFTER_Q_SECONDS = 3.0
 
 Curve = Literal["P-256", "P-384"]
+#: How an attesting device answers the host's `Attest:` challenge (jig protocol v1.1):
+#: sign: correctly; wrong_key: signs with another key; wrong_dac: signs over a corrupted copy of
+#: the stored DAC; silent: never answers; error: answers `finish:<attest_error_code>`.
+AttestAnswer = Literal["sign", "wrong_key", "wrong_dac", "silent", "error"]
+#: What an `attest_error` device answers to a challenge (it cannot read its DAC back).
+ATTEST_ERROR_CODE = 0x001
 
 BOOT_BANNER: Final = (
     "ESP-ROM:esp32c3-api1-20210207",
@@ -97,6 +103,9 @@ class Personality:
     returning: bool = False  # a locked chip back again: serial and key of a provisioned device
     unplug_after_delivery: float | None = None  # seconds after `v` until the port vanishes
     stay_after_quit: float = 0.0  # seconds it stays, deaf, in the jig after `q`
+    attest: bool = False  # offers the attestation extension: `Start_provisioning attest`
+    attest_answer: AttestAnswer = "sign"
+    attest_error_code: int = ATTEST_ERROR_CODE
 
     def __post_init__(self) -> None:
         if not 8 <= self.uid_digits <= 64:
@@ -257,6 +266,45 @@ register(
 )
 register("lower_uid", Personality("lower_uid", "sends its UID in lower case", uid_lowercase=True))
 
+# The attestation extension (v1.1): each of these offers it; a v1 personality (`good`) does not.
+register("attest", Personality("attest", "offers attestation and proves its DAC", attest=True))
+register(
+    "attest_wrong_key",
+    Personality(
+        "attest_wrong_key",
+        "offers attestation, signs the challenge with a key that is not its DAC key",
+        attest=True,
+        attest_answer="wrong_key",
+    ),
+)
+register(
+    "attest_wrong_dac",
+    Personality(
+        "attest_wrong_dac",
+        "offers attestation, signs over a corrupted copy of its stored DAC",
+        attest=True,
+        attest_answer="wrong_dac",
+    ),
+)
+register(
+    "attest_silent",
+    Personality(
+        "attest_silent",
+        "offers attestation, never answers the challenge",
+        attest=True,
+        attest_answer="silent",
+    ),
+)
+register(
+    "attest_error",
+    lambda: Personality(
+        "attest_error",
+        f"offers attestation, answers the challenge with finish:{ATTEST_ERROR_CODE:03X}",
+        attest=True,
+        attest_answer="error",
+        attest_error_code=ATTEST_ERROR_CODE,
+    ),
+)
 
 # --- ECC608 letter-protocol devices (`linehost sim --protocol ecc608-letters`) -----------------
 LETTERS: Final = "ecc608-letters"

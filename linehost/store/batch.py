@@ -226,19 +226,17 @@ class Batch:
 
     def end_attempt(self, row: AttemptRow, **values: Any) -> None:
         row.set(**values)
-        self.audit(
-            "attempt",
-            row.attempt_id,
-            "attempt_ended",
-            {
-                "uid": row.uid,
-                "outcome": row.outcome,
-                "detail": row.detail,
-                "device_code": row.device_code,
-                "dac_serial": row.dac_serial,
-                "ended_at": iso_utc(row.ended_at),
-            },
-        )
+        data = {
+            "uid": row.uid,
+            "outcome": row.outcome,
+            "detail": row.detail,
+            "device_code": row.device_code,
+            "dac_serial": row.dac_serial,
+            "ended_at": iso_utc(row.ended_at),
+        }
+        if row.attest_nonce is not None:  # the attestation evidence joins the audit chain
+            data |= {"attest_nonce": row.attest_nonce, "attest_signature": row.attest_signature}
+        self.audit("attempt", row.attempt_id, "attempt_ended", data)
         # The outbox keeps the contract attempt record as JSON; the relay makes the message.
         self.results.append(json.dumps(row.record(), separators=(",", ":"), ensure_ascii=False))
 

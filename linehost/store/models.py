@@ -159,6 +159,9 @@ class Attempt(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     transcript: Mapped[str] = mapped_column(Text)
     key_proof: Mapped[str] = mapped_column(String(8), server_default=text("'csr'"))
+    # The attestation extension (v1.1): the challenge N (hex) and the device's answer (base64).
+    attest_nonce: Mapped[str | None] = mapped_column(String(64))
+    attest_signature: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(OUTCOME_CHECK, name="outcome"),

@@ -315,6 +315,8 @@ class EndOp(Op[None]):
             dac_serial=dac_serial,
             ended_at=end.ended_at,
             transcript=end.transcript,
+            attest_nonce=end.attest_nonce,
+            attest_signature=end.attest_signature,
         )
         if assignment is not None:
             requested = end.assignment_status

@@ -81,6 +81,8 @@ class AttemptRow:
     is_new: bool = False
     assignment: AssignmentRow | None = None  # an assignment inserted in this batch
     transcript: str = ""
+    attest_nonce: str | None = None
+    attest_signature: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -126,6 +128,8 @@ class AttemptRow:
                 "ended_at": self.ended_at,
                 "work_order": self.work_order,
                 "key_proof": self.key_proof,
+                "attest_nonce": self.attest_nonce,
+                "attest_signature": self.attest_signature,
             }
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,11 +20,13 @@ from linehost.errors import DacCollision, DatabaseUnavailable, IssuerUnavailable
 from linehost.line import provisioning
 from linehost.line.provisioning import Attempt, Deliver, Provisioner, Reject
 from linehost.line.workorder import WorkOrderGate
+from linehost.pki.attestation import BAD_SIGNATURE, sign_attestation
 from linehost.pki.devpki import init_dev
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
 from linehost.protocol.outcomes import JigState, Outcome
+from linehost.protocol.session import Attestation
 from linehost.records import (
     AssignRequest,
     AssignResult,
@@ -347,3 +350,75 @@ async def test_a_bare_key_of_another_uid_is_a_duplicate(parts) -> None:
     clone = await prov.provision(attempt("0123ABCDEF0123456B"), public_key_pem(key), "none")
     assert isinstance(clone, Reject)
     assert clone.outcome is Outcome.DUPLICATE_KEY
+
+
+async def _delivered(prov: Provisioner, key: ec.EllipticCurvePrivateKey) -> tuple[Attempt, bytes]:
+    a = attempt(uuid.uuid4().hex[:16].upper())
+    decision = await prov.provision(a, csr_pem(key))
+    assert isinstance(decision, Deliver)
+    der = x509.load_pem_x509_certificate(decision.dac_pem.encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    return a, der
+
+
+@pytest.mark.parametrize("attest", ["when_offered", "require"])
+async def test_a_good_attestation_confirms_the_dac_and_is_recorded(parts, attest) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store, attest=attest)
+    key = ec.generate_private_key(ec.SECP256R1())
+    a, der = await _delivered(prov, key)
+    nonce = bytes(range(32))
+    proof = Attestation(nonce, sign_attestation(key, nonce, der))
+    outcome, detail = prov.attestation_verdict(a, Outcome.PROVISIONED, "finish:000 ok", proof)
+    assert (outcome, detail) == (Outcome.PROVISIONED, "finish:000 ok; attestation verified")
+    end = await prov.record(a, outcome, detail, 0, "t", provisioned=True, attestation=proof)
+    assert end.attest_nonce == nonce.hex()
+    assert end.attest_signature is not None
+    assert base64.b64decode(end.attest_signature) == proof.signature
+    assert a.dac_serial is not None
+    assert await assignment_status(store, a.dac_serial) == "confirmed"
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        ("wrong_key", BAD_SIGNATURE),
+        ("wrong_dac", BAD_SIGNATURE),
+        ("none", "no ATTEST answer"),
+    ],
+)
+async def test_a_bad_attestation_fails_the_dac(parts, answer: str, detail: str) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store, attest="when_offered")
+    key = ec.generate_private_key(ec.SECP256R1())
+    a, der = await _delivered(prov, key)
+    nonce = b"\x07" * 32
+    signature: bytes | None = None
+    if answer == "wrong_key":
+        signature = sign_attestation(ec.generate_private_key(ec.SECP256R1()), nonce, der)
+    elif answer == "wrong_dac":
+        signature = sign_attestation(key, nonce, der[:-1] + bytes([der[-1] ^ 1]))
+    proof = Attestation(nonce, signature)
+    outcome, found = prov.attestation_verdict(a, Outcome.PROVISIONED, "finish:000", proof)
+    assert (outcome, found) == (Outcome.ATTESTATION_FAILED, detail)
+    await prov.record(a, outcome, found, 0, "t", provisioned=False, attestation=proof)
+    assert a.dac_serial is not None
+    assert await assignment_status(store, a.dac_serial) == "failed"
+
+
+async def test_require_never_confirms_without_an_attestation(parts) -> None:
+    issuer, store = parts
+    key = ec.generate_private_key(ec.SECP256R1())
+    required = Provisioner(issuer, store, attest="require")
+    a, _ = await _delivered(required, key)
+    outcome, detail = required.attestation_verdict(a, Outcome.PROVISIONED, "finish:000", None)
+    assert (outcome, detail) == (Outcome.ATTESTATION_FAILED, "no attestation (attest = require)")
+    offered = Provisioner(issuer, store, attest="when_offered")
+    verdict = offered.attestation_verdict(a, Outcome.PROVISIONED, "finish:000", None)
+    assert verdict == (Outcome.PROVISIONED, "finish:000")  # a v1 device, attestation optional
+    # other outcomes pass through untouched
+    assert required.attestation_verdict(a, Outcome.TIMEOUT, "result", None) == (
+        Outcome.TIMEOUT,
+        "result",
+    )

@@ -27,6 +27,8 @@ RECORD_FIELDS = [
     "ended_at",
     "work_order",
     "key_proof",  # issue 17: "csr" (v1) or "none" (ECC608 letters)
+    "attest_nonce",
+    "attest_signature",
 ]
 
 
