@@ -13,19 +13,18 @@ import structlog
 from linehost.config import LineConfig
 from linehost.errors import LinehostError
 from linehost.evidence.service import start_evidence
-from linehost.line.latency import LatencyProbe
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
-from linehost.line.status import StatusListener
 from linehost.line.supervisor import LineSupervisor
+from linehost.observers import AttemptObserver, fan_out
 from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
 from linehost.pki.cd import load_cd
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import open_local_issuer
 from linehost.protocol.session import Timing
-from linehost.records import JigStatus, utcnow
+from linehost.records import utcnow
 from linehost.store.store import Store
 from linehost.transport.serial import ensure_fd_limit
 
@@ -114,10 +113,12 @@ def timing_of(config: LineConfig) -> Timing:
 async def run_line(
     config: LineConfig,
     stop: asyncio.Event,
-    listener: StatusListener | None = None,
-    latency: LatencyProbe | None = None,
+    observer: AttemptObserver | None = None,
 ) -> list[JigRunner]:
-    """Run every jig of the line until `stop` is set; return the runners (for their counts)."""
+    """Run every jig of the line until `stop` is set; return the runners (for their counts).
+
+    `observer` hears every jig's changes and attempts, besides the configured outputs.
+    """
     config = with_work_order(config)
     ops = LineOperations(config)
     ensure_fd_limit(len(config.jigs))
@@ -136,9 +137,7 @@ async def run_line(
             await ops.start(store)
             if opcua is not None:
                 await opcua.start()
-            listeners = [x for x in (listener, relay, edge_node, opcua) if x is not None]
-            listeners += ops.listeners()
-            fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
+            observers = fan_out([observer, relay, edge_node, opcua, *ops.observers()])
             provisioner = Provisioner(
                 issuer,
                 store,
@@ -147,9 +146,7 @@ async def run_line(
                 cd_b64=cd_b64,
                 gate=ops.gate,
             )
-            context = LineContext(
-                provisioner, timing, fanout if listeners else None, latency=latency
-            )
+            context = LineContext(provisioner, timing, observers)
             runners = [
                 JigRunner(
                     JigSpec(
@@ -162,7 +159,6 @@ async def run_line(
                     ),
                     context,
                     steps=jig_steps(config, jig),
-                    metrics=ops.jig_metrics(jig),
                 )
                 for jig in config.jigs
             ]
@@ -269,17 +265,6 @@ def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
         work_order=facts.work_order if wo else None,
         open_work_order=store.open_work_order,
     )
-
-
-class _Fanout:
-    """Tells several listeners about every jig change."""
-
-    def __init__(self, listeners: list[StatusListener]) -> None:
-        self._listeners = listeners
-
-    def jig_changed(self, status: JigStatus) -> None:
-        for listener in self._listeners:
-            listener.jig_changed(status)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -232,6 +232,17 @@ class JigStatus:
     last_detail: str | None = None
     last_uid: str | None = None
 
+    def attempt_ended(self, outcome: Outcome, detail: str, uid: str | None) -> None:
+        """Count a finished attempt and show its result."""
+        if outcome is Outcome.PROVISIONED:
+            self.ok += 1
+        else:
+            self.failed += 1
+        self.last_outcome = outcome
+        self.last_detail = detail
+        self.last_uid = uid
+        self.attempt_id = None
+
     def payload(self) -> dict[str, object]:
         """The MQTT/dashboard JSON object."""
         return {

@@ -72,7 +72,7 @@ def _init_dev_options(args: argparse.Namespace) -> InitDevOptions:
 
 
 def _vid_pid(text: str, name: str) -> str:
-    from linehost.pki.vidpid import parse_vid_pid
+    from linehost.vidpid import parse_vid_pid
 
     try:
         return parse_vid_pid(text)

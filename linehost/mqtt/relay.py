@@ -23,6 +23,7 @@ from linehost.errors import LinehostError, StoreError
 from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
 from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_online
 from linehost.mqtt.topics import LineTopics
+from linehost.observers import Observer
 from linehost.records import JigStatus, iso_utc, utcnow
 
 if TYPE_CHECKING:
@@ -47,8 +48,8 @@ class ResultsOutbox(Protocol):
     async def mark_results_sent(self, ids: Sequence[int], at: datetime) -> None: ...
 
 
-class MqttRelay:
-    """Keeps the broker up to date for one line; a StatusListener for its runners."""
+class MqttRelay(Observer):
+    """Keeps the broker up to date for one line; an observer of its jigs."""
 
     def __init__(
         self,
@@ -79,7 +80,7 @@ class MqttRelay:
         self._backoff = reconnect_backoff()
         self._task: asyncio.Task[None] | None = None
 
-    # --- StatusListener --------------------------------------------------------------------
+    # --- AttemptObserver -------------------------------------------------------------------
 
     def jig_changed(self, status: JigStatus) -> None:
         """Note the jig's latest state (coalesced); wake the results pump when an attempt ended."""

@@ -28,6 +28,7 @@ from linehost.config import MqttSection, SparkplugSection
 from linehost.errors import ConfigError, LinehostError, StoreError
 from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
 from linehost.mqtt.relay import _nap
+from linehost.observers import Observer
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus, utcnow
 from linehost.sparkplug import payloads as spb
@@ -77,8 +78,8 @@ class _Jig:
     done: int = 0
 
 
-class EdgeNode:
-    """Publishes one line as a Sparkplug B edge node; a StatusListener for its runners."""
+class EdgeNode(Observer):
+    """Publishes one line as a Sparkplug B edge node; an observer of its jigs."""
 
     def __init__(
         self,
@@ -126,7 +127,7 @@ class EdgeNode:
         self._backoff = reconnect_backoff()
         self._task: asyncio.Task[None] | None = None
 
-    # --- StatusListener --------------------------------------------------------------------
+    # --- AttemptObserver -------------------------------------------------------------------
 
     def jig_changed(self, status: JigStatus) -> None:
         """Publish the jig's change now (DBIRTH, DDATA or DDEATH) when born; note it anyway."""
