@@ -42,11 +42,14 @@ async def open_issuer(config: LineConfig) -> Issuer:
     chains to the PAA (when given) and matches its key; raise PkiError / ConfigError."""
     pki = config.pki
     if pki.issuer == "bundle":
+        from linehost.store.bundles import BundlePool
+        from linehost.store.engine import create_engine
+
         return BundleIssuer.load(
             pki.pai_cert,
             pki.vid,
             pki.pid,
-            database_url=config.database.url,
+            pool=BundlePool(create_engine(config.database.url), owns_engine=True),
             line=config.line.name,
             paa_cert=pki.paa_cert,
         )
