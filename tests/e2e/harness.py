@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.waiting import eventually_blocking
 
 LINEHOST = [sys.executable, "-m", "linehost.cli"]
 SIM = [sys.executable, "-m", "linehost.sim"]
@@ -177,9 +178,4 @@ def write_config(
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
     """Poll until predicate() is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    eventually_blocking(predicate, within=timeout, what=what, every=0.1)
