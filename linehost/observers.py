@@ -18,61 +18,48 @@ DB_END_ATTEMPT: Final = "end_attempt"
 
 
 class AttemptObserver(Protocol):
-    """Told about jig state changes and each attempt's life and latencies."""
+    """Told about jig state changes and each attempt's life and latencies.
+
+    Every event does nothing by default: subclass `Observer` and override what you listen to.
+    """
 
     def jig_changed(self, status: JigStatus) -> None:
         """The jig's shown state (or its counters) changed."""
+        return None
 
     def attempt_started(self, start: AttemptStart) -> None:
         """A device identified itself; its attempt begins."""
+        return None
 
     def attempt_ended(self, start: AttemptStart, end: AttemptEnd) -> None:
         """The attempt is over and (when the database allowed) recorded."""
+        return None
 
     def dac_written(self, start: AttemptStart, seconds: float) -> None:
         """Host-added latency: the key (CSR) was read `seconds` before its DAC was written."""
+        return None
 
     def result_committed(self, start: AttemptStart, seconds: float) -> None:
         """A provisioned device's finish line was read `seconds` before it was committed."""
+        return None
 
     def issuer_answered(self, start: AttemptStart, seconds: float) -> None:
         """The issuer took `seconds` for one DAC."""
+        return None
 
     def database_committed(self, start: AttemptStart, operation: str, seconds: float) -> None:
         """A store call (`DB_ASSIGN`, `DB_END_ATTEMPT`) took `seconds` until durably committed."""
+        return None
 
     def step_ran(self, status: JigStatus, step: str, ok: bool, seconds: float) -> None:
         """A pre or post step ran on the jig."""
+        return None
 
 
-class Observer:
-    """An observer that ignores everything: subclass it and override what you listen to."""
+class Observer(AttemptObserver):
+    """An observer that ignores everything: the base to override what you listen to."""
 
     __slots__ = ()
-
-    def jig_changed(self, status: JigStatus) -> None:
-        """Ignored."""
-
-    def attempt_started(self, start: AttemptStart) -> None:
-        """Ignored."""
-
-    def attempt_ended(self, start: AttemptStart, end: AttemptEnd) -> None:
-        """Ignored."""
-
-    def dac_written(self, start: AttemptStart, seconds: float) -> None:
-        """Ignored."""
-
-    def result_committed(self, start: AttemptStart, seconds: float) -> None:
-        """Ignored."""
-
-    def issuer_answered(self, start: AttemptStart, seconds: float) -> None:
-        """Ignored."""
-
-    def database_committed(self, start: AttemptStart, operation: str, seconds: float) -> None:
-        """Ignored."""
-
-    def step_ran(self, status: JigStatus, step: str, ok: bool, seconds: float) -> None:
-        """Ignored."""
 
 
 #: The observer of a line nobody watches (tests, tools).
