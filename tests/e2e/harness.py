@@ -115,6 +115,7 @@ class HostRun:
     config: Path
     proc: subprocess.Popen[str] | None = None
     log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     def start(self) -> HostRun:
         self.log = self.config.with_suffix(".log")
@@ -124,7 +125,7 @@ class HostRun:
             stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         handle.close()
         return self
