@@ -75,7 +75,7 @@ async def test_a_crashing_jig_restarts_and_its_siblings_carry_on() -> None:
     flaky = FakeRunner("flaky", crashes=2)
     steady = FakeRunner("steady")
     stop = asyncio.Event()
-    task = asyncio.create_task(LineSupervisor([flaky, steady], shutdown_grace=1).run(stop))  # type: ignore[list-item]
+    task = asyncio.create_task(LineSupervisor([flaky, steady], shutdown_grace=1).run(stop))
     # Restarts log a rich traceback each: on a loaded machine that takes a while.
     await eventually(lambda: flaky.runs >= 3, within=10, what="two restarts")
     ticks_before = steady.ticks
@@ -90,7 +90,7 @@ async def test_a_crashing_jig_restarts_and_its_siblings_carry_on() -> None:
 async def test_shutdown_waits_for_running_attempts_within_the_grace() -> None:
     quick = FakeRunner("quick", busy_for=0.2)
     stop = asyncio.Event()
-    task = asyncio.create_task(LineSupervisor([quick], shutdown_grace=2).run(stop))  # type: ignore[list-item]
+    task = asyncio.create_task(LineSupervisor([quick], shutdown_grace=2).run(stop))
     await asyncio.sleep(0.05)
     stop.set()
     await asyncio.wait_for(task, 5)
@@ -101,7 +101,7 @@ async def test_attempts_still_running_after_the_grace_are_aborted() -> None:
     slow = FakeRunner("slow", busy_for=30)
     idle = FakeRunner("idle")
     stop = asyncio.Event()
-    task = asyncio.create_task(LineSupervisor([slow, idle], shutdown_grace=0.2).run(stop))  # type: ignore[list-item]
+    task = asyncio.create_task(LineSupervisor([slow, idle], shutdown_grace=0.2).run(stop))
     await asyncio.sleep(0.05)
     loop = asyncio.get_running_loop()
     started = loop.time()
@@ -134,7 +134,7 @@ async def test_restarts_back_off_doubling_with_jitter_up_to_the_cap(
     steady = FakeRunner("steady")
     clock = VirtualClock()
     stop = asyncio.Event()
-    supervisor = LineSupervisor([flaky, steady], shutdown_grace=1, sleep=clock.sleep)  # type: ignore[list-item]
+    supervisor = LineSupervisor([flaky, steady], shutdown_grace=1, sleep=clock.sleep)
     task = asyncio.create_task(supervisor.run(stop))
     await eventually(lambda: flaky.runs >= 8, within=10, what="seven restarts")
     stop.set()
