@@ -20,7 +20,14 @@ import structlog
 from linehost import __version__
 from linehost.config import MqttSection
 from linehost.errors import LinehostError, StoreError
-from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
+from linehost.mqtt.link import (
+    BrokerLink,
+    default_client_id,
+    describe,
+    either,
+    nap,
+    reconnect_backoff,
+)
 from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_online
 from linehost.mqtt.topics import LineTopics
 from linehost.observers import Observer
@@ -147,7 +154,7 @@ class MqttRelay(Observer):
             if self._closing.is_set():
                 _log.warning("mqtt_closed_without_broker", broker=self._link.where)
                 return
-            await _nap(self._closing, self._backoff.next_delay())
+            await nap(self._closing, self._backoff.next_delay())
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
@@ -203,11 +210,11 @@ class MqttRelay(Observer):
                     raise
                 if interval > 0 and not self._closing.is_set():
                     # Changes meanwhile are coalesced: the next publish carries the latest.
-                    await _nap(self._closing, interval)
+                    await nap(self._closing, interval)
                 continue
             if self._closing.is_set():
                 return
-            await _either(self._state_wake, self._closing)
+            await either(self._state_wake, self._closing)
 
     # --- results -----------------------------------------------------------------------------
 
@@ -225,14 +232,14 @@ class MqttRelay(Observer):
                 _log.warning("results_unreadable", detail=str(exc))
                 if closing:
                     return
-                await _nap(self._closing, STORE_RETRY)
+                await nap(self._closing, STORE_RETRY)
                 continue
             if rows:
                 await self._publish_results(client, rows)
                 continue
             if closing:
                 return
-            await _nap(self._results_wake, RESULTS_POLL, also=self._closing)
+            await nap(self._results_wake, RESULTS_POLL, also=self._closing)
 
     async def _publish_results(self, client: aiomqtt.Client, rows: list[tuple[int, str]]) -> None:
         topic = self.topics.results
@@ -279,7 +286,7 @@ class MqttRelay(Observer):
                 self._facts_sent[topic] = figures
             if closing:
                 return
-            await _nap(self._closing, FACTS_EVERY)
+            await nap(self._closing, FACTS_EVERY)
 
 
 async def _watch(client: aiomqtt.Client) -> None:
@@ -294,27 +301,6 @@ async def _all_acked(publishes: Iterable[Awaitable[None]]) -> None:
     for err in outcomes:
         if isinstance(err, BaseException):
             raise err
-
-
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    if first.is_set() or second.is_set():
-        return
-    waiters = {asyncio.create_task(first.wait()), asyncio.create_task(second.wait())}
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _nap(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
-    """Sleep up to `seconds`, less if `event` (or `also`) is set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            if also is None:
-                await event.wait()
-            else:
-                await _either(event, also)
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:
