@@ -13,6 +13,8 @@ import structlog
 from linehost.config import LineConfig
 from linehost.errors import LinehostError
 from linehost.evidence.service import start_evidence
+from linehost.line.controls import LineControls
+from linehost.line.hold import JigHolds
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
@@ -134,7 +136,11 @@ async def run_line(
             timing = timing_of(config)
             relay = open_relay(config, store)
             edge_node = open_edge_node(config, store)
-            opcua = open_opcua(config, store)
+            holds = JigHolds()
+            controls = LineControls(
+                store, holds, jigs=[(j.station, j.name) for j in config.jigs], gate=ops.gate
+            )
+            opcua = open_opcua(config, store, controls)
             evidence = await start_evidence(config, store.engine)
             crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
             await ops.start(store)
@@ -149,7 +155,7 @@ async def run_line(
                 cd_b64=cd_b64,
                 gate=ops.gate,
             )
-            context = LineContext(provisioner, timing, observers)
+            context = LineContext(provisioner, timing, observers, holds=holds)
             runners = [
                 JigRunner(
                     JigSpec(
@@ -251,7 +257,7 @@ def open_edge_node(config: LineConfig, store: Store) -> EdgeNode | None:
     )
 
 
-def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
+def open_opcua(config: LineConfig, store: Store, controls: LineControls) -> OpcuaServer | None:
     """The OPC UA server when `[opcua]` is configured (user passwords are read here)."""
     if config.opcua is None:
         return None
@@ -266,7 +272,7 @@ def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
         line=config.line.name,
         jigs=[(jig.station, jig.name) for jig in config.jigs],
         work_order=facts.work_order if wo else None,
-        open_work_order=store.open_work_order,
+        controls=controls,
     )
 
 

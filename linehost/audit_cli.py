@@ -75,6 +75,18 @@ class RecordQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlQuery:
+    """`audit controls` as parsed: which supervisor calls, in which format."""
+
+    config: Path
+    format: Literal["jsonl", "csv"] = "jsonl"
+    since: str | None = None
+    until: str | None = None
+    line: str | None = None  # only calls to this line's host
+    user: str | None = None  # only calls by this user
+
+
+@dataclass(frozen=True, slots=True)
 class VerifyOptions:
     """`audit verify` as parsed: the config, and the checkpoints to hold the database to."""
 
@@ -143,6 +155,29 @@ def _export_with_onboarding(
 
     count = asyncio.run(go())
     print(f"{count} assignment record(s) with onboarding data", file=sys.stderr)
+    return 0
+
+
+def export_controls(args: ControlQuery) -> int:
+    """One record per supervisor call (the audit chain's `control` rows), on stdout."""
+    from linehost.store.controls import CONTROL_FIELDS
+
+    config = load_config(args.config)
+    since, until = _window(args)
+
+    async def records(audit: Audit) -> AsyncIterator[dict[str, Any]]:
+        rows = audit.iter_control_records(since, until, line=args.line, user=args.user)
+        async for row in rows:
+            if args.format == "csv":  # one cell: the arguments as JSON
+                row["arguments"] = json.dumps(row["arguments"], separators=(",", ":"))
+            yield row
+
+    async def go() -> int:
+        async with _audit(config) as audit:
+            return await _write(records(audit), args.format, CONTROL_FIELDS, sys.stdout)
+
+    count = asyncio.run(go())
+    print(f"{count} control record(s)", file=sys.stderr)
     return 0
 
 
@@ -355,7 +390,7 @@ async def _write(
     return count
 
 
-def _window(args: RecordQuery) -> tuple[datetime | None, datetime | None]:
+def _window(args: RecordQuery | ControlQuery) -> tuple[datetime | None, datetime | None]:
     return _parse_time(args.since, "--since"), _parse_time(args.until, "--until")
 
 

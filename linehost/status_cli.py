@@ -39,6 +39,7 @@ _STYLE = {
     "offline": "red",
     "stopped": "dim",
     "work_order_complete": "bold magenta",
+    "held": "bold yellow",
 }
 
 
@@ -126,6 +127,8 @@ def workorder_status(args: WorkOrderQuery) -> int:
     if summary["attempts"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in summary["attempts"].items())
         print(f"  attempts by outcome: {outcomes}")
+    if summary["closed_at"]:
+        print(f"  closed at {summary['closed_at']}: takes no more devices")
     return 0
 
 

@@ -286,6 +286,8 @@ class OpcuaUserSection(_Section):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     password_env: str | None = None
     password_file: ConfigPath | None = None
+    # operator: may call the methods (hold/resume jigs, open/close work orders); viewer: read only
+    role: Literal["operator", "viewer"] = "operator"
 
     @model_validator(mode="after")
     def _secret(self) -> OpcuaUserSection:

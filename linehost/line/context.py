@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from linehost.line.hold import JigHolds
 from linehost.line.provisioning import Provisioner
 from linehost.observers import NO_OBSERVER, AttemptObserver
 from linehost.protocol.session import Timing
+from linehost.records import AttemptStart, utcnow
 from linehost.transport.serial import JigPort, open_port
 
 
@@ -19,6 +22,7 @@ class LineContext:
     timing: Timing = field(default_factory=Timing)
     observer: AttemptObserver = NO_OBSERVER
     open_port: Callable[[str, int], Awaitable[JigPort]] = open_port
+    holds: JigHolds = field(default_factory=JigHolds)  # supervisors hold / resume jigs
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +35,15 @@ class JigSpec:
     port: str
     baudrate: int = 115200
     protocol: str = "v1"  # the jig protocol its firmware speaks (`[[jigs]] protocol`)
+
+    def attempt_start(self, uid: str | None, work_order: str | None) -> AttemptStart:
+        """A new attempt on this jig, starting now."""
+        return AttemptStart(
+            attempt_id=str(uuid.uuid4()),
+            line=self.line,
+            station=self.station,
+            jig=self.name,
+            uid=uid,
+            started_at=utcnow(),
+            work_order=work_order,
+        )

@@ -30,6 +30,11 @@ class JigDisplay:
         self._complete = work_order_complete
         self._before_wait: tuple[JigState, str | None] | None = None
 
+    @property
+    def work_order_complete(self) -> bool:
+        """The line's work order has no slot left: nothing will be provisioned."""
+        return self._complete()
+
     def show(self, state: JigState, uid: str | None = None) -> None:
         """Show `state` (and the device's UID); tell the observer when anything changed."""
         if state in IDLE_STATES and self._complete():

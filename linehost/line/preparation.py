@@ -69,14 +69,14 @@ class Preparation:
         self.state = PreStep.DONE
         self._pre_output = result.transcript()
 
-    def holds_new_devices(self, work_order_complete: bool) -> bool:
+    def holds_new_devices(self) -> bool:
         """Hold back a device that answers until it is prepared (not when nothing is left to
         provision: it is refused, and that is recorded)."""
-        return self.state is PreStep.DUE and not work_order_complete
+        return self.state is PreStep.DUE and not self._display.work_order_complete
 
-    def pre_step_due(self, work_order_complete: bool, jig_free: bool) -> bool:
+    def pre_step_due(self, jig_free: bool) -> bool:
         """Run the pre step now: it is due, the jig is free and the work order has room."""
-        return self.state is PreStep.DUE and jig_free and not work_order_complete
+        return self.state is PreStep.DUE and jig_free and not self._display.work_order_complete
 
     def take_pre_output(self) -> list[str]:
         """The pre step's transcript lines for the attempt now ending (once)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from typing import NoReturn
 
 import structlog
@@ -22,19 +21,16 @@ from linehost.protocol.session import (
     AttemptStarted,
     DeviceArrived,
     Effect,
+    JigProtocol,
     KeyPresented,
     SendBytes,
     SendLine,
     StateChanged,
 )
-from linehost.records import AttemptStart, JigStatus, utcnow
+from linehost.records import JigStatus
 from linehost.transport.serial import JigPort, PortLost, reopen_backoff
 
 __all__ = ["JigRunner", "JigSpec", "LineContext"]  # the line's seam: import them from here
-
-
-class _Stop(Exception):
-    """Internal: leave the conversation loop (host shutting down)."""
 
 
 class JigRunner:
@@ -58,9 +54,13 @@ class JigRunner:
         self._wake = asyncio.Event()
         self._backoff = reopen_backoff()
         self._loop = asyncio.get_running_loop()
-        self._display = JigDisplay(self.status, line.observer, lambda: self._work_order_complete)
+        self._display = JigDisplay(
+            self.status, line.observer, lambda: line.provisioner.work_order_complete
+        )
         self._prep = Preparation(steps, spec.port, self._display, line.observer, self._log)
         self._provisioner.on_work_order(self._on_work_order)
+        self._hold = line.holds.of(spec.station, spec.name)
+        self._hold.subscribe(self._wake_conversation)
 
     # --- control ---------------------------------------------------------------------------
 
@@ -73,8 +73,7 @@ class JigRunner:
         """Take no new device; the current attempt may still finish."""
         self._stopping = True
         self._wake.set()
-        if self._port is not None:
-            self._port.events.put_nowait(b"")  # wake the conversation loop
+        self._wake_conversation()
 
     def request_abort(self, detail: str) -> None:
         """Shutdown grace is over: end the running attempt (recorded) and stop."""
@@ -94,9 +93,7 @@ class JigRunner:
             self._backoff.reset()
             self._log.info("jig_online", port=self.spec.port)
             try:
-                await self._converse(port)
-            except _Stop:
-                pass
+                await self._converse(port)  # returns once stopping
             except TransportError as exc:
                 self._log.warning("jig_lost", reason=str(exc))
                 await self._pause(self._backoff.next_delay())
@@ -113,9 +110,10 @@ class JigRunner:
         self._prep.due()  # a reopened port may hold a new device
         self._hold_new_devices()
         loop = self._loop
-        if self._prep.pre_step_due(self._work_order_complete, session.ready_for_device):
-            await self._pre_step(port)
-        await self._apply(session.open(loop.time()))
+        if not self._hold.held:  # held: the loop below waits, nothing sent before the resume
+            if self._prep.pre_step_due(session.ready_for_device):
+                await self._pre_step(port)
+            await self._apply(session.open(loop.time()))
         while True:
             if self._stopping:
                 if self._attempt is not None and self._abort_detail is not None:
@@ -124,8 +122,11 @@ class JigRunner:
                     )
                 if self._attempt is None:
                     await self._apply(session.stop(loop.time()))
-                    raise _Stop
-            elif self._prep.pre_step_due(self._work_order_complete, session.ready_for_device):
+                    return
+            elif self._hold.held and self._attempt is None:
+                await self._held(port, session)
+                continue
+            elif self._prep.pre_step_due(session.ready_for_device):
                 await self._pre_step(port)
                 await self._apply(session.open(loop.time()))  # prepared: start it clean
                 self._publish(session.state)
@@ -182,15 +183,7 @@ class JigRunner:
         return self._loop.time() - port.received_at if port is not None else 0.0
 
     def _begin(self, started: AttemptStarted) -> None:
-        start = AttemptStart(
-            attempt_id=str(uuid.uuid4()),
-            line=self.spec.line,
-            station=self.spec.station,
-            jig=self.spec.name,
-            uid=started.uid,
-            started_at=utcnow(),
-            work_order=self._provisioner.work_order,
-        )
+        start = self.spec.attempt_start(started.uid, self._provisioner.work_order)
         self._attempt = Attempt(start, self._log, self._display.waiting, self._observer)
         self.status.attempt_id = start.attempt_id
         self._observer.attempt_started(start)
@@ -201,12 +194,9 @@ class JigRunner:
         now = self._loop.time()
         if isinstance(decision, Reject):
             return self._session.reject(decision.outcome, decision.detail, now)
+        d = decision
         return self._session.deliver(
-            decision.dac_pem,
-            decision.pai_pem,
-            now,
-            cd_b64=decision.cd_b64,
-            factory_data=decision.factory_data,
+            d.dac_pem, d.pai_pem, now, cd_b64=d.cd_b64, factory_data=d.factory_data
         )
 
     async def _end(self, ended: AttemptEnded) -> None:
@@ -215,7 +205,7 @@ class JigRunner:
             try:
                 await self._finish(attempt, ended)
             finally:
-                self._attempt = None
+                self._attempt = None  # busy until recorded, its post step included
 
     async def _finish(self, attempt: Attempt, ended: AttemptEnded) -> None:
         """Run the post step of a provisioned device, record the attempt, show its result."""
@@ -233,13 +223,9 @@ class JigRunner:
                 # The device keeps its DAC (confirmed below); only the step failed.
                 outcome, detail = Outcome.POST_STEP_FAILED, post.summary()
                 log.warning("post_step_failed", detail=detail)
+        text = "\n".join(transcript)
         end = await self._provisioner.record(
-            attempt,
-            outcome,
-            detail,
-            ended.device_code,
-            "\n".join(transcript),
-            provisioned=provisioned,
+            attempt, outcome, detail, ended.device_code, text, provisioned=provisioned
         )
         if provisioned:
             self._observer.result_committed(attempt.start, self._since_read())
@@ -250,9 +236,8 @@ class JigRunner:
 
     async def _port_lost(self, reason: str) -> NoReturn:
         """The port went away: end the conversation (recorded) and let `run` reopen it."""
-        await self._apply(
-            self._session.close(Outcome.DISCONNECTED, f"port lost: {reason}", self._loop.time())
-        )
+        now = self._loop.time()
+        await self._apply(self._session.close(Outcome.DISCONNECTED, f"port lost: {reason}", now))
         raise TransportError(reason)
 
     async def _offline(self, reason: str) -> None:
@@ -268,6 +253,26 @@ class JigRunner:
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
 
+    async def _held(self, port: JigPort, session: JigProtocol) -> None:
+        """Between devices, held: stop the device, send nothing until resumed (or stopped); the
+        port stays watched, what the device prints is dropped, a resume syncs afresh."""
+        swap_uid = self.status.uid if session.state is JigState.WAITING_FOR_SWAP else None
+        await self._apply(session.stop(self._loop.time()))
+        self._publish(JigState.HELD)
+        self._log.info("jig_held")
+        while self._hold.held and not self._stopping:
+            if isinstance(item := await port.events.get(), PortLost):
+                await self._port_lost(item.reason)
+        if not self._stopping:
+            self._log.info("jig_resumed")
+            await self._apply(session.open(self._loop.time()))
+            self._publish(session.state, swap_uid)
+
+    def _wake_conversation(self) -> None:
+        """A stop, hold or resume: let the conversation loop look at it now."""
+        if self._port is not None:
+            self._port.events.put_nowait(b"")
+
     # --- the pre step and the work order (issue 8) ------------------------------------------
 
     async def _pre_step(self, port: JigPort) -> None:
@@ -279,12 +284,8 @@ class JigRunner:
             self._hold_new_devices()
             self._session.expect_swap(self.status.last_uid)  # the step may leave the old device
 
-    @property
-    def _work_order_complete(self) -> bool:
-        return self._provisioner.work_order_complete
-
     def _hold_new_devices(self) -> None:
-        self._session.hold_new_devices(self._prep.holds_new_devices(self._work_order_complete))
+        self._session.hold_new_devices(self._prep.holds_new_devices())
 
     def _on_work_order(self) -> None:
         """The work order became complete (or open again): hold devices, show it when idle."""

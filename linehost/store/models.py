@@ -54,7 +54,7 @@ def _in_list(values: list[str]) -> str:
 
 OUTCOME_CHECK = f"outcome IS NULL OR outcome IN ({_in_list([o.value for o in Outcome])})"
 STATUS_CHECK = f"status IN ({_in_list([s.value for s in AssignmentStatus])})"
-ENTITY_CHECK = "entity IN ('attempt', 'assignment')"
+ENTITY_CHECK = "entity IN ('attempt', 'assignment', 'control')"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -317,6 +317,8 @@ class WorkOrder(Base):
     quantity: Mapped[int] = mapped_column(BigInteger)
     claimed: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # no more devices after it
+    closed_by: Mapped[str | None] = mapped_column(String(128))  # who closed it (OPC UA user)
 
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity"),

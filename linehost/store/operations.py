@@ -198,8 +198,9 @@ class AssignOp(Op[AssignResult]):
         )
         quantity, claimed = known
         return decide_quota(
-            decision, work_order, quantity, claimed + batch.slots[work_order], freed
-        )
+            decision, work_order, quantity, claimed + batch.slots[work_order], freed,
+            closed=work_order in batch.closed_work_orders,
+        )  # fmt: skip
 
     def _insert(self, batch: Batch, attempt: AttemptRow, extra: dict[str, Any]) -> AssignmentRow:
         """Record the candidate as a new `issued` assignment of this attempt."""

@@ -28,8 +28,8 @@ def display(complete: list[bool] | None = None) -> tuple[JigDisplay, States]:
     return JigDisplay(JigStatus("l1", "st1", "j1"), seen, lambda: flag[0]), seen
 
 
-def preparation(steps: JigSteps | None) -> Preparation:
-    shown, _ = display()
+def preparation(steps: JigSteps | None, complete: list[bool] | None = None) -> Preparation:
+    shown, _ = display(complete)
     return Preparation(steps, "/dev/ttyJ1", shown, Observer(), structlog.get_logger("test"))
 
 
@@ -41,21 +41,24 @@ def test_without_a_pre_step_nothing_is_ever_due_or_held() -> None:
     prep = preparation(None)
     prep.due()
     assert prep.state is PreStep.NONE
-    assert not prep.pre_step_due(work_order_complete=False, jig_free=True)
-    assert not prep.holds_new_devices(work_order_complete=False)
+    assert not prep.pre_step_due(jig_free=True)
+    assert not prep.holds_new_devices()
 
 
 def test_a_pre_step_is_due_then_done_then_due_for_the_next_device() -> None:
-    prep = preparation(JigSteps(pre=PRE, probe="P1"))
+    complete = [False]
+    prep = preparation(JigSteps(pre=PRE, probe="P1"), complete)
     assert prep.state is PreStep.DUE
-    assert prep.holds_new_devices(work_order_complete=False)
-    assert not prep.holds_new_devices(work_order_complete=True)  # refused and recorded instead
-    assert not prep.pre_step_due(work_order_complete=False, jig_free=False)
-    assert not prep.pre_step_due(work_order_complete=True, jig_free=True)
-    assert prep.pre_step_due(work_order_complete=False, jig_free=True)
+    assert prep.holds_new_devices()
+    assert not prep.pre_step_due(jig_free=False)
+    assert prep.pre_step_due(jig_free=True)
+    complete[0] = True  # nothing left to provision: refused and recorded instead
+    assert not prep.holds_new_devices()
+    assert not prep.pre_step_due(jig_free=True)
+    complete[0] = False
     prep.prepared(ok())
     assert prep.state is PreStep.DONE
-    assert not prep.holds_new_devices(work_order_complete=False)
+    assert not prep.holds_new_devices()
     assert prep.take_pre_output() == ["[pre_step] pre step ok (0.50 s)", "[pre_step] flashed"]
     assert prep.take_pre_output() == []  # once
     prep.due()
