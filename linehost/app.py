@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 
 from linehost.config import LineConfig
-from linehost.errors import LinehostError
+from linehost.errors import ConfigError, LinehostError
 from linehost.evidence.service import start_evidence
 from linehost.line.controls import LineControls
 from linehost.line.hold import JigHolds
@@ -25,6 +26,8 @@ from linehost.pki.bundle import BundleIssuer, format_counts
 from linehost.pki.cd import load_cd
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import open_local_issuer
+from linehost.pki.pai import load_certificate
+from linehost.protocol.factory import WITHOUT_POP
 from linehost.protocol.session import Timing
 from linehost.records import utcnow
 from linehost.store.store import Store
@@ -112,6 +115,40 @@ def timing_of(config: LineConfig) -> Timing:
         csr_timeout=p.csr_timeout,
         result_timeout=p.result_timeout,
         empty_after_syncs=p.empty_after_syncs,
+        letter_gap=p.letter_gap,
+    )
+
+
+def check_key_proof(config: LineConfig) -> None:
+    """Refuse (ConfigError, one line) a line whose jigs would get DACs for bare public keys
+    unless `[pki] allow_without_pop` says so, or whose issuer needs a CSR they cannot give."""
+    bare = [jig for jig in config.jigs if jig.protocol in WITHOUT_POP]
+    if not bare:
+        return
+    where = f"{config.source}: " if config.source is not None else ""
+    jig = bare[0]
+    named = f"jig {jig.station}/{jig.name} (protocol = {jig.protocol!r})"
+    if not config.pki.allow_without_pop:
+        raise ConfigError(
+            f"{where}{named} sends a bare public key (no proof of possession); "
+            "set [pki] allow_without_pop = true to issue DACs without it"
+        )
+    if config.pki.issuer == "est":
+        raise ConfigError(
+            f"{where}{named} has no CSR, and [pki] issuer = 'est' enrols CSRs only; "
+            "use issuer = 'local' or 'bundle' for it"
+        )
+
+
+def root_key_pem(config: LineConfig) -> str | None:
+    """The PAA's public key as PEM (`[pki] paa_cert`), delivered by protocols that store it."""
+    if config.pki.paa_cert is None:
+        return None
+    paa = load_certificate(config.pki.paa_cert, "PAA")
+    return (
+        paa.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
     )
 
 
@@ -124,6 +161,7 @@ async def run_line(
 
     `observer` hears every jig's changes and attempts, besides the configured outputs.
     """
+    check_key_proof(config)
     config = with_work_order(config)
     ops = LineOperations(config)
     ensure_fd_limit(len(config.jigs))
@@ -154,6 +192,7 @@ async def run_line(
                 onboarding=onboarding,
                 cd_b64=cd_b64,
                 gate=ops.gate,
+                root_key_pem=root_key_pem(config),
             )
             context = LineContext(provisioner, timing, observers, holds=holds)
             runners = [

@@ -41,6 +41,7 @@ ASSIGNMENT_FIELDS = [
     "work_order",
     "revoked_at",
     "revocation_reason",
+    "key_proof",
 ]
 ATTEMPT_FIELDS = [
     "attempt_id",
@@ -55,6 +56,7 @@ ATTEMPT_FIELDS = [
     "started_at",
     "ended_at",
     "work_order",
+    "key_proof",
 ]
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from linehost.line.hold import JigHolds
 from linehost.line.provisioning import Provisioner
 from linehost.observers import NO_OBSERVER, AttemptObserver
-from linehost.protocol.session import Timing
+from linehost.protocol.session import AttemptStarted, Timing
 from linehost.records import AttemptStart, utcnow
 from linehost.transport.serial import JigPort, open_port
 
@@ -36,14 +36,15 @@ class JigSpec:
     baudrate: int = 115200
     protocol: str = "v1"  # the jig protocol its firmware speaks (`[[jigs]] protocol`)
 
-    def attempt_start(self, uid: str | None, work_order: str | None) -> AttemptStart:
-        """A new attempt on this jig, starting now."""
+    def attempt_start(self, started: AttemptStarted, work_order: str | None) -> AttemptStart:
+        """The attempt the session just started on this jig, from now."""
         return AttemptStart(
             attempt_id=str(uuid.uuid4()),
             line=self.line,
             station=self.station,
             jig=self.name,
-            uid=uid,
+            uid=started.uid,
             started_at=utcnow(),
             work_order=work_order,
+            key_proof=started.key_proof,
         )

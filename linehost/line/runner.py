@@ -179,11 +179,10 @@ class JigRunner:
 
     def _since_read(self) -> float:
         """Seconds since the port last received bytes (the line being handled)."""
-        port = self._port
-        return self._loop.time() - port.received_at if port is not None else 0.0
+        return self._loop.time() - self._port.received_at if self._port is not None else 0.0
 
     def _begin(self, started: AttemptStarted) -> None:
-        start = self.spec.attempt_start(started.uid, self._provisioner.work_order)
+        start = self.spec.attempt_start(started, self._provisioner.work_order)
         self._attempt = Attempt(start, self._log, self._display.waiting, self._observer)
         self.status.attempt_id = start.attempt_id
         self._observer.attempt_started(start)
@@ -196,8 +195,9 @@ class JigRunner:
             return self._session.reject(decision.outcome, decision.detail, now)
         d = decision
         return self._session.deliver(
-            d.dac_pem, d.pai_pem, now, cd_b64=d.cd_b64, factory_data=d.factory_data
-        )
+            d.dac_pem, d.pai_pem, now, cd_b64=d.cd_b64, factory_data=d.factory_data,
+            root_key_pem=d.root_key_pem,
+        )  # fmt: skip
 
     async def _end(self, ended: AttemptEnded) -> None:
         attempt = self._attempt

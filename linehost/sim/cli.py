@@ -12,7 +12,7 @@ from typing import Final
 
 from linehost.sim import personalities
 from linehost.sim.harness import DEFAULT_SWAP_SECONDS, SimulatedLine, parse_mix
-from linehost.sim.personalities import get_personality, personality_names
+from linehost.sim.personalities import personality_names, protocol_names
 
 #: Seconds the ports stay open after the last device, so the host can read its last answer.
 DEFAULT_LINGER: Final = 2.0
@@ -21,6 +21,13 @@ DEFAULT_LINGER: Final = 2.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `sim` options to `parser`."""
     parser.add_argument("--jigs", type=_positive_int, default=1, metavar="N", help="jigs (1)")
+    parser.add_argument(
+        "--protocol",
+        choices=protocol_names(),
+        default="v1",
+        help="the jig protocol the simulated firmware speaks (v1); ecc608-letters devices: "
+        f"{', '.join(personality_names('ecc608-letters'))}",
+    )
     parser.add_argument(
         "--devices",
         type=_non_negative_int,
@@ -43,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME[:W],...",
         help="personalities dealt in these proportions (weights W, default 1), shuffled by --seed",
+    )
+    which.add_argument(
+        "--plan",
+        type=_plan,
+        default=None,
+        metavar="NAME,...;NAME,...",
+        help="exactly these devices, in order, one list per jig (sets --jigs and --devices)",
     )
     parser.add_argument(
         "--dir", default=None, metavar="DIR", help="where the port links go (default: a temp dir)"
@@ -101,6 +115,8 @@ class SimOptions:
     baud: int | None = None
     reseat_seconds: float | None = None
     linger: float = DEFAULT_LINGER
+    protocol: str = "v1"  # the jig protocol the simulated firmware speaks
+    plans: list[list[str]] | None = None  # exactly these devices, one list per jig
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> SimOptions:
@@ -118,6 +134,8 @@ class SimOptions:
             baud=args.baud,
             reseat_seconds=args.reseat_seconds,
             linger=args.linger,
+            protocol=args.protocol,
+            plans=args.plan,
         )
 
 
@@ -130,8 +148,9 @@ async def run_simulator(options: SimOptions) -> int:
     """Run the simulated line until its devices are done or SIGINT/SIGTERM; return the exit code."""
     if options.reseat_seconds is not None:
         personalities.RESEAT_SECONDS = options.reseat_seconds  # builders read it at lookup
+    plans = options.plans
     line = SimulatedLine(
-        options.jigs,
+        len(plans) if plans else options.jigs,
         devices_per_jig=options.devices,
         personality=options.personality or "good",
         mix=options.mix,
@@ -141,6 +160,8 @@ async def run_simulator(options: SimOptions) -> int:
         swap_seconds=options.swap_seconds,
         seed=options.seed,
         baud=options.baud,
+        protocol=options.protocol,
+        plans=plans,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -205,16 +226,32 @@ def _non_negative_float(text: str) -> float:
 
 
 def _personality(text: str) -> str:
-    try:
-        get_personality(text)
-    except Exception as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    _known_somewhere(text)
     return text
+
+
+def _plan(text: str) -> list[list[str]]:
+    plans = [[name.strip() for name in jig.split(",") if name.strip()] for jig in text.split(";")]
+    if not plans or not all(plans):
+        raise argparse.ArgumentTypeError(f"every jig needs at least one device: {text!r}")
+    for plan in plans:
+        _known_somewhere(",".join(plan))
+    return plans
 
 
 def _mix(text: str) -> str:
-    try:
-        parse_mix(text)
-    except Exception as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    _known_somewhere(text)
     return text
+
+
+def _known_somewhere(mix: str) -> None:
+    """ArgumentTypeError unless some protocol's simulator knows every personality of `mix`
+    (checked against --protocol when the line is built)."""
+    problems = []
+    for protocol in protocol_names():
+        try:
+            parse_mix(mix, protocol)
+            return
+        except Exception as exc:
+            problems.append(str(exc))
+    raise argparse.ArgumentTypeError(problems[0])

@@ -219,6 +219,7 @@ class Batch:
                 "jig": row.jig,
                 "work_order": row.work_order,
                 "started_at": iso_utc(row.started_at),
+                "key_proof": row.key_proof,
             },
         )
         return row

@@ -111,6 +111,8 @@ class Assignment(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     bundle_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    # How the device showed the key this DAC carries: "csr" (proof of possession) or "none".
+    key_proof: Mapped[str] = mapped_column(String(8), server_default=text("'csr'"))
 
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
@@ -156,6 +158,7 @@ class Attempt(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     transcript: Mapped[str] = mapped_column(Text)
+    key_proof: Mapped[str] = mapped_column(String(8), server_default=text("'csr'"))
 
     __table_args__ = (
         CheckConstraint(OUTCOME_CHECK, name="outcome"),

@@ -227,6 +227,7 @@ class AssignOp(Op[AssignResult]):
             confirmed_at=None,
             updated_at=batch.now,
             bundle_entry_id=dac.bundle_entry_id,
+            key_proof=req.key_proof,
         )
         batch.add_assignment(row)
         _bind(attempt, row)
@@ -244,6 +245,7 @@ class AssignOp(Op[AssignResult]):
             work_order=row.work_order,
             issued_at=iso_utc(row.issued_at),
             bundle_entry_id=row.bundle_entry_id,
+            key_proof=row.key_proof,
             **extra,
         )
         return row
