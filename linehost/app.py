@@ -16,12 +16,11 @@ from linehost.errors import ConfigError, LinehostError
 from linehost.evidence.service import start_evidence
 from linehost.line.controls import LineControls
 from linehost.line.hold import JigHolds
-from linehost.line.latency import LatencyProbe
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
-from linehost.line.status import StatusListener
 from linehost.line.supervisor import LineSupervisor
+from linehost.observers import AttemptObserver, fan_out
 from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
 from linehost.pki.cd import load_cd
@@ -30,7 +29,7 @@ from linehost.pki.local import open_local_issuer
 from linehost.pki.pai import load_certificate
 from linehost.protocol.factory import WITHOUT_POP
 from linehost.protocol.session import Timing
-from linehost.records import JigStatus, utcnow
+from linehost.records import utcnow
 from linehost.store.store import Store
 from linehost.transport.serial import ensure_fd_limit
 
@@ -48,11 +47,14 @@ async def open_issuer(config: LineConfig) -> Issuer:
     chains to the PAA (when given) and matches its key; raise PkiError / ConfigError."""
     pki = config.pki
     if pki.issuer == "bundle":
+        from linehost.store.bundles import BundlePool
+        from linehost.store.engine import create_engine
+
         return BundleIssuer.load(
             pki.pai_cert,
             pki.vid,
             pki.pid,
-            database_url=config.database.url,
+            pool=BundlePool(create_engine(config.database.url), owns_engine=True),
             line=config.line.name,
             paa_cert=pki.paa_cert,
         )
@@ -160,10 +162,12 @@ def root_key_pem(config: LineConfig) -> str | None:
 async def run_line(
     config: LineConfig,
     stop: asyncio.Event,
-    listener: StatusListener | None = None,
-    latency: LatencyProbe | None = None,
+    observer: AttemptObserver | None = None,
 ) -> list[JigRunner]:
-    """Run every jig of the line until `stop` is set; return the runners (for their counts)."""
+    """Run every jig of the line until `stop` is set; return the runners (for their counts).
+
+    `observer` hears every jig's changes and attempts, besides the configured outputs.
+    """
     check_key_proof(config)
     config = with_work_order(config)
     ops = LineOperations(config)
@@ -192,9 +196,7 @@ async def run_line(
             await ops.start(store)
             if opcua is not None:
                 await opcua.start()
-            listeners = [x for x in (listener, relay, edge_node, opcua) if x is not None]
-            listeners += ops.listeners()
-            fanout = listeners[0] if len(listeners) == 1 else _Fanout(listeners)
+            observers = fan_out([observer, relay, edge_node, opcua, *ops.observers()])
             provisioner = Provisioner(
                 issuer,
                 store,
@@ -205,9 +207,7 @@ async def run_line(
                 root_key_pem=root_key_pem(config),
                 attest=config.protocol.attest,
             )
-            context = LineContext(
-                provisioner, timing, fanout if listeners else None, latency=latency, holds=holds
-            )
+            context = LineContext(provisioner, timing, observers, holds=holds)
             runners = [
                 JigRunner(
                     JigSpec(
@@ -220,7 +220,6 @@ async def run_line(
                     ),
                     context,
                     steps=jig_steps(config, jig),
-                    metrics=ops.jig_metrics(jig),
                 )
                 for jig in config.jigs
             ]
@@ -331,17 +330,6 @@ def open_opcua(config: LineConfig, store: Store, controls: LineControls) -> Opcu
         work_order=facts.work_order if wo else None,
         controls=controls,
     )
-
-
-class _Fanout:
-    """Tells several listeners about every jig change."""
-
-    def __init__(self, listeners: list[StatusListener]) -> None:
-        self._listeners = listeners
-
-    def jig_changed(self, status: JigStatus) -> None:
-        for listener in self._listeners:
-            listener.jig_changed(status)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
 import hashlib
 import json
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from pathlib import Path
+from typing import Any, Literal, TextIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -61,11 +62,48 @@ ATTEMPT_FIELDS = [
 ]
 
 
-def export_assignments(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class RecordQuery:
+    """`audit export` / `audit attempts` as parsed: which records, in which format."""
+
+    config: Path
+    format: Literal["jsonl", "csv"] = "jsonl"
+    since: str | None = None  # ISO 8601, UTC when it names no zone
+    until: str | None = None
+    station: str | None = None
+    jig: str | None = None
+    work_order: str | None = None
+    status: str | None = None  # export: only assignments in this status
+    outcome: str | None = None  # attempts: only attempts with this outcome
+    include_onboarding: bool = False  # export: each device's onboarding data, in clear
+
+
+@dataclass(frozen=True, slots=True)
+class ControlQuery:
+    """`audit controls` as parsed: which supervisor calls, in which format."""
+
+    config: Path
+    format: Literal["jsonl", "csv"] = "jsonl"
+    since: str | None = None
+    until: str | None = None
+    line: str | None = None  # only calls to this line's host
+    user: str | None = None  # only calls by this user
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyOptions:
+    """`audit verify` as parsed: the config, and the checkpoints to hold the database to."""
+
+    config: Path
+    checkpoints: Path | None = None
+    audit_pubkey: Path | None = None
+
+
+def export_assignments(args: RecordQuery) -> int:
     """One record per assignment, as JSON lines or CSV, on stdout."""
     config = load_config(args.config)
     since, until = _window(args)
-    if getattr(args, "include_onboarding", False):
+    if args.include_onboarding:
         return _export_with_onboarding(args, config, since, until)
 
     async def go() -> int:
@@ -76,7 +114,7 @@ def export_assignments(args: argparse.Namespace) -> int:
                 station=args.station,
                 jig=args.jig,
                 status=args.status,
-                work_order=getattr(args, "work_order", None),
+                work_order=args.work_order,
             )
             return await _write(rows, args.format, ASSIGNMENT_FIELDS, sys.stdout)
 
@@ -86,7 +124,7 @@ def export_assignments(args: argparse.Namespace) -> int:
 
 
 def _export_with_onboarding(
-    args: argparse.Namespace, config: LineConfig, since: datetime | None, until: datetime | None
+    args: RecordQuery, config: LineConfig, since: datetime | None, until: datetime | None
 ) -> int:
     """The export plus each device's onboarding data, passcodes unsealed (said on stderr)."""
     from linehost.onboarding.service import ONBOARDING_EXPORT_FIELDS, export_fields, open_seal
@@ -109,7 +147,7 @@ def _export_with_onboarding(
             station=args.station,
             jig=args.jig,
             status=args.status,
-            work_order=getattr(args, "work_order", None),
+            work_order=args.work_order,
         )
         async for record, found in rows:
             yield record | export_fields(found or {}, seal)
@@ -124,7 +162,7 @@ def _export_with_onboarding(
     return 0
 
 
-def export_controls(args: argparse.Namespace) -> int:
+def export_controls(args: ControlQuery) -> int:
     """One record per supervisor call (the audit chain's `control` rows), on stdout."""
     from linehost.store.controls import CONTROL_FIELDS
 
@@ -147,7 +185,7 @@ def export_controls(args: argparse.Namespace) -> int:
     return 0
 
 
-def export_attempts(args: argparse.Namespace) -> int:
+def export_attempts(args: RecordQuery) -> int:
     """One record per attempt, as JSON lines or CSV, on stdout."""
     config = load_config(args.config)
     since, until = _window(args)
@@ -160,7 +198,7 @@ def export_attempts(args: argparse.Namespace) -> int:
                 station=args.station,
                 jig=args.jig,
                 outcome=args.outcome,
-                work_order=getattr(args, "work_order", None),
+                work_order=args.work_order,
             )
             return await _write(rows, args.format, ATTEMPT_FIELDS, sys.stdout)
 
@@ -169,16 +207,16 @@ def export_attempts(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_uid(args: argparse.Namespace) -> int:
+def show_uid(config_path: Path, uid: str) -> int:
     """Human-readable history of one device."""
-    config = load_config(args.config)
+    config = load_config(config_path)
 
     async def go() -> list[dict[str, Any]]:
         async with _audit(config) as audit:
-            return await audit.uid_history(args.uid)
+            return await audit.uid_history(uid)
 
     items = asyncio.run(go())
-    uid = args.uid.strip().upper()
+    uid = uid.strip().upper()
     if not items:
         print(f"no records for UID {uid}")
         return 1
@@ -205,17 +243,17 @@ def show_uid(args: argparse.Namespace) -> int:
     return 0
 
 
-def show_dac(args: argparse.Namespace) -> int:
+def show_dac(config_path: Path, serial_or_sha256: str) -> int:
     """Human-readable history of one certificate."""
-    config = load_config(args.config)
+    config = load_config(config_path)
 
     async def go() -> dict[str, Any] | None:
         async with _audit(config) as audit:
-            return await audit.dac_lookup(args.serial_or_sha256)
+            return await audit.dac_lookup(serial_or_sha256)
 
     found = asyncio.run(go())
     if found is None:
-        print(f"no DAC with serial or SHA-256 {args.serial_or_sha256}")
+        print(f"no DAC with serial or SHA-256 {serial_or_sha256}")
         return 1
     a = found["assignment"]
     print(f"DAC serial {a['dac_serial']}")
@@ -240,7 +278,7 @@ def show_dac(args: argparse.Namespace) -> int:
     return 0
 
 
-def verify(args: argparse.Namespace) -> int:
+def verify(args: VerifyOptions) -> int:
     """Check every DAC against the PAI and its recorded fingerprint, and the audit chain."""
     config = load_config(args.config)
     pai = load_certificate(config.pki.pai_cert, "pki.pai_cert")
@@ -264,7 +302,7 @@ def verify(args: argparse.Namespace) -> int:
     pools: list[str] = []
     checked, found = asyncio.run(go())
     problems.extend(found)
-    report = checkpoint_report(args, config.database.url)
+    report = checkpoint_report(args.checkpoints, args.audit_pubkey, config.database.url)
     if report is not None:
         problems.extend(report.problems)
     for problem in problems:
@@ -356,7 +394,7 @@ async def _write(
     return count
 
 
-def _window(args: argparse.Namespace) -> tuple[datetime | None, datetime | None]:
+def _window(args: RecordQuery | ControlQuery) -> tuple[datetime | None, datetime | None]:
     return _parse_time(args.since, "--since"), _parse_time(args.until, "--until")
 
 

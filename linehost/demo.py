@@ -16,6 +16,7 @@ from linehost.config import load_config, parse_listen
 from linehost.dashboard.app import Dashboard
 from linehost.logs import configure_logging
 from linehost.mqtt.embedded import EmbeddedBroker
+from linehost.observers import Observer
 from linehost.pki.devpki import init_dev
 from linehost.protocol.outcomes import JigState, Outcome
 from linehost.records import JigStatus
@@ -63,7 +64,7 @@ drain_timeout = 3
 {jigs}"""
 
 
-class DemoDisplay:
+class DemoDisplay(Observer):
     """Prints each finished attempt as it happens and a table of every jig now and then."""
 
     def __init__(self, out: TextIO = sys.stdout, expected: int | None = None) -> None:
@@ -77,7 +78,7 @@ class DemoDisplay:
         self._no_uid = 0  # attempts that ended before the device said its UID
 
     def jig_changed(self, status: JigStatus) -> None:
-        """StatusListener: called by every runner on every change."""
+        """Called by every runner on every change."""
         key = (status.station, status.jig)
         self.jigs[key] = status
         done = status.ok + status.failed
@@ -196,7 +197,7 @@ async def _run_demo(
     install_stop_signals(stop)
     started = time.monotonic()
     async with sim:
-        line = asyncio.create_task(run_line(config, stop, listener=display), name="demo-line")
+        line = asyncio.create_task(run_line(config, stop, observer=display), name="demo-line")
         table = asyncio.create_task(_tables(display), name="demo-table")
         sim_done = asyncio.create_task(sim.wait(), name="demo-sim")
         stop_wait = asyncio.create_task(stop.wait(), name="demo-stop")

@@ -11,8 +11,9 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from linehost.protocol.outcomes import JigState, Outcome
-from linehost.records import JigStatus
+from linehost.observers import DB_ASSIGN, DB_END_ATTEMPT, Observer
+from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
+from linehost.records import AttemptEnd, AttemptStart, JigStatus
 
 NAMESPACE: Final = "linehost"
 #: Seconds: a device's whole attempt, from its UID line to its result (steps included).
@@ -43,8 +44,8 @@ METRIC_NAMES: Final = frozenset(
 )
 
 
-class LineMetrics:
-    """The registry of one line host and the series in it."""
+class LineMetrics(Observer):
+    """The registry of one line host and the series in it; an observer of its jigs."""
 
     def __init__(self, line: str, registry: CollectorRegistry | None = None) -> None:
         self.line = line
@@ -112,8 +113,9 @@ class LineMetrics:
             registry=r,
         )  # fmt: skip
         self.crl_to_next_update.set(float("nan"))
-        self.db_assign = self.db_commit.labels("assign")
-        self.db_end = self.db_commit.labels("end_attempt")
+        self.db_assign = self.db_commit.labels(DB_ASSIGN)
+        self.db_end = self.db_commit.labels(DB_END_ATTEMPT)
+        self._db = {DB_ASSIGN: self.db_assign, DB_END_ATTEMPT: self.db_end}
         self._jigs: dict[tuple[str, str], JigMetrics] = {}
         self._server: WSGIServer | None = None
 
@@ -125,9 +127,37 @@ class LineMetrics:
             found = self._jigs[key] = JigMetrics(self, station, jig)
         return found
 
+    # --- AttemptObserver ---------------------------------------------------------------------
+
     def jig_changed(self, status: JigStatus) -> None:
-        """StatusListener: move the jig's state gauge."""
+        """Move the jig's state gauge."""
         self.jig(status.station, status.jig).set_state(status.state)
+
+    def attempt_ended(self, start: AttemptStart, end: AttemptEnd) -> None:
+        """Count the outcome, time the attempt, count a confirmed DAC."""
+        seconds = (end.ended_at - start.started_at).total_seconds()
+        confirmed = end.assignment_status is AssignmentStatus.CONFIRMED
+        self.jig(start.station, start.jig).attempt_ended(end.outcome, seconds, confirmed)
+
+    def dac_written(self, start: AttemptStart, seconds: float) -> None:
+        """Host-added latency: CSR read to DAC written."""
+        self.jig(start.station, start.jig).host_latency(seconds)
+
+    def issuer_answered(self, start: AttemptStart, seconds: float) -> None:
+        """The issuer's time for one DAC."""
+        self.jig(start.station, start.jig).issuer_latency(seconds)
+
+    def database_committed(self, start: AttemptStart, operation: str, seconds: float) -> None:
+        """A store call until committed, by operation."""
+        histogram = self._db.get(operation)
+        if histogram is not None:
+            histogram.observe(seconds)
+
+    def step_ran(self, status: JigStatus, step: str, ok: bool, seconds: float) -> None:
+        """A pre/post step's result and run time."""
+        self.jig(status.station, status.jig).step(step, ok, seconds)
+
+    # --- the endpoint ------------------------------------------------------------------------
 
     def serve(self, host: str, port: int) -> None:
         """Start the HTTP endpoint (a daemon thread of prometheus-client) on host:port."""
@@ -155,7 +185,7 @@ class LineMetrics:
 
 
 class JigMetrics:
-    """One jig's series, bound once: the runner calls these per device."""
+    """One jig's series, bound once (LineMetrics calls these per device)."""
 
     def __init__(self, parent: LineMetrics, station: str, jig: str) -> None:
         self._parent = parent
@@ -173,7 +203,6 @@ class JigMetrics:
         self._step_time = {s: parent.step_duration.labels(station, jig, s) for s in ("pre", "post")}
         self._state: JigState | None = None
         self.db_assign = parent.db_assign
-        self.db_end = parent.db_end
 
     def attempt_ended(self, outcome: Outcome, seconds: float, confirmed: bool) -> None:
         self._attempts[outcome].inc()

@@ -240,6 +240,17 @@ class JigStatus:
     last_detail: str | None = None
     last_uid: str | None = None
 
+    def attempt_ended(self, outcome: Outcome, detail: str, uid: str | None) -> None:
+        """Count a finished attempt and show its result."""
+        if outcome is Outcome.PROVISIONED:
+            self.ok += 1
+        else:
+            self.failed += 1
+        self.last_outcome = outcome
+        self.last_detail = detail
+        self.last_uid = uid
+        self.attempt_id = None
+
     def payload(self) -> dict[str, object]:
         """The MQTT/dashboard JSON object."""
         return {
@@ -256,3 +267,82 @@ class JigStatus:
             "station": self.station,
             "jig": self.jig,
         }
+
+
+# --- pre-issued DAC bundles (the pool is store.bundles; its issuer is pki.bundle) ---------
+
+
+@dataclass(frozen=True, slots=True)
+class BundleDac:
+    """A checked pre-issued DAC, ready to enter the pool."""
+
+    uid: str  # upper-case hex
+    dac_pem: str
+    dac_serial: str
+    dac_sha256: str
+    public_key_sha256: str
+    pai_sha256: str
+    vid: str
+    pid: str
+    source: str  # where it came from: a file, or "file:line"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolEntry:
+    """One entry of the pool as stored."""
+
+    id: int
+    bundle: str
+    uid: str
+    dac_pem: str
+    dac_serial: str
+    dac_sha256: str
+    public_key_sha256: str
+    pai_sha256: str
+    vid: str
+    pid: str
+    source: str
+    imported_at: datetime
+    claimed_at: datetime | None
+    claim_token: str | None
+    claimed_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UsedBy:
+    """The assignment that recorded a bundle DAC."""
+
+    id: int
+    uid: str
+    status: str
+    public_key_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    """What an import did: `rejected` holds (source, reason) for entries left out."""
+
+    added: int
+    unchanged: int
+    rejected: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class BundleCount:
+    """Depletion of one bundle: `remaining` entries were never claimed."""
+
+    bundle: str
+    total: int
+    claimed: int
+    remaining: int
+
+
+@dataclass(frozen=True, slots=True)
+class CrlState:
+    """The CRL a keeper last signed: what the host publishes on `{p}/{line}/host/crl`."""
+
+    pai_skid: str  # the PAI's subject key identifier, hex (names the CRL file too)
+    number: int
+    this_update: datetime
+    next_update: datetime
+    revoked: int

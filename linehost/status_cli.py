@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console, Group
@@ -42,7 +43,26 @@ _STYLE = {
 }
 
 
-def show_status(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class StatusOptions:
+    """`linehost status` as parsed."""
+
+    config: Path
+    once: bool = False  # one table, then exit
+    json: bool = False  # one snapshot as JSON
+    interval: float = 1.0  # seconds between refreshes
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOrderQuery:
+    """`linehost workorder status` as parsed."""
+
+    config: Path
+    id: str | None = None  # another work order than the config's [work_order]
+    json: bool = False
+
+
+def show_status(args: StatusOptions) -> int:
     """Print the jig table; refresh it until Ctrl-C unless --once or --json."""
     config = load_config(args.config)
     interval: float = args.interval
@@ -73,7 +93,7 @@ def show_status(args: argparse.Namespace) -> int:
         return 0
 
 
-def workorder_status(args: argparse.Namespace) -> int:
+def workorder_status(args: WorkOrderQuery) -> int:
     """done / failed / remaining of the configured (or given) work order."""
     config = load_config(args.config)
     work_order = args.id or (config.work_order.id if config.work_order else None)

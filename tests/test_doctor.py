@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
+from tests.waiting import eventually_blocking
 
 MQTT_URL = os.environ.get("LINEHOST_TEST_MQTT", "mqtt://127.0.0.1:1883")
 PG_SERVER = os.environ.get("LINEHOST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
@@ -420,12 +421,8 @@ def _wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
 
 
-def _wait_for(condition: object, timeout: float = 20.0) -> None:
-    assert callable(condition)
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def _wait_for(condition: Callable[[], object], timeout: float = 20.0) -> None:
+    eventually_blocking(condition, within=timeout)
 
 
 def _require_broker() -> None:

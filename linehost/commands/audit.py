@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from linehost.audit_cli import RecordQuery
     from linehost.commands import Subparsers
 
 
@@ -68,40 +69,58 @@ def _record_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-order", default=None, help="only records of this work order")
 
 
+def _query(args: argparse.Namespace) -> RecordQuery:
+    from linehost.audit_cli import RecordQuery
+
+    return RecordQuery(
+        config=args.config,
+        format=args.format,
+        since=args.since,
+        until=args.until,
+        station=args.station,
+        jig=args.jig,
+        work_order=args.work_order,
+        status=getattr(args, "status", None),  # export only
+        outcome=getattr(args, "outcome", None),  # attempts only
+        include_onboarding=getattr(args, "include_onboarding", False),
+    )
+
+
 def _export(args: argparse.Namespace) -> int:
     from linehost.audit_cli import export_assignments
 
-    return export_assignments(args)
+    return export_assignments(_query(args))
 
 
 def _attempts(args: argparse.Namespace) -> int:
     from linehost.audit_cli import export_attempts
 
-    return export_attempts(args)
+    return export_attempts(_query(args))
 
 
 def _controls(args: argparse.Namespace) -> int:
-    from linehost.audit_cli import export_controls
+    from linehost.audit_cli import ControlQuery, export_controls
 
-    return export_controls(args)
+    query = ControlQuery(args.config, args.format, args.since, args.until, args.line, args.user)
+    return export_controls(query)
 
 
 def _uid(args: argparse.Namespace) -> int:
     from linehost.audit_cli import show_uid
 
-    return show_uid(args)
+    return show_uid(args.config, args.uid)
 
 
 def _dac(args: argparse.Namespace) -> int:
     from linehost.audit_cli import show_dac
 
-    return show_dac(args)
+    return show_dac(args.config, args.serial_or_sha256)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from linehost.audit_cli import verify
+    from linehost.audit_cli import VerifyOptions, verify
 
-    return verify(args)
+    return verify(VerifyOptions(args.config, args.checkpoints, args.audit_pubkey))
 
 
 def _bundles(args: argparse.Namespace) -> int:

@@ -72,7 +72,7 @@ def _init_dev_options(args: argparse.Namespace) -> InitDevOptions:
 
 
 def _vid_pid(text: str, name: str) -> str:
-    from linehost.pki.vidpid import parse_vid_pid
+    from linehost.vidpid import parse_vid_pid
 
     try:
         return parse_vid_pid(text)
@@ -128,8 +128,8 @@ def register_lifecycle(pki_sub: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _revoke(args: argparse.Namespace) -> int:
+    from linehost.commands.revocation import candidates_command, revoke_command
     from linehost.pki import lifecycle
-    from linehost.pki.lifecycle_cli import candidates_command, revoke_command
 
     if args.candidates:
         if args.reason is not None or args.dry_run:
@@ -152,18 +152,18 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _crl(args: argparse.Namespace) -> int:
-    from linehost.pki.lifecycle_cli import crl_command
+    from linehost.commands.revocation import crl_command
 
     return crl_command(args.config, args.out, der=args.der)
 
 
 def _revocation_set(args: argparse.Namespace) -> int:
-    from linehost.pki.lifecycle_cli import revocation_set_command
+    from linehost.commands.revocation import revocation_set_command
 
     return revocation_set_command(args.config, args.out)
 
 
 def _dcl(args: argparse.Namespace) -> int:
-    from linehost.pki.lifecycle_cli import dcl_command
+    from linehost.commands.revocation import dcl_command
 
     return dcl_command(args.config, args.data_url, crl=args.crl, label=args.label)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,16 +32,16 @@ def run_line_command(options: RunOptions) -> int:
     """Drive every jig of the configured line until SIGINT/SIGTERM."""
     from linehost.app import install_stop_signals, run_line
     from linehost.config import load_config
-    from linehost.line.latency import enable_from_env
+    from linehost.line.latency import probe_from_env
 
     config = load_config(options.config)
 
     async def go() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        probe = enable_from_env()  # benchmarks only: LINEHOST_LATENCY_FILE
+        probe = probe_from_env(os.environ)  # benchmarks only: LINEHOST_LATENCY_FILE
         try:
-            await run_line(config, stop, latency=probe)
+            await run_line(config, stop, observer=probe)
         finally:
             if probe is not None:
                 probe.dump()

@@ -26,6 +26,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from linehost.status_cli import show_status
+    from linehost.status_cli import StatusOptions, show_status
 
-    return show_status(args)
+    return show_status(StatusOptions(args.config, args.once, args.json, args.interval))

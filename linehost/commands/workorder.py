@@ -31,9 +31,9 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _workorder_status(args: argparse.Namespace) -> int:
-    from linehost.status_cli import workorder_status
+    from linehost.status_cli import WorkOrderQuery, workorder_status
 
-    return workorder_status(args)
+    return workorder_status(WorkOrderQuery(args.config, args.id, args.json))
 
 
 def _workorder_close(args: argparse.Namespace) -> int:

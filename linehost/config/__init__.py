@@ -5,6 +5,7 @@
 """
 
 from linehost.config.loading import ConfigProblems, load_config, parse_config, read_toml, validate
+from linehost.config.placeholders import STEP_PLACEHOLDERS as STEP_FIELDS
 from linehost.config.sections import (
     AuditSection,
     DashboardSection,
@@ -31,7 +32,6 @@ from linehost.config.types import (
     VidPid,
     parse_listen,
 )
-from linehost.line.steps import STEP_PLACEHOLDERS as STEP_FIELDS
 
 __all__ = [
     "STEP_FIELDS",

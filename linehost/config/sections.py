@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from linehost.config.placeholders import CN_PLACEHOLDERS, SERIAL_PLACEHOLDERS
 from linehost.config.types import (
     ConfigPath,
     DatabaseUrl,
@@ -23,8 +24,6 @@ from linehost.config.types import (
     check_placeholders,
     one_secret_source,
 )
-from linehost.pki.local import CN_PLACEHOLDERS
-from linehost.store.allocation import SERIAL_PLACEHOLDERS
 
 
 class _Section(BaseModel):

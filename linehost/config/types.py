@@ -16,9 +16,9 @@ from typing import Annotated, Final
 
 from pydantic import AfterValidator, ValidationInfo
 
+from linehost.config.placeholders import STEP_PLACEHOLDERS
 from linehost.errors import ConfigError
-from linehost.line.steps import STEP_PLACEHOLDERS
-from linehost.pki.vidpid import parse_vid_pid
+from linehost.vidpid import parse_vid_pid
 
 #: Validation context key: the folder of the config file (relative paths are relative to it).
 BASE: Final = "base"

@@ -114,21 +114,23 @@ def check_proof_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def checkpoint_report(args: argparse.Namespace, database_url: str) -> CheckpointReport | None:
+def checkpoint_report(
+    checkpoints: Path | None, audit_pubkey: Path | None, database_url: str
+) -> CheckpointReport | None:
     """With `--checkpoints`: the database checked against the checkpoint files; else None."""
-    if args.checkpoints is None:
-        if args.audit_pubkey is not None:
+    if checkpoints is None:
+        if audit_pubkey is not None:
             raise ConfigError("--audit-pubkey needs --checkpoints DIR")
         return None
-    if args.audit_pubkey is None:
+    if audit_pubkey is None:
         raise ConfigError("--checkpoints needs --audit-pubkey FILE (the auditor's copy)")
-    public = load_public_key(args.audit_pubkey)
+    public = load_public_key(audit_pubkey)
     from linehost.store.audit import Audit
 
     async def go() -> CheckpointReport:
         audit = await Audit.open(database_url)
         try:
-            return await verify_against_checkpoints(audit.engine, args.checkpoints, public)
+            return await verify_against_checkpoints(audit.engine, checkpoints, public)
         finally:
             await audit.close()
 

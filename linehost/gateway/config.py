@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from linehost.config import ConfigPath, DatabaseSection, PkiSection, read_toml, validate
 from linehost.config.types import Listen, Name
-from linehost.pki.vidpid import parse_vid_pid
+from linehost.vidpid import parse_vid_pid
 
 
 class _Section(BaseModel):

@@ -1,22 +1,25 @@
-"""Host-added latency probes for benchmarks: off (one `is None` test per device) unless enabled.
+"""Host-added latency probe for benchmarks: an observer `linehost run` adds when asked to.
 
-`linehost run` installs one on its line when the environment variable LINEHOST_LATENCY_FILE
-names a file; the samples (seconds, loop clock) are written there as JSON at shutdown.
+`linehost run` adds one to its line when the environment variable LINEHOST_LATENCY_FILE names
+a file; the samples (seconds, loop clock) are written there as JSON at shutdown.
 """
 
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
+
+from linehost.observers import Observer
+from linehost.records import AttemptStart
 
 ENV_VAR: Final = "LINEHOST_LATENCY_FILE"
 #: Samples kept per series; enough for any benchmark run, bounded for a forgotten variable.
 MAX_SAMPLES: Final = 1_000_000
 
 
-class LatencyProbe:
+class LatencyProbe(Observer):
     """Two series: CSR received -> first DAC byte written; finish received -> attempt committed."""
 
     __slots__ = ("csr_to_dac", "finish_to_commit", "path")
@@ -26,15 +29,15 @@ class LatencyProbe:
         self.csr_to_dac: list[float] = []
         self.finish_to_commit: list[float] = []
 
-    def dac_written(self, received_at: float, now: float) -> None:
-        """The DAC of a CSR received at `received_at` went to the port at `now`."""
+    def dac_written(self, start: AttemptStart, seconds: float) -> None:
+        """The DAC of a CSR went to the port `seconds` after the CSR was read."""
         if len(self.csr_to_dac) < MAX_SAMPLES:
-            self.csr_to_dac.append(now - received_at)
+            self.csr_to_dac.append(seconds)
 
-    def result_committed(self, received_at: float, now: float) -> None:
-        """A finish line received at `received_at` was durably recorded at `now`."""
+    def result_committed(self, start: AttemptStart, seconds: float) -> None:
+        """A finish line was durably recorded `seconds` after it was read."""
         if len(self.finish_to_commit) < MAX_SAMPLES:
-            self.finish_to_commit.append(now - received_at)
+            self.finish_to_commit.append(seconds)
 
     def dump(self) -> None:
         """Write the samples as JSON (atomically)."""
@@ -44,7 +47,7 @@ class LatencyProbe:
         tmp.replace(self.path)
 
 
-def enable_from_env() -> LatencyProbe | None:
-    """A probe when LINEHOST_LATENCY_FILE is set (None when off); `run_line` installs it."""
-    path = os.environ.get(ENV_VAR)
+def probe_from_env(environ: Mapping[str, str]) -> LatencyProbe | None:
+    """A probe when LINEHOST_LATENCY_FILE is set in `environ` (None when off)."""
+    path = environ.get(ENV_VAR)
     return LatencyProbe(Path(path)) if path else None

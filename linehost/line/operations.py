@@ -11,14 +11,14 @@ import structlog
 from linehost import __version__
 from linehost.config import JigSection, LineConfig, parse_listen
 from linehost.errors import ConfigError
-from linehost.line.status import StatusListener
 from linehost.line.statusboard import StatusBoard
 from linehost.line.steps import JigSteps, StepCommand
 from linehost.line.workorder import WorkOrderGate, watch_line
+from linehost.observers import AttemptObserver
 from linehost.store.audit import Audit
 
 if TYPE_CHECKING:
-    from linehost.metrics import JigMetrics, LineMetrics
+    from linehost.metrics import LineMetrics
     from linehost.store.store import Store
 
 _log = structlog.get_logger("linehost.app")
@@ -99,18 +99,9 @@ class LineOperations:
                 )
             )
 
-    def listeners(self) -> list[StatusListener]:
-        """Status listeners to add to the fan-out."""
-        found: list[StatusListener] = []
-        if self.board is not None:
-            found.append(self.board)
-        if self.metrics is not None:
-            found.append(self.metrics)
-        return found
-
-    def jig_metrics(self, jig: JigSection) -> JigMetrics | None:
-        """The bound metric series of one jig (None without `[metrics]`)."""
-        return self.metrics.jig(jig.station, jig.name) if self.metrics is not None else None
+    def observers(self) -> list[AttemptObserver]:
+        """The status board and the metrics (when configured), for the line's fan-out."""
+        return [x for x in (self.board, self.metrics) if x is not None]
 
     async def close(self) -> None:
         """Stop the background tasks (the board writes its last rows first)."""

@@ -13,7 +13,7 @@ import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from linehost.backoff import Backoff
 from linehost.errors import (
@@ -28,6 +28,7 @@ from linehost.errors import (
     StoreError,
 )
 from linehost.line.workorder import WorkOrderGate
+from linehost.observers import DB_ASSIGN, DB_END_ATTEMPT, NO_OBSERVER, AttemptObserver
 from linehost.onboarding.sealing import SealError
 from linehost.onboarding.service import Onboarding
 from linehost.pki.attestation import verify_attestation
@@ -46,9 +47,6 @@ from linehost.records import (
     OnboardingRecord,
     utcnow,
 )
-
-if TYPE_CHECKING:
-    from linehost.metrics import JigMetrics
 
 DB_RETRY_MIN: Final = 0.5
 DB_RETRY_MAX: Final = 5.0
@@ -110,7 +108,7 @@ class Attempt:
     #: Told the waiting state (`waiting_for_database` / `waiting_for_issuer`) when the attempt
     #: has to wait for one, and None once it is back.
     on_wait: Callable[[JigState | None], None] = _ignore_wait
-    metrics: JigMetrics | None = None
+    observer: AttemptObserver = NO_OBSERVER  # told the issuer's and the database's latency
     assignment_id: int | None = None
     dac_serial: str | None = None
     dac_pem: str | None = None  # the DAC recorded and delivered (an attestation proves it)
@@ -149,6 +147,11 @@ class Provisioner:
         """The work order every attempt of this line belongs to."""
         return self.gate.id if self.gate is not None else None
 
+    def on_work_order(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever the work order becomes complete or open again."""
+        if self.gate is not None:
+            self.gate.subscribe(listener)
+
     @property
     def work_order_complete(self) -> bool:
         """True while the work order has no slot left (nothing will be provisioned)."""
@@ -173,13 +176,12 @@ class Provisioner:
         if gate is not None and gate.complete:
             log.warning("work_order_complete", work_order=gate.id)
             return Reject(Outcome.ISSUER_ERROR, gate.refusal)
-        metrics = attempt.metrics
+        observer = attempt.observer
         for _ in range(ISSUE_RETRIES):
             try:
                 issue_started = now()
                 candidate = await self._issue(attempt, uid, csr)
-                if metrics is not None:
-                    metrics.issuer_latency(now() - issue_started)
+                observer.issuer_answered(attempt.start, now() - issue_started)
             except QuotaExhausted as exc:
                 log.error("issuer_quota_exhausted", scope=exc.scope, name=exc.name)
                 return Reject(Outcome.ISSUER_ERROR, f"quota exhausted: {exc}")
@@ -201,8 +203,7 @@ class Provisioner:
                 commit_started = now()
                 assign = functools.partial(self.store.assign, request)
                 result = await self._with_database(attempt, assign)
-                if metrics is not None:
-                    metrics.db_assign.observe(now() - commit_started)
+                observer.database_committed(attempt.start, DB_ASSIGN, now() - commit_started)
             except OnboardingError as exc:  # a rule the config cannot meet: retrying won't help
                 log.error("onboarding_failed", detail=str(exc))
                 return Reject(Outcome.ISSUER_ERROR, str(exc))
@@ -327,8 +328,8 @@ class Provisioner:
                 await self._with_database(
                     attempt, lambda: self.store.end_attempt(attempt.start, end)
                 )
-                if attempt.metrics is not None:
-                    attempt.metrics.db_end.observe(self._clock() - started)
+                seconds = self._clock() - started
+                attempt.observer.database_committed(attempt.start, DB_END_ATTEMPT, seconds)
                 attempt.recorded = True
             except StoreError as exc:
                 log.error("attempt_not_recorded", detail=str(exc))

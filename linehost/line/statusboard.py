@@ -10,6 +10,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import LinehostError
+from linehost.observers import Observer
 from linehost.records import JigStatus, utcnow
 from linehost.store.jigboard import upsert_jig_status
 
@@ -19,8 +20,8 @@ HEARTBEAT: Final = 5.0  # seconds: every jig's row is touched this often (a dead
 _log = structlog.get_logger("linehost.statusboard")
 
 
-class StatusBoard:
-    """A StatusListener that marks jigs dirty; a task writes them in one short transaction."""
+class StatusBoard(Observer):
+    """An observer that marks jigs dirty; a task writes them in one short transaction."""
 
     def __init__(self, engine: AsyncEngine, *, work_order: str | None = None) -> None:
         self._engine = engine
@@ -31,7 +32,7 @@ class StatusBoard:
         self._failing = False
 
     def jig_changed(self, status: JigStatus) -> None:
-        """StatusListener: O(1), never touches the database."""
+        """O(1), never touches the database."""
         key = (status.line, status.station, status.jig)
         self._jigs[key] = status
         self._dirty.add(key)

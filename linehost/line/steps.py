@@ -24,10 +24,6 @@ OUTPUT_LINE_CHARS: Final = 200
 #: After the timeout: SIGTERM, then this long before SIGKILL.
 KILL_GRACE: Final = 2.0
 READ_CHUNK: Final = 65536
-#: The placeholders a step argument may use (filled in by the runner).
-STEP_PLACEHOLDERS: Final = frozenset(
-    {"port", "uid", "jig", "station", "serial_num", "probe", "line"}
-)
 
 
 @dataclass(frozen=True, slots=True)

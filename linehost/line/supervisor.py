@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 import structlog
 
+from linehost.backoff import Backoff
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
 
 RESTART_MIN: Final = 1.0
 RESTART_MAX: Final = 30.0
+RESTART_JITTER: Final = 0.2
 #: After the grace period, how long aborted attempts get to be recorded before cancellation.
 RECORD_GRACE: Final = 5.0
 
@@ -50,12 +50,25 @@ class SupervisedJig(Protocol):
     def request_abort(self, detail: str) -> None: ...
 
 
+def restart_backoff() -> Backoff:
+    """The pacing of a crashed jig's restarts: RESTART_MIN doubling to RESTART_MAX, jittered."""
+    return Backoff(low=RESTART_MIN, high=RESTART_MAX, jitter=RESTART_JITTER)
+
+
 class LineSupervisor:
     """Runs every jig of a line until `stop` is set, then shuts down in stages."""
 
-    def __init__(self, runners: Sequence[SupervisedJig], *, shutdown_grace: float) -> None:
+    def __init__(
+        self,
+        runners: Sequence[SupervisedJig],
+        *,
+        shutdown_grace: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        """`sleep` waits between restarts (tests pass a clock they advance themselves)."""
         self.runners = list(runners)
         self.shutdown_grace = shutdown_grace
+        self._sleep = sleep
 
     async def run(self, stop: asyncio.Event) -> None:
         """Return after a clean, staged shutdown once `stop` is set."""
@@ -96,7 +109,7 @@ class LineSupervisor:
 
     async def _supervise(self, runner: SupervisedJig) -> None:
         """Restart a runner that crashed, with jittered backoff; its siblings carry on."""
-        delay = RESTART_MIN
+        backoff = restart_backoff()
         while True:
             try:
                 await runner.run()
@@ -106,6 +119,4 @@ class LineSupervisor:
             except Exception:
                 _log.exception("jig_crashed", station=runner.spec.station, jig=runner.spec.name)
                 runner.status.state = JigState.OFFLINE
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(RESTART_MAX, delay * 2)
+                await self._sleep(backoff.next_delay())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import socket
 import ssl
@@ -137,3 +139,25 @@ def _tls_context(settings: MqttSection) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"mqtt: cannot load TLS files: {describe(exc)}") from None
     return context
+
+
+async def either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Return once either event is set."""
+    if first.is_set() or second.is_set():
+        return
+    waiters = {asyncio.create_task(first.wait()), asyncio.create_task(second.wait())}
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def nap(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
+    """Sleep up to `seconds`, less if `event` (or `also`) is set."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            if also is None:
+                await event.wait()
+            else:
+                await either(event, also)

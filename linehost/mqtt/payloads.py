@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Final
 from linehost.records import iso_utc
 
 if TYPE_CHECKING:
-    from linehost.pki.crl_keeper import CrlState
+    from linehost.records import CrlState
 
 #: The Will, and what a clean shutdown publishes itself.
 HOST_OFFLINE: Final = b'{"online":false}'

@@ -9,7 +9,7 @@ from linehost.store.audit import Audit
 from linehost.store.floor import summarise
 
 if TYPE_CHECKING:
-    from linehost.pki.crl_keeper import CrlState
+    from linehost.records import CrlState
 
 
 class LineFacts(Protocol):

@@ -20,14 +20,22 @@ import structlog
 from linehost import __version__
 from linehost.config import MqttSection
 from linehost.errors import LinehostError, StoreError
-from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
+from linehost.mqtt.link import (
+    BrokerLink,
+    default_client_id,
+    describe,
+    either,
+    nap,
+    reconnect_backoff,
+)
 from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_crl, host_online
 from linehost.mqtt.topics import LineTopics
+from linehost.observers import Observer
 from linehost.records import JigStatus, iso_utc, utcnow
 
 if TYPE_CHECKING:
     from linehost.mqtt.progress import LineFacts
-    from linehost.pki.crl_keeper import CrlState
+    from linehost.records import CrlState
 
 RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined, marked in one statement
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the relay at once
@@ -48,8 +56,8 @@ class ResultsOutbox(Protocol):
     async def mark_results_sent(self, ids: Sequence[int], at: datetime) -> None: ...
 
 
-class MqttRelay:
-    """Keeps the broker up to date for one line; a StatusListener for its runners."""
+class MqttRelay(Observer):
+    """Keeps the broker up to date for one line; an observer of its jigs."""
 
     def __init__(
         self,
@@ -81,7 +89,7 @@ class MqttRelay:
         self._backoff = reconnect_backoff()
         self._task: asyncio.Task[None] | None = None
 
-    # --- StatusListener --------------------------------------------------------------------
+    # --- AttemptObserver -------------------------------------------------------------------
 
     def jig_changed(self, status: JigStatus) -> None:
         """Note the jig's latest state (coalesced); wake the results pump when an attempt ended."""
@@ -148,7 +156,7 @@ class MqttRelay:
             if self._closing.is_set():
                 _log.warning("mqtt_closed_without_broker", broker=self._link.where)
                 return
-            await _nap(self._closing, self._backoff.next_delay())
+            await nap(self._closing, self._backoff.next_delay())
 
     async def _session(self) -> None:
         will = aiomqtt.Will(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
@@ -204,11 +212,11 @@ class MqttRelay:
                     raise
                 if interval > 0 and not self._closing.is_set():
                     # Changes meanwhile are coalesced: the next publish carries the latest.
-                    await _nap(self._closing, interval)
+                    await nap(self._closing, interval)
                 continue
             if self._closing.is_set():
                 return
-            await _either(self._state_wake, self._closing)
+            await either(self._state_wake, self._closing)
 
     # --- results -----------------------------------------------------------------------------
 
@@ -226,14 +234,14 @@ class MqttRelay:
                 _log.warning("results_unreadable", detail=str(exc))
                 if closing:
                     return
-                await _nap(self._closing, STORE_RETRY)
+                await nap(self._closing, STORE_RETRY)
                 continue
             if rows:
                 await self._publish_results(client, rows)
                 continue
             if closing:
                 return
-            await _nap(self._results_wake, RESULTS_POLL, also=self._closing)
+            await nap(self._results_wake, RESULTS_POLL, also=self._closing)
 
     async def _publish_results(self, client: aiomqtt.Client, rows: list[tuple[int, str]]) -> None:
         topic = self.topics.results
@@ -282,7 +290,7 @@ class MqttRelay:
             await self._publish_crl(client, self._facts.crl())
             if closing:
                 return
-            await _nap(self._closing, FACTS_EVERY)
+            await nap(self._closing, FACTS_EVERY)
 
     async def _publish_crl(self, client: aiomqtt.Client, state: CrlState | None) -> None:
         """A newly signed CRL, retained; without one, clear what an earlier run left retained
@@ -306,27 +314,6 @@ async def _all_acked(publishes: Iterable[Awaitable[None]]) -> None:
     for err in outcomes:
         if isinstance(err, BaseException):
             raise err
-
-
-async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
-    if first.is_set() or second.is_set():
-        return
-    waiters = {asyncio.create_task(first.wait()), asyncio.create_task(second.wait())}
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for waiter in waiters:
-            waiter.cancel()
-
-
-async def _nap(event: asyncio.Event, seconds: float, also: asyncio.Event | None = None) -> None:
-    """Sleep up to `seconds`, less if `event` (or `also`) is set."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            if also is None:
-                await event.wait()
-            else:
-                await _either(event, also)
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:

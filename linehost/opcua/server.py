@@ -1,6 +1,6 @@
 """OpcuaServer: the line as an OPC UA address space (asyncua), Line -> Stations -> Jigs.
 
-Jig variables change when the runners report a change (a StatusListener), never by polling;
+Jig variables change when the runners report a change (an observer), never by polling;
 the work order is read again when an attempt ends. Security: None only on a loopback endpoint
 or when configured; Basic256Sha256 Sign&Encrypt with a generated server certificate otherwise.
 Methods (jig Hold/Resume, WorkOrder Open/Close) go to LineControls, which decides and records
@@ -30,6 +30,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from linehost.config import OpcuaSection
 from linehost.errors import ConfigError, LinehostError
 from linehost.line.controls import Caller, ControlRefused, LineControls, RefusalKind
+from linehost.observers import Observer
 from linehost.records import JigStatus
 
 NAMESPACE: Final = "urn:linehost"
@@ -89,8 +90,8 @@ class _Users(UserManager):
         return User(role=UserRole.User, name=username)
 
 
-class OpcuaServer:
-    """Serves one line over OPC UA; a StatusListener for its runners."""
+class OpcuaServer(Observer):
+    """Serves one line over OPC UA; an observer of its jigs."""
 
     def __init__(
         self,
@@ -120,7 +121,7 @@ class OpcuaServer:
         self._wo_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
-    # --- StatusListener --------------------------------------------------------------------
+    # --- AttemptObserver -------------------------------------------------------------------
 
     def jig_changed(self, status: JigStatus) -> None:
         """Note the change; the pump writes it to the address space (subscribers see it)."""

@@ -12,7 +12,7 @@ import hashlib
 import io
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,9 +26,15 @@ from linehost.errors import IssuerError, LinehostError, PkiError
 from linehost.pki.pai import IssuingPai, PaiIssuer, load_pai, subject_attribute
 from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
 from linehost.protocol.outcomes import LIVE_STATUSES
-from linehost.records import CsrInfo, IssuedDac
-from linehost.store.bundles import BundleCount, BundleDac, BundlePool, ImportResult, PoolEntry
-from linehost.store.engine import create_engine
+from linehost.records import (
+    BundleCount,
+    BundleDac,
+    CsrInfo,
+    ImportResult,
+    IssuedDac,
+    PoolEntry,
+    UsedBy,
+)
 
 #: A claim with no assignment after this long was left by an attempt that died; it may be
 #: taken over (the claim-to-record window is normally milliseconds).
@@ -70,6 +76,39 @@ class ImportProgress(Protocol):
 
     def stored(self, count: int) -> None:
         """`count` more entries written (added or already there)."""
+
+
+class BundleEntries(Protocol):
+    """The pool of pre-issued DACs as the issuer and the import use it (the app injects
+    `store.bundles.BundlePool`); each claim is guarded so that one entry has one winner."""
+
+    async def add(
+        self,
+        bundle: str,
+        dacs: Sequence[BundleDac],
+        now: datetime,
+        *,
+        stored: Callable[[int], None] | None = None,
+    ) -> ImportResult: ...
+
+    async def find(self, uid: str) -> PoolEntry | None: ...
+
+    async def claim(
+        self,
+        entry_id: int,
+        *,
+        token: str,
+        by: str,
+        now: datetime,
+        stale_token: str | None = None,
+        stale_before: datetime | None = None,
+    ) -> bool: ...
+
+    async def used_by(self, dac_sha256: str) -> UsedBy | None: ...
+
+    async def counts(self) -> list[BundleCount]: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +201,7 @@ def check_bundle_dac(
 
 
 async def import_bundle(
-    pool: BundlePool,
+    pool: BundleEntries,
     source: Path,
     *,
     pai: x509.Certificate,
@@ -211,7 +250,7 @@ class BundleIssuer(PaiIssuer):
     def __init__(
         self,
         pai: x509.Certificate,
-        pool: BundlePool,
+        pool: BundleEntries,
         vid: str,
         pid: str,
         *,
@@ -232,17 +271,16 @@ class BundleIssuer(PaiIssuer):
         vid: str,
         pid: str,
         *,
-        database_url: str,
+        pool: BundleEntries,
         line: str,
         paa_cert: Path | None = None,
     ) -> BundleIssuer:
         """Load and check the PAI (and PAA); raise PkiError naming the file and the problem."""
         pai = load_pai(pai_cert, vid, pid, paa_cert=paa_cert).certificate
-        pool = BundlePool(create_engine(database_url), owns_engine=True)
         return cls(pai, pool, vid, pid, line=line)
 
     @property
-    def pool(self) -> BundlePool:
+    def pool(self) -> BundleEntries:
         """The pool this issuer draws from."""
         return self._pool
 

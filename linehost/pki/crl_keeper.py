@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -22,6 +21,7 @@ from linehost.pki import lifecycle
 from linehost.pki.crl import CrlSigner, crl_bytes
 from linehost.pki.pai import IssuingPai
 from linehost.pki.signer import Signer
+from linehost.records import CrlState
 from linehost.store.revocations import RevocationLedger
 
 if TYPE_CHECKING:
@@ -31,17 +31,6 @@ _log = structlog.get_logger("linehost.pki")
 
 #: Seconds between looks at the revocation ledger (patchable in tests).
 POLL_INTERVAL: Final = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class CrlState:
-    """The CRL a keeper last signed: what the host publishes on `{p}/{line}/host/crl`."""
-
-    pai_skid: str  # the PAI's subject key identifier, hex (names the CRL file too)
-    number: int
-    this_update: datetime
-    next_update: datetime
-    revoked: int
 
 
 class CrlKeeper:

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from linehost.config.placeholders import CN_PLACEHOLDERS
 from linehost.errors import IssuerError, PkiError
 from linehost.pki.dac_template import (
     P256_SPKI_LENGTH,
@@ -32,8 +33,8 @@ from linehost.pki.signer import (
     open_signer,
     tbs_certificate,
 )
-from linehost.pki.vidpid import parse_vid_pid
 from linehost.records import CsrInfo, IssuedDac
+from linehost.vidpid import parse_vid_pid
 
 if TYPE_CHECKING:
     from linehost.config import PkiSection
@@ -46,8 +47,6 @@ NO_EXPIRY = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 #: and OpenSSL count it.
 MAX_CN_LENGTH = 64
 
-#: The placeholders a `cn_template` may use.
-CN_PLACEHOLDERS: Final = frozenset({"uid", "vid", "pid"})
 _CN_FIELDS: Final = ", ".join("{" + name + "}" for name in sorted(CN_PLACEHOLDERS))
 
 

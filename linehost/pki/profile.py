@@ -20,7 +20,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from linehost.errors import PkiError
 from linehost.pki import der
-from linehost.pki.vidpid import is_certificate_vid_pid
+from linehost.vidpid import is_certificate_vid_pid
 
 #: Matter DN attributes (Matter core spec 6.1.1): vendor id and product id.
 OID_MATTER_VID = x509.ObjectIdentifier("1.3.6.1.4.1.37244.2.1")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
 from typing import Final
 
 from linehost.sim import personalities
@@ -98,23 +99,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """`linehost sim` as parsed (see `add_arguments` for what each option means)."""
+
+    jigs: int = 1
+    devices: int | None = None  # per jig; None: endless, until SIGINT
+    personality: str | None = None
+    mix: str | None = None
+    dir: str | None = None
+    record: str | None = None
+    paa: str | None = None
+    swap_seconds: float = DEFAULT_SWAP_SECONDS
+    seed: int | None = None
+    baud: int | None = None
+    reseat_seconds: float | None = None
+    linger: float = DEFAULT_LINGER
+    protocol: str = "v1"  # the jig protocol the simulated firmware speaks
+    plans: list[list[str]] | None = None  # exactly these devices, one list per jig
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SimOptions:
+        """The options `add_arguments` parsed."""
+        return cls(
+            jigs=args.jigs,
+            devices=args.devices,
+            personality=args.personality,
+            mix=args.mix,
+            dir=args.dir,
+            record=args.record,
+            paa=args.paa,
+            swap_seconds=args.swap_seconds,
+            seed=args.seed,
+            baud=args.baud,
+            reseat_seconds=args.reseat_seconds,
+            linger=args.linger,
+            protocol=args.protocol,
+            plans=args.plan,
+        )
+
+
 async def run_from_args(args: argparse.Namespace) -> int:
+    """`run_simulator` with the options `add_arguments` parsed."""
+    return await run_simulator(SimOptions.from_args(args))
+
+
+async def run_simulator(options: SimOptions) -> int:
     """Run the simulated line until its devices are done or SIGINT/SIGTERM; return the exit code."""
-    if getattr(args, "reseat_seconds", None) is not None:
-        personalities.RESEAT_SECONDS = args.reseat_seconds  # builders read it at lookup
-    plans = getattr(args, "plan", None)
+    if options.reseat_seconds is not None:
+        personalities.RESEAT_SECONDS = options.reseat_seconds  # builders read it at lookup
+    plans = options.plans
     line = SimulatedLine(
-        len(plans) if plans else args.jigs,
-        devices_per_jig=args.devices,
-        personality=args.personality or "good",
-        mix=args.mix,
-        directory=args.dir,
-        record=args.record,
-        paa=args.paa,
-        swap_seconds=args.swap_seconds,
-        seed=args.seed,
-        baud=args.baud,
-        protocol=args.protocol,
+        len(plans) if plans else options.jigs,
+        devices_per_jig=options.devices,
+        personality=options.personality or "good",
+        mix=options.mix,
+        directory=options.dir,
+        record=options.record,
+        paa=options.paa,
+        swap_seconds=options.swap_seconds,
+        seed=options.seed,
+        baud=options.baud,
+        protocol=options.protocol,
         plans=plans,
     )
     loop = asyncio.get_running_loop()
@@ -136,7 +182,7 @@ async def run_from_args(args: argparse.Namespace) -> int:
             if done.done():
                 done.result()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), args.linger)
+                    await asyncio.wait_for(stop.wait(), options.linger)
         finally:
             for task in (done, stopped):
                 task.cancel()

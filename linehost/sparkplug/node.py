@@ -26,8 +26,8 @@ import structlog
 from linehost import __version__
 from linehost.config import MqttSection, SparkplugSection
 from linehost.errors import ConfigError, LinehostError, StoreError
-from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
-from linehost.mqtt.relay import _nap
+from linehost.mqtt.link import BrokerLink, default_client_id, describe, nap, reconnect_backoff
+from linehost.observers import Observer
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus, utcnow
 from linehost.sparkplug import payloads as spb
@@ -77,8 +77,8 @@ class _Jig:
     done: int = 0
 
 
-class EdgeNode:
-    """Publishes one line as a Sparkplug B edge node; a StatusListener for its runners."""
+class EdgeNode(Observer):
+    """Publishes one line as a Sparkplug B edge node; an observer of its jigs."""
 
     def __init__(
         self,
@@ -126,7 +126,7 @@ class EdgeNode:
         self._backoff = reconnect_backoff()
         self._task: asyncio.Task[None] | None = None
 
-    # --- StatusListener --------------------------------------------------------------------
+    # --- AttemptObserver -------------------------------------------------------------------
 
     def jig_changed(self, status: JigStatus) -> None:
         """Publish the jig's change now (DBIRTH, DDATA or DDEATH) when born; note it anyway."""
@@ -188,7 +188,7 @@ class EdgeNode:
                 self._unborn()
             if self._closing.is_set():
                 return
-            await _nap(self._closing, self._backoff.next_delay())
+            await nap(self._closing, self._backoff.next_delay())
 
     async def _session(self) -> None:
         self._bd_seq = await self._next_bd_seq()
@@ -335,7 +335,7 @@ class EdgeNode:
             if closing and (loop.time() > self._drain_deadline or self._client is None):
                 return
             if self._client is None:
-                await _nap(self._born, RESULTS_POLL, also=self._closing)
+                await nap(self._born, RESULTS_POLL, also=self._closing)
                 continue
             try:
                 rows = await self._store.pending_results(RESULTS_BATCH)
@@ -343,15 +343,15 @@ class EdgeNode:
                 _log.warning("sparkplug_results_unreadable", detail=str(exc))
                 if closing:
                     return
-                await _nap(self._closing, STORE_RETRY)
+                await nap(self._closing, STORE_RETRY)
                 continue
             if rows and self._client is not None:
                 await self._publish_results(rows)
                 continue
             if closing:
                 return
-            await _nap(self._results_wake, RESULTS_POLL, also=self._closing)
-            await _nap(self._closing, RESULTS_LINGER)
+            await nap(self._results_wake, RESULTS_POLL, also=self._closing)
+            await nap(self._closing, RESULTS_LINGER)
 
     async def _publish_results(self, rows: list[QueuedResult]) -> None:
         topic = self._topic("NDATA")
@@ -405,7 +405,7 @@ class EdgeNode:
                 self._publish_node_changes()
             if closing:
                 return
-            await _nap(self._closing, FACTS_EVERY)
+            await nap(self._closing, FACTS_EVERY)
 
     def _update_line_values(self) -> None:
         statuses = [j.status for j in self._jigs.values() if j.status is not None]

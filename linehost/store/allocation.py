@@ -20,12 +20,6 @@ class AllocationError(ValueError):
     """A configured rule cannot produce a valid value for this device (message for a person)."""
 
 
-#: The placeholders a `serial_template` may use.
-SERIAL_PLACEHOLDERS: Final = frozenset(
-    {"line", "station", "jig", "uid", "seq", "vid", "pid", "yyyymmdd", "yyyy", "mm", "dd"}
-)
-
-
 def render_serial(
     template: str,
     *,

@@ -8,7 +8,6 @@ entry; the assignments table's UNIQUE dac_sha256 is the last line behind it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -17,77 +16,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from linehost.errors import StoreError
+from linehost.records import BundleCount, BundleDac, ImportResult, PoolEntry, UsedBy
 from linehost.store.engine import WRITE_TRANSACTION, translate_error
 from linehost.store.migrate import open_current
 from linehost.store.models import assignments, bundle_entries
 
 IMPORT_CHUNK: Final = 500  # entries looked up and inserted per transaction
 IMPORT_TRIES: Final = 3  # a concurrent import of the same bundle can spoil a chunk once
-
-
-@dataclass(frozen=True, slots=True)
-class BundleDac:
-    """A checked pre-issued DAC, ready to enter the pool."""
-
-    uid: str  # upper-case hex
-    dac_pem: str
-    dac_serial: str
-    dac_sha256: str
-    public_key_sha256: str
-    pai_sha256: str
-    vid: str
-    pid: str
-    source: str  # where it came from: a file, or "file:line"
-
-
-@dataclass(frozen=True, slots=True)
-class PoolEntry:
-    """One entry of the pool as stored."""
-
-    id: int
-    bundle: str
-    uid: str
-    dac_pem: str
-    dac_serial: str
-    dac_sha256: str
-    public_key_sha256: str
-    pai_sha256: str
-    vid: str
-    pid: str
-    source: str
-    imported_at: datetime
-    claimed_at: datetime | None
-    claim_token: str | None
-    claimed_by: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class UsedBy:
-    """The assignment that recorded a bundle DAC."""
-
-    id: int
-    uid: str
-    status: str
-    public_key_sha256: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImportResult:
-    """What an import did: `rejected` holds (source, reason) for entries left out."""
-
-    added: int
-    unchanged: int
-    rejected: list[tuple[str, str]]
-
-
-@dataclass(frozen=True, slots=True)
-class BundleCount:
-    """Depletion of one bundle: `remaining` entries were never claimed."""
-
-    bundle: str
-    total: int
-    claimed: int
-    remaining: int
 
 
 class BundlePool:

@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests.waiting import eventually_blocking
 
 LINEHOST = [sys.executable, "-m", "linehost.cli"]
 SIM = [sys.executable, "-m", "linehost.sim"]
@@ -114,6 +115,7 @@ class HostRun:
     config: Path
     proc: subprocess.Popen[str] | None = None
     log: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)  # added to this process's environment
 
     def start(self) -> HostRun:
         self.log = self.config.with_suffix(".log")
@@ -123,7 +125,7 @@ class HostRun:
             stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
         )
         handle.close()
         return self
@@ -177,9 +179,4 @@ def write_config(
 
 def wait_for(predicate: Any, timeout: float, what: str) -> None:
     """Poll until predicate() is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    eventually_blocking(predicate, within=timeout, what=what, every=0.1)

@@ -16,6 +16,7 @@ from linehost.line.hold import JigHolds
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.observers import Observer
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
@@ -27,6 +28,7 @@ from linehost.sim.personalities import get_personality
 from linehost.store.models import attempts
 from linehost.store.store import Store
 from linehost.transport.serial import JigPort, open_port
+from tests.waiting import eventually
 
 TIMING = Timing(sync_interval=0.1, csr_timeout=3, result_timeout=3)
 GOOD = get_personality("good")
@@ -42,7 +44,7 @@ class RecordingPort(JigPort):
         super().send(data)
 
 
-class States:
+class States(Observer):
     def __init__(self) -> None:
         self.seen: list[JigState] = []
 
@@ -58,10 +60,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 
 
 async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await eventually(predicate, within=within, what=what)
 
 
 async def attempt_count(store: Store) -> tuple[int, int]:

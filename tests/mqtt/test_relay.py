@@ -15,11 +15,11 @@ from linehost.config import MqttSection
 from linehost.mqtt import relay as relay_module
 from linehost.mqtt.relay import MqttRelay
 from linehost.mqtt.topics import subscriptions
-from linehost.pki.crl_keeper import CrlState
 from linehost.protocol.outcomes import JigState
-from linehost.records import JigStatus
+from linehost.records import CrlState, JigStatus
 from tests.mqtt.broker import PrivateBroker
 from tests.mqtt.subscriber import Subscriber
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.mqtt
 
@@ -73,10 +73,8 @@ async def test_status_state_and_results_reach_a_subscriber(broker_url: str, pref
             sub.wait_for, lambda _: len(results_of(sub)) == 600, 15, "600 results"
         )
         assert results_of(sub) == list(range(1, 601)), "results out of order"
-        for _ in range(100):  # marked once every PUBACK of the batch is in
-            if len(outbox.sent) == 600:
-                break
-            await asyncio.sleep(0.05)
+        # marked once every PUBACK of the batch is in
+        await eventually(lambda: len(outbox.sent) == 600, within=5, what="600 rows marked")
         assert set(outbox.sent) == set(outbox.rows)
         assert max(len(m) for m in outbox.marks) > 1, "rows are marked in batches"
         await asyncio.to_thread(
@@ -134,10 +132,8 @@ async def test_results_wait_for_the_broker_and_are_marked_only_after_puback(
         await asyncio.to_thread(
             sub.wait_for, lambda _: len(set(results_of(sub))) == 55, 30, "the backlog"
         )
-        for _ in range(100):  # marked once every PUBACK of the batch is in
-            if len(outbox.sent) == 55:
-                break
-            await asyncio.sleep(0.05)
+        # marked once every PUBACK of the batch is in
+        await eventually(lambda: len(outbox.sent) == 55, within=5, what="55 rows marked")
         assert len(outbox.sent) == 55
         received = results_of(sub)
         assert sorted(set(received)) == list(range(1, 56))

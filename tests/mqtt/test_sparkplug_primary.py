@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -22,6 +21,7 @@ from linehost.sparkplug.payloads import Payload
 from linehost.store.sparkplug import SparkplugStore
 from linehost.store.store import Store
 from tests.mqtt.subscriber import Received, Subscriber
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.mqtt
 
@@ -59,12 +59,13 @@ def _bd_seq(message: Received) -> int:
 
 
 async def _until(sub: Subscriber, predicate: object, what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate(_kinds(sub.snapshot())):  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: {_kinds(sub.snapshot())}")
+    assert callable(predicate)
+    await eventually(
+        lambda: predicate(_kinds(sub.snapshot())),
+        within=timeout,
+        what=lambda: f"{what}: {_kinds(sub.snapshot())}",
+        every=0.05,
+    )
 
 
 @pytest.mark.timeout(60)

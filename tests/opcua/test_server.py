@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from linehost.store.audit import Audit
 from linehost.store.models import audit_log
 from linehost.store.store import Store
 from tests.mqtt.broker import free_port
+from tests.waiting import eventually
 
 NS = "urn:linehost"
 
@@ -125,10 +125,7 @@ async def test_basic256sha256_user_browses_subscribes_and_opens_a_work_order(
         await sub.subscribe_data_change(state)
         status = JigStatus("l1", "st1", "j1", state=JigState.PROVISIONING, uid="AB12")
         server.jig_changed(status)
-        for _ in range(100):
-            if "provisioning" in changes.values:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: "provisioning" in changes.values, within=5, what="the change")
         assert changes.values[-1] == "provisioning", changes.values
         uid = await line.get_child([f"{idx}:Stations", f"{idx}:st1", f"{idx}:j1", f"{idx}:UID"])
         assert await uid.read_value() == "AB12"

@@ -28,6 +28,7 @@ from linehost.pki.local import LocalIssuer
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AssignRequest, AttemptEnd, AttemptStart, CsrInfo
 from linehost.store.bundles import BundlePool
+from linehost.store.engine import create_engine
 from linehost.store.store import Store
 
 from .builders import make_csr
@@ -225,8 +226,8 @@ async def test_issuer_hands_out_a_dac_once_and_says_why_not(
         (folder / f"{uid}_keyOID=E0F0_DAC.pem").write_text(pem)
     await import_bundle(BundlePool(store.engine), folder, pai=pai, vid="FFF1", pid="8000")
     bundles = BundleIssuer.load(
-        dev_pki.pai_cert, "FFF1", "8000", database_url=db_url, line="bundle-line",
-        paa_cert=dev_pki.paa_cert,
+        dev_pki.pai_cert, "FFF1", "8000", pool=BundlePool(create_engine(db_url), owns_engine=True),
+        line="bundle-line", paa_cert=dev_pki.paa_cert,
     )  # fmt: skip
     try:
         with pytest.raises(IssuerError, match=r"^no bundle entry for UID 00000000000000C0$"):
@@ -293,5 +294,6 @@ async def test_stale_claim_is_taken_over(
 def test_bundle_issuer_refuses_a_pai_of_another_vendor(dev_pki: DevPki) -> None:
     with pytest.raises(PkiError, match="PAI VID FFF1 differs from configured vid FFF2"):
         BundleIssuer.load(
-            dev_pki.pai_cert, "FFF2", "8000", database_url="sqlite+aiosqlite:///:memory:", line="l"
-        )
+            dev_pki.pai_cert, "FFF2", "8000",
+            pool=BundlePool(create_engine("sqlite+aiosqlite:///:memory:")), line="l",
+        )  # fmt: skip

@@ -17,6 +17,7 @@ import pytest
 from linehost.sim.harness import DeviceFactory, DeviceRecord, SimulatedJig, load_paa
 from linehost.sim.personalities import get_personality
 from tests.e2e.harness import HostRun, jsonl, linehost, write_config
+from tests.waiting import eventually_blocking
 
 GOOD_JIGS = 6
 GOOD_DEVICES = 30
@@ -97,10 +98,9 @@ async def run_line(work: Path, pki: Path, *, abuser: bool) -> dict[str, Any]:
 
 
 def wait_log(host: HostRun, text: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in host.output():
-        assert time.monotonic() < deadline, host.output()[-3000:]
-        time.sleep(0.05)
+    eventually_blocking(
+        lambda: text in host.output(), within=timeout, what=lambda: host.output()[-3000:]
+    )
 
 
 async def log_storm(jig: SimulatedJig) -> None:

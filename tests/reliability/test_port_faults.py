@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from linehost.protocol.outcomes import JigState
 from linehost.sim.harness import DeviceFactory, DeviceRecord, SimulatedJig, load_paa
 from linehost.sim.personalities import get_personality
 from linehost.store.store import Store
+from tests.waiting import eventually
 
 TIMING = Timing(sync_interval=0.1, csr_timeout=3, result_timeout=3)
 GOOD = get_personality("good")
@@ -77,10 +77,7 @@ async def line(tmp_path: Path) -> AsyncIterator[Line]:
 
 
 async def until(predicate: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await eventually(predicate, within=within, what=what)
 
 
 async def running(runners: list[JigRunner]) -> tuple[asyncio.Event, asyncio.Task[None]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from linehost.sim.cli import add_arguments, run_from_args
+from tests.waiting import eventually
 
 from .helpers import Ca, MiniHost
 
@@ -76,9 +77,8 @@ async def test_run_from_args_in_process(
         "--swap-seconds", "0", "--linger", "0.1", "--mix", "good,crlf", "--seed", "3",
     )  # fmt: skip
     task = asyncio.create_task(run_from_args(args))
-    while not (ports / "ports.json").exists():
-        assert not task.done(), task
-        await asyncio.sleep(0.01)
+    await eventually(lambda: (ports / "ports.json").exists() or task.done(), what="ports.json")
+    assert not task.done(), task
     manifest = json.loads((ports / "ports.json").read_text())
     results = await asyncio.gather(
         *(asyncio.to_thread(provision, path, pai) for path in manifest.values())

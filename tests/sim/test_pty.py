@@ -25,6 +25,7 @@ from linehost.sim.harness import (
     plan_personalities,
 )
 from linehost.sim.personalities import get_personality
+from tests.waiting import eventually
 
 from .helpers import CSR_END, Ca, Conversation, MiniHost, make_root
 
@@ -54,10 +55,7 @@ def names_in(directory: Path) -> list[str]:
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.01)
+    await eventually(predicate, within=within, every=0.01)
 
 
 def dac_facts(pem: str) -> tuple[str, str]:

@@ -1,4 +1,5 @@
-"""The `linehost pki revoke|crl|revocation-set|dcl-revocation-point` handlers: load, run, print."""
+"""The `linehost pki revoke|crl|revocation-set|dcl-revocation-point` handlers: load, run, print
+(the `pki` group in commands/pki.py registers them)."""
 
 from __future__ import annotations
 
