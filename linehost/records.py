@@ -61,6 +61,7 @@ class AssignRequest:
     candidate: IssuedDac
     allow_reprovision: bool = False
     onboarding: OnboardingRequest | None = None  # Matter commissioning data wanted too
+    cd_sha256: str | None = None  # the Certification Declaration delivered with a new DAC
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +208,7 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "work_order": row["work_order"],
         "revoked_at": iso_utc(row.get("revoked_at")),
         "revocation_reason": row.get("revocation_reason"),
+        "cd_sha256": row.get("cd_sha256"),
     }
 
 

@@ -124,6 +124,7 @@ class Provisioner:
         allow_reprovision: bool = False,
         onboarding: Onboarding | None = None,
         cd_b64: str | None = None,
+        cd_sha256: str | None = None,
         gate: WorkOrderGate | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -133,6 +134,7 @@ class Provisioner:
         self._allow_reprovision = allow_reprovision
         self._onboarding = onboarding
         self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
+        self._cd_sha256 = cd_sha256  # ...and its fingerprint, recorded with every new DAC
         self._clock = clock
 
     @property
@@ -186,6 +188,7 @@ class Provisioner:
                 candidate=candidate,
                 allow_reprovision=self._allow_reprovision,
                 onboarding=wanted,
+                cd_sha256=self._cd_sha256,
             )
             try:
                 commit_started = now()

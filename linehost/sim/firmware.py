@@ -237,6 +237,7 @@ class DeviceLog:
     finished_at: float | None = None
     ended: str | None = None  # left | unplugged | cancelled (set by whoever removes the device)
     factory_data: dict[str, str] | None = None  # the `FD:` fields stored with the DAC
+    stored_cd_sha256: str | None = None  # SHA-256 of the `CD:` stored with the DAC (if any)
 
 
 class SimulatedDevice:
@@ -404,6 +405,8 @@ class SimulatedDevice:
         if result.code == FINISH_OK:
             self.log.stored = result
             self.log.factory_data = dict(delivery.factory_data)
+            cd = delivery.cd
+            self.log.stored_cd_sha256 = hashlib.sha256(cd).hexdigest() if cd is not None else None
         else:
             self.log.rejected = result
         return self.session.finish(result.code, now, digits=digits)

@@ -76,6 +76,7 @@ class DeviceRecord:
     left_at: str
     reseats: int = 0  # times the operator took it out and put the same device back
     factory_data: dict[str, str] | None = None  # `FD:` fields stored with the DAC (onboarding)
+    stored_cd_sha256: str | None = None  # SHA-256 of the Certification Declaration it stored
 
     def to_json(self) -> str:
         """One JSONL line (without the newline)."""
@@ -428,6 +429,7 @@ class SimulatedJig:
             left_at=_iso(now_wall),
             reseats=log.reseats,
             factory_data=dict(log.factory_data) if log.factory_data is not None else None,
+            stored_cd_sha256=log.stored_cd_sha256,
         )
 
 

@@ -111,6 +111,7 @@ class Assignment(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     bundle_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    cd_sha256: Mapped[str | None] = mapped_column(String(SHA256_LEN))  # the CD delivered with it
 
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
@@ -317,6 +318,8 @@ class WorkOrder(Base):
     quantity: Mapped[int] = mapped_column(BigInteger)
     claimed: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    cd_sha256: Mapped[str | None] = mapped_column(String(SHA256_LEN))  # its CD, when it names one
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity"),

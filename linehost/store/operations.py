@@ -226,6 +226,7 @@ class AssignOp(Op[AssignResult]):
             confirmed_at=None,
             updated_at=batch.now,
             bundle_entry_id=dac.bundle_entry_id,
+            cd_sha256=req.cd_sha256,
         )
         batch.add_assignment(row)
         _bind(attempt, row)
@@ -243,6 +244,7 @@ class AssignOp(Op[AssignResult]):
             work_order=row.work_order,
             issued_at=iso_utc(row.issued_at),
             bundle_entry_id=row.bundle_entry_id,
+            **({"cd_sha256": row.cd_sha256} if row.cd_sha256 is not None else {}),
             **extra,
         )
         return row
