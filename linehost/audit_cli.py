@@ -164,6 +164,7 @@ def show_uid(args: argparse.Namespace) -> int:
                 f"  {item['at']}  assignment {item['status']:<10} DAC serial {item['dac_serial']}"
                 f"  sha256 {item['dac_sha256'][:16]}…  {item['station']}/{item['jig']}"
                 + (f"  confirmed {item['confirmed_at']}" if item["confirmed_at"] else "")
+                + (f"  CD sha256 {item['cd_sha256'][:16]}…" if item.get("cd_sha256") else "")
                 + (
                     f"  REVOKED {item['revoked_at']} ({item['revocation_reason']})"
                     if item.get("revoked_at")
@@ -203,6 +204,7 @@ def show_dac(args: argparse.Namespace) -> int:
         print(f"  REVOKED     {a['revoked_at']} ({a['revocation_reason']})")
     print(f"  VID/PID     {a['vid']}/{a['pid']}  PAI sha256 {a['pai_sha256']}")
     print(f"  work order  {a['work_order'] or '-'}")
+    print(f"  CD sha256   {a.get('cd_sha256') or '-'}")
     print("  deliveries")
     for attempt in found["attempts"]:
         print(
