@@ -303,8 +303,9 @@ async def open_work_order(config: LineConfig, store: Store, work_order: str, qua
     """Open a work order named from outside (OPC UA `WorkOrder.Open`): the line's own work order
     is checked again as at start-up (its CD file: signature, VID/PID) and must match what the
     database holds; any other is registered with its quantity only."""
-    own = checked_work_order(config)
-    if own is not None and own.id == work_order:
+    if config.work_order is not None and config.work_order.id == work_order:
+        own = checked_work_order(config)
+        assert own is not None
         await store.open_work_order(work_order, quantity, own.recorded)
     else:
         await store.open_work_order(work_order, quantity)
