@@ -165,6 +165,12 @@ def register_lifecycle(pki_sub: argparse._SubParsersAction[argparse.ArgumentPars
     dcl.add_argument("--data-url", required=True, help="where the CRL is published (http/https)")
     dcl.add_argument("--crl", type=Path, help="the published CRL file (default: sign one now)")
     dcl.add_argument("--label", default=None, help="DCL label (default: the line name)")
+    dcl.add_argument(
+        "--pai",
+        default=None,
+        metavar="SKID",
+        help="which configured PAI (its subjectKeyIdentifier in hex; default: the active one)",
+    )
     dcl.set_defaults(handler=_dcl)
 
 
@@ -207,4 +213,4 @@ def _revocation_set(args: argparse.Namespace) -> int:
 def _dcl(args: argparse.Namespace) -> int:
     from linehost.pki.lifecycle_cli import dcl_command
 
-    return dcl_command(args.config, args.data_url, crl=args.crl, label=args.label)
+    return dcl_command(args.config, args.data_url, crl=args.crl, label=args.label, pai=args.pai)

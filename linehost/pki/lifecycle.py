@@ -242,6 +242,21 @@ def configured_pais(pki: PkiSection) -> list[tuple[PaiKeys, IssuingPai]]:
     return [(keys, configured_pai(pki, keys)) for keys in pki.pais()]
 
 
+def select_pai(pki: PkiSection, skid: str | None) -> tuple[PaiKeys, IssuingPai]:
+    """The configured PAI whose subjectKeyIdentifier is `skid` (hex, any case; None: the
+    active one), checked; LifecycleError naming the SKIDs there are."""
+    if skid is None:
+        keys = pki.pais()[0]
+        return keys, configured_pai(pki, keys)
+    pais = configured_pais(pki)
+    wanted = skid.strip().upper().replace(":", "")
+    for keys, pai in pais:
+        if crl_file_stem(pai) == f"pai-{wanted}":
+            return keys, pai
+    known = ", ".join(crl_file_stem(pai)[4:] for _, pai in pais)
+    raise LifecycleError(f"--pai {skid}: no configured PAI has that SKID (configured: {known})")
+
+
 def open_crl_signer(
     pki: PkiSection, pai: x509.Certificate, keys: PaiKeys | None = None
 ) -> CrlSigner:

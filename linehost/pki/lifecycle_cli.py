@@ -115,16 +115,25 @@ def revocation_set_command(config_path: Path, out: Path) -> int:
     return EXIT_OK
 
 
-def dcl_command(config_path: Path, data_url: str, *, crl: Path | None, label: str | None) -> int:
-    """Print the `dcld tx pki add-revocation-point` line, checked against the CRL."""
+def dcl_command(
+    config_path: Path,
+    data_url: str,
+    *,
+    crl: Path | None,
+    label: str | None,
+    pai: str | None = None,
+) -> int:
+    """Print the `dcld tx pki add-revocation-point` line of one PAI (by SKID; default: the
+    active one), checked against the CRL."""
     config = load_config(config_path)
-    pai = lifecycle.issuing_pai(config.pki)
-    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+    keys, issuing = lifecycle.select_pai(config.pki, pai)
+    crl_signer = lifecycle.open_crl_signer(config.pki, issuing.certificate, keys)
+    pai_of = issuing
 
     async def fresh() -> bytes:
         try:
             async with lifecycle.open_ledger(config, write=True) as ledger:
-                signed = await lifecycle.sign_crl(ledger, pai, crl_signer, config.pki)
+                signed = await lifecycle.sign_crl(ledger, pai_of, crl_signer, config.pki)
                 return crl_bytes(signed.crl, pem=False)
         finally:
             await crl_signer.signer.aclose()
@@ -135,7 +144,7 @@ def dcl_command(config_path: Path, data_url: str, *, crl: Path | None, label: st
     else:
         crl_der = asyncio.run(fresh())
     args = lifecycle.dcl_arguments(
-        pai, crl_signer, crl_der, data_url, label=label or config.line.name
+        pai_of, crl_signer, crl_der, data_url, label=label or config.line.name
     )
     print(lifecycle.shell_line(args))
     return EXIT_OK

@@ -144,3 +144,15 @@ def test_cd_signature_and_vid_pid_checks(pkis: Path, tmp_path: Path) -> None:
         f"work order WO-1: CD file {tmp_path / 'p8001.der'}: "
         "certifies VID FFF1 PID 8001, not FFF1/8000"
     )
+
+
+def test_select_pai_by_skid(pkis: Path) -> None:
+    config = load_config(_config(pkis, ROLLED))
+    (active_keys, active), (old_keys, old) = lifecycle.configured_pais(config.pki)
+    assert lifecycle.select_pai(config.pki, None)[1].sha256 == active.sha256
+    skid = lifecycle.crl_file_stem(old).removeprefix("pai-")
+    keys, found = lifecycle.select_pai(config.pki, skid.lower())
+    assert (keys, found.sha256) == (old_keys, old.sha256)
+    assert active_keys.pai_cert != keys.pai_cert
+    with pytest.raises(PkiError, match=r"--pai 00: no configured PAI has that SKID"):
+        lifecycle.select_pai(config.pki, "00")
