@@ -10,6 +10,8 @@ host is the real `linehost run` with a generated station config. Figures:
   (from /proc), divided by the devices; rss_mb: the host's peak resident set (VmHWM);
 - with --baud B: wire_bound_s (the bytes of one conversation at B baud, 10 bits per byte, both
   legs in sequence), per_device_s (mean time between two finishes on a jig) and their ratio;
+- with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
+  command letters, `letter_gap` pauses, read-back; `[pki] allow_without_pop = true`);
 - with --thread-per-port: a second JSON line for the same devices provisioned by a blocking
   thread-per-port host (pyserial + cryptography + sqlite3), the shape of one-script-per-board tools.
 
@@ -172,14 +174,20 @@ class Simulator:
     """`python -m linehost.sim` in its own process."""
 
     def __init__(
-        self, work: Path, jigs: int, per_jig: int, baud: int | None, mix: str = "good"
+        self,
+        work: Path,
+        jigs: int,
+        per_jig: int,
+        baud: int | None,
+        mix: str = "good",
+        protocol: str = "v1",
     ) -> None:
         self.record = work / "devices.jsonl"
         self.args = [
             sys.executable, "-m", "linehost.sim",
             "--jigs", str(jigs), "--devices", str(per_jig), "--mix", mix,
             "--dir", str(work / "jigs"), "--record", str(self.record),
-            "--swap-seconds", "0", "--seed", "1", "--linger", "600",
+            "--swap-seconds", "0", "--seed", "1", "--linger", "600", "--protocol", protocol,
         ]  # fmt: skip
         if baud is not None:
             self.args += ["--baud", str(baud)]
@@ -267,12 +275,15 @@ def write_config(
     baud: int,
     checkpoints: Path | None = None,
     sparkplug: bool = False,
+    protocol: str = "v1",
+    letter_gap: float = 0.2,
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
-        f"baudrate = {baud}\n"
+        f'baudrate = {baud}\nprotocol = "{protocol}"\n'
         for i, (name, port) in enumerate(ports.items())
     )
+    pop = "allow_without_pop = true\n" if protocol != "v1" else ""
     mqtt_section = (
         f'[mqtt]\nurl = "{MQTT_URL}"\ntopic_prefix = "bench{secrets.token_hex(3)}"\n'
         if mqtt
@@ -298,8 +309,9 @@ def write_config(
         f'[line]\nname = "bench"\nshutdown_grace = 5\n'
         f'[database]\nurl = "{url}"\n'
         f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
-        f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
+        f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n{pop}'
         f"[protocol]\nsync_interval = {sync}\ncsr_timeout = 30\nresult_timeout = 30\n"
+        f"letter_gap = {letter_gap}\n"
         f"{mqtt_section}{sparkplug_section}{audit_section}{jigs}"
     )
 
@@ -334,7 +346,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         url, pg_name = create_pg_database()
     else:
         url = f"sqlite+aiosqlite:///{work / 'linehost.db'}"
-    sim = Simulator(work, args.jigs, per_jig, args.baud)
+    sim = Simulator(work, args.jigs, per_jig, args.baud, protocol=args.protocol)
     config = work / "line.toml"
     latency_file = work / "latency.json"
     log = work / "host.log"
@@ -353,6 +365,8 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             args.baud or 115200,
             checkpoints,
             args.sparkplug,
+            args.protocol,
+            args.letter_gap,
         )
         cmd = [sys.executable, "-m", "linehost.cli", "--log-level", args.log_level]
         if args.profile == "pyinstrument":
@@ -410,6 +424,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         devices = figures["devices"]
         result: dict[str, Any] = {
             "host": "linehost",
+            "protocol": args.protocol,
             "jigs": args.jigs,
             "devices": devices,
             "seconds": figures["seconds"],
@@ -667,6 +682,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sync-interval", type=float, default=1.0, help="[protocol] sync_interval (1.0)"
     )
     parser.add_argument(
+        "--protocol",
+        choices=["v1", "ecc608-letters"],
+        default="v1",
+        help="the jig protocol of every jig and simulated device (v1)",
+    )
+    parser.add_argument("--letter-gap", type=float, default=0.2, help="[protocol] letter_gap (0.2)")
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning"], help="host log level"
     )
     parser.add_argument("--profile", choices=["py-spy", "pyinstrument"], default=None)
@@ -697,6 +719,8 @@ def workdir(keep: Path | None) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.thread_per_port and args.protocol != "v1":
+        raise SystemExit("--thread-per-port speaks jig protocol v1 only")
     if args.naive_host:
         return naive_host(args.naive_host)
     from linehost.pki.devpki import init_dev

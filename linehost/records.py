@@ -50,6 +50,7 @@ class AttemptStart:
     uid: str | None  # None only for a protocol_error before a valid UID line
     started_at: datetime  # timezone-aware UTC
     work_order: str | None = None
+    key_proof: KeyProof = "csr"  # how the jig's protocol has devices show their key
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class AssignRequest:
     candidate: IssuedDac
     allow_reprovision: bool = False
     onboarding: OnboardingRequest | None = None  # Matter commissioning data wanted too
+    key_proof: KeyProof = "csr"  # recorded with a new assignment
     cd_sha256: str | None = None  # the Certification Declaration delivered with a new DAC
 
 
@@ -185,6 +187,7 @@ def attempt_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": iso_utc(row["started_at"]),
         "ended_at": iso_utc(row["ended_at"]),
         "work_order": row["work_order"],
+        "key_proof": row.get("key_proof", "csr"),
     }
 
 
@@ -208,6 +211,7 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "work_order": row["work_order"],
         "revoked_at": iso_utc(row.get("revoked_at")),
         "revocation_reason": row.get("revocation_reason"),
+        "key_proof": row.get("key_proof", "csr"),
         "cd_sha256": row.get("cd_sha256"),
     }
 

@@ -478,3 +478,23 @@ def test_pai_expiring_within_the_margin_warns(line: Line, tmp_path: Path) -> Non
     assert report.status("clock") == "warn"
     assert "within pki.pai_expiry_warning" in report.text("clock")
     assert "roll over" in report.text("clock")
+
+
+# --- key proof (ECC608 letter jigs) ----------------------------------------------------------
+
+
+def test_letter_jigs_without_allow_without_pop_fail_the_key_proof_row(line: Line) -> None:
+    jig = f'[[jigs]]\nname = "e1"\nstation = "st1"\nport = "{line.folder / "ttyE1"}"\n'
+    report = doctor(line.write(jig + 'protocol = "ecc608-letters"\n'))
+    assert report.code == 1
+    assert report.status("key proof") == "fail"
+    assert "allow_without_pop" in report.text("key proof")
+    allowed = line.write(jig + 'protocol = "ecc608-letters"\n', pki=None)
+    allowed.write_text(
+        allowed.read_text().replace('pid = "8000"\n', 'pid = "8000"\nallow_without_pop = true\n')
+    )
+    report = doctor(allowed)
+    assert report.status("key proof") == "warn"
+    assert "no proof of possession" in report.text("key proof")
+    v1 = doctor(line.write(jig))
+    assert "key proof" not in v1.rows

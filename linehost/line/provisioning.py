@@ -83,6 +83,7 @@ class Deliver:
     pai_pem: str
     cd_b64: str | None
     factory_data: tuple[tuple[str, str], ...]
+    root_key_pem: str | None = None  # the PAA's public key, for protocols that store it
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +128,7 @@ class Provisioner:
         cd_sha256: str | None = None,
         gate: WorkOrderGate | None = None,
         clock: Callable[[], float] = time.monotonic,
+        root_key_pem: str | None = None,
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -136,6 +138,7 @@ class Provisioner:
         self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
         self._cd_sha256 = cd_sha256  # ...and its fingerprint, recorded with every new DAC
         self._clock = clock
+        self._root_key_pem = root_key_pem  # the PAA public key (`[pki] paa_cert`), when set
 
     @property
     def work_order(self) -> str | None:
@@ -188,6 +191,7 @@ class Provisioner:
                 candidate=candidate,
                 allow_reprovision=self._allow_reprovision,
                 onboarding=wanted,
+                key_proof=csr.key_proof,
                 cd_sha256=self._cd_sha256,
             )
             try:
@@ -233,7 +237,9 @@ class Provisioner:
                 return Reject(Outcome.ISSUER_ERROR, str(exc))
             log.info("onboarding_recorded", serial_num=result.onboarding.serial_num)
         # The assignment is committed: only now may the DAC reach the port.
-        return Deliver(result.dac_pem, self.issuer.pai_pem, self._cd_b64, factory_data)
+        return Deliver(
+            result.dac_pem, self.issuer.pai_pem, self._cd_b64, factory_data, self._root_key_pem
+        )
 
     async def record(
         self,
@@ -254,7 +260,9 @@ class Provisioner:
         if attempt.assignment_id is not None:
             if provisioned:
                 status = AssignmentStatus.CONFIRMED
-            elif outcome is Outcome.DEVICE_ERROR:
+            elif outcome is Outcome.DEVICE_ERROR and device_code is not None:
+                # The device said no (a finish code): that DAC is never used. A device error
+                # without a code (a letter read-back that failed) leaves it unknown.
                 status = AssignmentStatus.FAILED
             else:
                 status = AssignmentStatus.UNKNOWN

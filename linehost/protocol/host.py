@@ -225,6 +225,7 @@ class HostSession:
         *,
         cd_b64: str | None = None,
         factory_data: tuple[tuple[str, str], ...] = (),
+        root_key_pem: str | None = None,  # v1 has no line for it
     ) -> list[Effect]:
         """Send DAC, PAI, optional CD and factory data, then END; wait for the result."""
         if self.phase is not Phase.ISSUING:

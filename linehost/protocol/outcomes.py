@@ -50,6 +50,7 @@ class JigState(StrEnum):
     PRE_STEP_FAILED = "pre_step_failed"  # it failed: retried after a back-off or a swap
     POST_STEP = "post_step"  # the configured post_command runs after finish:000
     WORK_ORDER_COMPLETE = "work_order_complete"  # the work order's quantity is reached
+    HELD = "held"  # a supervisor stopped the jig taking devices (OPC UA Hold) until resumed
 
 
 FINISH_OK = 0x000

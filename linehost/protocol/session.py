@@ -20,6 +20,8 @@ CSR_TIMEOUT: Final = 30.0
 RESULT_TIMEOUT: Final = 30.0
 #: Unanswered sync rounds after which a jig counts as empty (releases a swap hold).
 EMPTY_AFTER_SYNCS: Final = 3
+#: Letter protocols: the pause after a command letter (or a PEM) that has no answer.
+LETTER_GAP: Final = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,7 @@ class Timing:
     csr_timeout: float = CSR_TIMEOUT
     result_timeout: float = RESULT_TIMEOUT
     empty_after_syncs: int = EMPTY_AFTER_SYNCS
+    letter_gap: float = LETTER_GAP
 
 
 # --- effects -------------------------------------------------------------------------------
@@ -68,6 +71,7 @@ class AttemptStarted:
 
     uid: str | None
     at: float
+    key_proof: KeyProof = "csr"  # how this protocol's devices show their key
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +161,11 @@ class JigProtocol(Protocol):
         *,
         cd_b64: str | None = None,
         factory_data: tuple[tuple[str, str], ...] = (),
+        root_key_pem: str | None = None,
     ) -> list[Effect]:
-        """The assignment is recorded: send the credentials, then wait for the result."""
+        """The assignment is recorded: send the credentials, then wait for the result.
+
+        `root_key_pem` is the PAA's public key (PEM), for protocols that store it."""
         ...
 
     def reject(self, outcome: Outcome, detail: str, now: float) -> list[Effect]:

@@ -199,6 +199,7 @@ class Write:
 
     data: bytes
     byte_delay: float = 0.0
+    pause: float = 0.0  # seconds to wait before writing (a slow firmware between chunks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,8 +198,9 @@ class AssignOp(Op[AssignResult]):
         )
         quantity, claimed = known
         return decide_quota(
-            decision, work_order, quantity, claimed + batch.slots[work_order], freed
-        )
+            decision, work_order, quantity, claimed + batch.slots[work_order], freed,
+            closed=work_order in batch.closed_work_orders,
+        )  # fmt: skip
 
     def _insert(self, batch: Batch, attempt: AttemptRow, extra: dict[str, Any]) -> AssignmentRow:
         """Record the candidate as a new `issued` assignment of this attempt."""
@@ -226,6 +227,7 @@ class AssignOp(Op[AssignResult]):
             confirmed_at=None,
             updated_at=batch.now,
             bundle_entry_id=dac.bundle_entry_id,
+            key_proof=req.key_proof,
             cd_sha256=req.cd_sha256,
         )
         batch.add_assignment(row)
@@ -244,6 +246,7 @@ class AssignOp(Op[AssignResult]):
             work_order=row.work_order,
             issued_at=iso_utc(row.issued_at),
             bundle_entry_id=row.bundle_entry_id,
+            key_proof=row.key_proof,
             **({"cd_sha256": row.cd_sha256} if row.cd_sha256 is not None else {}),
             **extra,
         )

@@ -33,7 +33,8 @@ class AssignmentRow:
     confirmed_at: datetime | None
     updated_at: datetime
     bundle_entry_id: int | None
-    cd_sha256: str | None
+    cd_sha256: str | None = None
+    key_proof: str = "csr"
     changes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +78,7 @@ class AttemptRow:
     work_order: str | None
     started_at: datetime
     ended_at: datetime | None
+    key_proof: str = "csr"
     is_new: bool = False
     assignment: AssignmentRow | None = None  # an assignment inserted in this batch
     transcript: str = ""
@@ -103,6 +105,7 @@ class AttemptRow:
             work_order=start.work_order,
             started_at=start.started_at,
             ended_at=None,
+            key_proof=start.key_proof,
             is_new=True,
         )
 
@@ -123,6 +126,7 @@ class AttemptRow:
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
                 "work_order": self.work_order,
+                "key_proof": self.key_proof,
             }
         )
 

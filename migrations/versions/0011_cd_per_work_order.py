@@ -7,7 +7,7 @@ with another CD is refused. The view is dropped first (PostgreSQL refuses to cha
 view uses; SQLite batch mode renames tables) and created again with every export field.
 
 Revision ID: 0011
-Revises: 0010
+Revises: 0013
 Create Date: 2026-12-07
 """
 
@@ -19,24 +19,24 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | Sequence[str] | None = "0010"
+down_revision: str | Sequence[str] | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# Frozen copies (0010 holds the previous one).
+# Frozen copies (0013 holds the previous one).
 ASSIGNMENTS_V = """
 CREATE VIEW assignments_v AS
 SELECT a.uid, a.status, a.dac_serial, a.dac_sha256, a.dac_pem, a.pai_sha256, a.vid, a.pid,
        a.line, a.station, a.jig, a.attempt_id, a.issued_at, a.confirmed_at, a.work_order,
-       r.revoked_at, r.reason AS revocation_reason, a.cd_sha256
+       r.revoked_at, r.reason AS revocation_reason, a.key_proof, a.cd_sha256
 FROM assignments a
 LEFT JOIN revocations r ON r.dac_serial = a.dac_serial
 """
-ASSIGNMENTS_V_0010 = """
+ASSIGNMENTS_V_0013 = """
 CREATE VIEW assignments_v AS
 SELECT a.uid, a.status, a.dac_serial, a.dac_sha256, a.dac_pem, a.pai_sha256, a.vid, a.pid,
        a.line, a.station, a.jig, a.attempt_id, a.issued_at, a.confirmed_at, a.work_order,
-       r.revoked_at, r.reason AS revocation_reason
+       r.revoked_at, r.reason AS revocation_reason, a.key_proof
 FROM assignments a
 LEFT JOIN revocations r ON r.dac_serial = a.dac_serial
 """
@@ -57,4 +57,4 @@ def downgrade() -> None:
         batch.drop_column("cd_sha256")
     with op.batch_alter_table("assignments") as batch:
         batch.drop_column("cd_sha256")
-    op.execute(ASSIGNMENTS_V_0010)
+    op.execute(ASSIGNMENTS_V_0013)

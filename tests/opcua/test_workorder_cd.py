@@ -12,8 +12,11 @@ import pytest
 from asyncua import ua
 from sqlalchemy import select
 
-from linehost.app import open_work_order
+from linehost.app import check_own_work_order
 from linehost.config import OpcuaSection, load_config
+from linehost.line.controls import LineControls
+from linehost.line.hold import JigHolds
+from linehost.line.workorder import WorkOrderGate, checked_work_order
 from linehost.opcua.server import OpcuaServer
 from linehost.pki.devpki import init_dev
 from linehost.store.models import work_orders
@@ -40,6 +43,13 @@ async def line(
     )
     config = load_config(config_path)
     store = await Store.open(config.database.url, line="l1")
+    own = checked_work_order(config)
+    assert own is not None
+    await store.open_work_order(own.id, own.quantity, own.recorded)  # as `linehost run` does
+    controls = LineControls(
+        store, JigHolds(), jigs=[("st1", "j1")], gate=WorkOrderGate(own.id, own.quantity),
+        check_work_order=functools.partial(check_own_work_order, config),
+    )  # fmt: skip
     monkeypatch.setenv("LH_TEST_OPCUA_PW", "s3cret pass")
     port = free_port()
     settings = OpcuaSection.model_validate(
@@ -49,10 +59,7 @@ async def line(
             "users": [{"name": "mes", "password_env": "LH_TEST_OPCUA_PW"}],
         }
     )
-    server = OpcuaServer(
-        settings, line="l1", jigs=[("st1", "j1")],
-        open_work_order=functools.partial(open_work_order, config, store),
-    )  # fmt: skip
+    server = OpcuaServer(settings, line="l1", jigs=[("st1", "j1")], controls=controls)
     await server.start()
     try:
         yield store, f"opc.tcp://127.0.0.1:{port}/linehost/", pki.cd
