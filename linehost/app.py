@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -20,10 +21,11 @@ from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.line.workorder import WorkOrder, checked_work_order
 from linehost.observers import AttemptObserver, fan_out
 from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
-from linehost.pki.cd import load_cd
+from linehost.pki.cd import CertificationDeclaration, load_cd
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import open_local_issuer
 from linehost.pki.pai import load_certificate
@@ -34,9 +36,10 @@ from linehost.store.store import Store
 from linehost.transport.serial import ensure_fd_limit
 
 if TYPE_CHECKING:
+    from linehost.mqtt.progress import CrlSource
     from linehost.mqtt.relay import MqttRelay
     from linehost.opcua.server import OpcuaServer
-    from linehost.pki.crl_keeper import CrlKeeper
+    from linehost.pki.crl_keeper import CrlKeepers
     from linehost.sparkplug.node import EdgeNode
 
 _log = structlog.get_logger("linehost.app")
@@ -66,14 +69,17 @@ async def open_issuer(config: LineConfig) -> Issuer:
     return await open_local_issuer(pki)
 
 
-def load_cd_line(config: LineConfig) -> str | None:
-    """The base64 `CD:` value of the configured Certification Declaration, checked; or None."""
+def line_cd(config: LineConfig, work_order: WorkOrder | None) -> CertificationDeclaration | None:
+    """The Certification Declaration every device gets: the work order's own (checked when it
+    was opened), else `[pki] cd_file` (checked here), else None."""
+    if work_order is not None and work_order.cd is not None:
+        return work_order.cd
     if config.pki.cd_file is None:
         return None
-    return load_cd(config.pki.cd_file).b64
+    return load_cd(config.pki.cd_file)
 
 
-async def log_pki(config: LineConfig, issuer: Issuer, cd_b64: str | None) -> None:
+async def log_pki(config: LineConfig, issuer: Issuer, cd: CertificationDeclaration | None) -> None:
     """Say at start-up what the line issues with; for bundles, how much of each pool is left."""
     pki = config.pki
     key = pki.pai_key if pki.issuer == "local" else None
@@ -82,7 +88,8 @@ async def log_pki(config: LineConfig, issuer: Issuer, cd_b64: str | None) -> Non
         issuer=pki.issuer,
         key_source=None if key is None else ("pkcs11" if key.startswith("pkcs11:") else "file"),
         pai_sha256=issuer.pai_sha256[:16],
-        cd=cd_b64 is not None,
+        cd=cd is not None,
+        cd_sha256=cd.sha256[:16] if cd is not None else None,
     )
     if isinstance(issuer, BundleIssuer):
         try:
@@ -90,6 +97,25 @@ async def log_pki(config: LineConfig, issuer: Issuer, cd_b64: str | None) -> Non
                 _log.info("bundle_pool", detail=line)
         except LinehostError as exc:
             _log.warning("bundle_pool_unreadable", detail=str(exc))
+
+
+def check_pais(config: LineConfig) -> None:
+    """Check the previous PAIs (they conform and chain; PkiError otherwise) and warn when the
+    active PAI expires within `pki.pai_expiry_warning`."""
+    from linehost.pki import lifecycle
+
+    pais = lifecycle.configured_pais(config.pki)
+    active = pais[0][1]
+    warning = lifecycle.expiry_warning(active, config.pki.pai_expiry_warning)
+    if warning is not None:
+        _log.warning(
+            "pai_expires_soon",
+            pai=str(config.pki.pai_cert),
+            not_after=active.certificate.not_valid_after_utc.isoformat(),
+            detail=warning,
+        )
+    if len(pais) > 1:
+        _log.info("pais_configured", active=active.sha256[:16], previous=len(pais) - 1)
 
 
 @contextlib.asynccontextmanager
@@ -170,14 +196,16 @@ async def run_line(
     """
     check_key_proof(config)
     config = with_work_order(config)
-    ops = LineOperations(config)
+    work_order = checked_work_order(config)  # its CD: signature and VID/PID, before any jig
+    ops = LineOperations(config, work_order)
     ensure_fd_limit(len(config.jigs))
-    cd_b64 = load_cd_line(config)
+    cd = line_cd(config, work_order)
     onboarding = Onboarding.from_config(config)  # checks the passcode key before any jig
-    issuer = await open_issuer(config)
+    issuer = await open_issuer(config)  # refuses an expired (or not yet valid) active PAI
     try:
+        check_pais(config)
         async with open_line_store(config) as store:
-            await log_pki(config, issuer, cd_b64)
+            await log_pki(config, issuer, cd)
             timing = timing_of(config)
             crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
             try:
@@ -185,7 +213,11 @@ async def run_line(
                 edge_node = open_edge_node(config, store)
                 holds = JigHolds()
                 controls = LineControls(
-                    store, holds, jigs=[(j.station, j.name) for j in config.jigs], gate=ops.gate
+                    store,
+                    holds,
+                    jigs=[(j.station, j.name) for j in config.jigs],
+                    gate=ops.gate,
+                    check_work_order=functools.partial(check_own_work_order, config),
                 )
                 opcua = open_opcua(config, store, controls)
                 evidence = await start_evidence(config, store.engine)
@@ -202,7 +234,8 @@ async def run_line(
                 store,
                 allow_reprovision=config.pki.allow_reprovision,
                 onboarding=onboarding,
-                cd_b64=cd_b64,
+                cd_b64=cd.b64 if cd is not None else None,
+                cd_sha256=cd.sha256 if cd is not None else None,
                 gate=ops.gate,
                 root_key_pem=root_key_pem(config),
                 attest=config.protocol.attest,
@@ -258,7 +291,7 @@ async def run_line(
 
 async def _start_crl_keeper(
     config: LineConfig, store: Store, issuer: Issuer, ops: LineOperations
-) -> CrlKeeper | None:
+) -> CrlKeepers | None:
     """The CRL keeper of `[pki] crl_dir` (None without it), its first CRL signed."""
     if config.pki.crl_dir is None:
         return None
@@ -276,7 +309,7 @@ async def _start_crl_keeper(
 
 
 def open_relay(
-    config: LineConfig, store: Store, crl_keeper: CrlKeeper | None = None
+    config: LineConfig, store: Store, crl_keeper: CrlSource | None = None
 ) -> MqttRelay | None:
     """The MQTT relay when `[mqtt]` is configured (secrets and TLS files are read here); it
     publishes what `crl_keeper` signs."""
@@ -330,6 +363,14 @@ def open_opcua(config: LineConfig, store: Store, controls: LineControls) -> Opcu
         work_order=facts.work_order if wo else None,
         controls=controls,
     )
+
+
+def check_own_work_order(config: LineConfig, work_order: str) -> None:
+    """Before a work order is opened from outside (OPC UA `WorkOrder.Open`): the line's own
+    work order is checked again as at start-up (its CD file: signature, VID/PID); PkiError
+    when it no longer passes. Any other work order names no CD here."""
+    if config.work_order is not None and config.work_order.id == work_order:
+        checked_work_order(config)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

@@ -20,6 +20,7 @@ from linehost.config import LineConfig, load_config
 from linehost.errors import ConfigError
 from linehost.evidence.cli import checkpoint_report
 from linehost.pki.local import load_certificate
+from linehost.pki.pai import key_identifier
 from linehost.pki.profile import check_dac_der, check_pai, describe
 from linehost.store.audit import Audit
 
@@ -42,6 +43,7 @@ ASSIGNMENT_FIELDS = [
     "revoked_at",
     "revocation_reason",
     "key_proof",
+    "cd_sha256",
 ]
 ATTEMPT_FIELDS = [
     "attempt_id",
@@ -227,6 +229,7 @@ def show_uid(config_path: Path, uid: str) -> int:
                 f"  {item['at']}  assignment {item['status']:<10} DAC serial {item['dac_serial']}"
                 f"  sha256 {item['dac_sha256'][:16]}…  {item['station']}/{item['jig']}"
                 + (f"  confirmed {item['confirmed_at']}" if item["confirmed_at"] else "")
+                + (f"  CD sha256 {item['cd_sha256'][:16]}…" if item.get("cd_sha256") else "")
                 + (
                     f"  REVOKED {item['revoked_at']} ({item['revocation_reason']})"
                     if item.get("revoked_at")
@@ -266,6 +269,7 @@ def show_dac(config_path: Path, serial_or_sha256: str) -> int:
         print(f"  REVOKED     {a['revoked_at']} ({a['revocation_reason']})")
     print(f"  VID/PID     {a['vid']}/{a['pid']}  PAI sha256 {a['pai_sha256']}")
     print(f"  work order  {a['work_order'] or '-'}")
+    print(f"  CD sha256   {a.get('cd_sha256') or '-'}")
     print("  deliveries")
     for attempt in found["attempts"]:
         print(
@@ -279,14 +283,20 @@ def show_dac(config_path: Path, serial_or_sha256: str) -> int:
 
 
 def verify(args: VerifyOptions) -> int:
-    """Check every DAC against the PAI and its recorded fingerprint, and the audit chain."""
+    """Check every DAC against the PAI that issued it (by AKID) and its recorded fingerprint,
+    and the audit chain."""
     config = load_config(args.config)
-    pai = load_certificate(config.pki.pai_cert, "pki.pai_cert")
     paa = load_certificate(config.pki.paa_cert, "pki.paa_cert") if config.pki.paa_cert else None
     problems: list[str] = []
-    pai_problems = check_pai(pai, paa)
-    if pai_problems:
-        problems.append(f"PAI {config.pki.pai_cert}: {describe(pai_problems)}")
+    pais: dict[bytes, x509.Certificate] = {}
+    for keys in config.pki.pais():
+        pai = load_certificate(keys.pai_cert, "pki.pai_cert")
+        pai_problems = check_pai(pai, paa)
+        if pai_problems:
+            problems.append(f"PAI {keys.pai_cert}: {describe(pai_problems)}")
+        skid = key_identifier(pai, x509.SubjectKeyIdentifier)
+        if skid is not None:
+            pais[skid] = pai
 
     async def go() -> tuple[int, list[str]]:
         async with _audit(config) as audit:
@@ -294,7 +304,7 @@ def verify(args: VerifyOptions) -> int:
             found: list[str] = []
             async for record in audit.iter_assignment_records():
                 checked += 1
-                found.extend(_check_record(record, pai))
+                found.extend(_check_record(record, pais))
             found.extend(await audit.verify_audit_chain())
             pools.extend(await _bundle_lines(audit))
             return checked, found
@@ -312,8 +322,9 @@ def verify(args: VerifyOptions) -> int:
     if problems:
         print(f"audit verify: {len(problems)} problem(s) in {checked} assignment(s)")
         return 1
+    by = "the PAI" if len(pais) == 1 else f"the PAI that issued each ({len(pais)} PAIs)"
     print(
-        f"audit verify: OK — {checked} DAC(s) chain to the PAI and match their records; "
+        f"audit verify: OK — {checked} DAC(s) chain to {by} and match their records; "
         "audit chain intact"
     )
     if report is None:
@@ -327,7 +338,7 @@ def verify(args: VerifyOptions) -> int:
     return 0
 
 
-def _check_record(record: dict[str, Any], pai: x509.Certificate) -> list[str]:
+def _check_record(record: dict[str, Any], pais: dict[bytes, x509.Certificate]) -> list[str]:
     where = f"DAC serial {record['dac_serial']} (UID {record['uid']})"
     try:
         dac = x509.load_pem_x509_certificate(record["dac_pem"].encode())
@@ -339,9 +350,20 @@ def _check_record(record: dict[str, Any], pai: x509.Certificate) -> list[str]:
         problems.append(f"{where}: SHA-256 differs from the recorded fingerprint")
     if format(dac.serial_number, "X") != record["dac_serial"]:
         problems.append(f"{where}: serial differs from the recorded serial")
+    akid = key_identifier(dac, x509.AuthorityKeyIdentifier)
+    pai = pais.get(akid) if akid is not None else None
+    if pai is None:
+        named = akid.hex().upper() if akid is not None else "none"
+        problems.append(
+            f"{where}: issued under a PAI not in [pki] (authorityKeyIdentifier {named})"
+        )
+        return problems
     pai_sha = hashlib.sha256(pai.public_bytes(serialization.Encoding.DER)).hexdigest()
     if record["pai_sha256"] != pai_sha:
-        problems.append(f"{where}: issued under another PAI ({record['pai_sha256'][:16]}…)")
+        problems.append(
+            f"{where}: recorded PAI {record['pai_sha256'][:16]}… is not the PAI of its "
+            f"authorityKeyIdentifier ({pai_sha[:16]}…)"
+        )
         return problems
     # The full Matter checker on the stored bytes, exactly as a commissioner would see them.
     violations = check_dac_der(der, pai)

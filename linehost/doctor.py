@@ -10,7 +10,7 @@ import shutil
 import tomllib
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -70,8 +70,8 @@ async def diagnose(path: Path, limits: Limits = Limits()) -> list[Check]:
     rows.append(pai_row)
     rows.append(await check_pai_key(config.pki, pai))
     rows.append(check_paa_chain(config.pki, pai))
-    rows.append(check_clock(pai))
-    rows.append(check_cd(config.pki))
+    rows.append(check_clock(pai, margin=config.pki.pai_expiry_warning))
+    rows.append(check_line_cd(config))
     rows.append(await _timed("database", check_database(config), limits.timeout))
     rows.append(await _timed("broker", check_broker(config), limits.timeout))
     rows.append(await _timed("label printer", check_printer(config), limits.timeout))
@@ -273,7 +273,9 @@ def check_paa_chain(pki: PkiSection, pai: x509.Certificate | None) -> Check:
     return Check("PAA chain", Status.OK, f"PAI issued by {pki.paa_cert}")
 
 
-def check_clock(pai: x509.Certificate | None, now: datetime | None = None) -> Check:
+def check_clock(
+    pai: x509.Certificate | None, now: datetime | None = None, *, margin: timedelta | None = None
+) -> Check:
     """The clock is within the PAI's validity: DACs must not start before their issuer."""
     if pai is None:
         return Check("clock", Status.SKIPPED, "no PAI certificate to compare with")
@@ -286,7 +288,38 @@ def check_clock(pai: x509.Certificate | None, now: datetime | None = None) -> Ch
     if now > pai.not_valid_after_utc:
         detail = f"{stamp} is after the PAI's notAfter {pai.not_valid_after_utc:%Y-%m-%d %H:%M}"
         return Check("clock", Status.FAIL, detail, fix)
+    if margin is not None and pai.not_valid_after_utc - now <= margin:
+        days = (pai.not_valid_after_utc - now).total_seconds() / 86400
+        detail = (
+            f"{stamp}: the PAI expires on {pai.not_valid_after_utc:%Y-%m-%d %H:%M} "
+            f"({days:.1f} days left, within pki.pai_expiry_warning)"
+        )
+        roll = "roll over to a new PAI (docs/pki.md, PAI rollover)"
+        return Check("clock", Status.WARN, detail, roll)
     return Check("clock", Status.OK, f"{stamp}, within the PAI's validity")
+
+
+def check_line_cd(config: LineConfig) -> Check:
+    """The work order's own CD when it names one (signature and VID/PID, as at work-order
+    open), else `check_cd` of `[pki] cd_file`."""
+    wo = config.work_order
+    if wo is None or wo.cd_file is None:
+        return check_cd(config.pki)
+    from linehost.line.operations import with_work_order
+    from linehost.line.workorder import checked_work_order
+
+    try:
+        found = checked_work_order(with_work_order(config))
+    except LinehostError as exc:
+        fix = "use the CSA's CD for the work order's product (signed by a pki.cd_signer_certs key)"
+        return Check("CD", Status.FAIL, str(exc), fix)
+    assert found is not None
+    assert found.cd is not None
+    return Check(
+        "CD",
+        Status.OK,
+        f"work order {wo.id}: {wo.cd_file} verifies, sha256 {found.cd.sha256[:16]}…",
+    )
 
 
 def check_cd(pki: PkiSection) -> Check:

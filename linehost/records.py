@@ -63,6 +63,7 @@ class AssignRequest:
     allow_reprovision: bool = False
     onboarding: OnboardingRequest | None = None  # Matter commissioning data wanted too
     key_proof: KeyProof = "csr"  # recorded with a new assignment
+    cd_sha256: str | None = None  # the Certification Declaration delivered with a new DAC
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +216,7 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "revoked_at": iso_utc(row.get("revoked_at")),
         "revocation_reason": row.get("revocation_reason"),
         "key_proof": row.get("key_proof", "csr"),
+        "cd_sha256": row.get("cd_sha256"),
     }
 
 

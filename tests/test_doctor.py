@@ -440,6 +440,43 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
+def test_work_order_cd_is_checked_like_at_work_order_open(tmp_path: Path) -> None:
+    pki = init_dev(tmp_path / "pki", cd=True)
+    other = init_dev(tmp_path / "other", "FFF1", "8001", cd=True)
+    line = Line(tmp_path, pki)
+    pki_table = (
+        f'[pki]\npai_cert = "{pki.pai_cert}"\npai_key = "{pki.pai_key}"\n'
+        f'paa_cert = "{pki.paa_cert}"\nvid = "FFF1"\npid = "8000"\n'
+        f'cd_signer_certs = ["{pki.cd_signer}", "{other.cd_signer}"]\n'
+    )
+    wo = '[work_order]\nid = "WO-D"\nquantity = 5\ncd_file = "{}"\n'
+    report = doctor(line.write(wo.format(pki.cd), pki=pki_table))
+    assert report.status("CD") == "ok"
+    assert "work order WO-D" in report.text("CD")
+    report = doctor(line.write(wo.format(other.cd), pki=pki_table))
+    assert report.code == 1
+    assert report.status("CD") == "fail"
+    assert "certifies VID FFF1 PID 8001, not FFF1/8000" in report.text("CD")
+
+
+def test_pai_expiring_within_the_margin_warns(line: Line, tmp_path: Path) -> None:
+    from linehost.pki.devpki import issue_dev_pai
+
+    short = issue_dev_pai(
+        line.pki.paa_cert.parent,
+        tmp_path / "short",
+        not_after=datetime.now(UTC) + timedelta(days=3),
+    )
+    pki_table = (
+        f'[pki]\npai_cert = "{short.pai_cert}"\npai_key = "{short.pai_key}"\n'
+        f'paa_cert = "{line.pki.paa_cert}"\nvid = "FFF1"\npid = "8000"\n'
+    )
+    report = doctor(line.write(pki=pki_table))
+    assert report.status("clock") == "warn"
+    assert "within pki.pai_expiry_warning" in report.text("clock")
+    assert "roll over" in report.text("clock")
+
+
 # --- key proof (ECC608 letter jigs) ----------------------------------------------------------
 
 

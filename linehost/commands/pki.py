@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,8 @@ class InitDevOptions:
     vid: str
     pid: str
     cd: bool
+    from_paa: Path | None = None  # only a new PAI under this directory's PAA (a rollover)
+    valid_days: float | None = None  # the new PAI's lifetime (default: no expiry)
 
 
 def register(subparsers: Subparsers) -> None:
@@ -39,6 +42,21 @@ def register(subparsers: Subparsers) -> None:
         action="store_false",
         help="do not write the test Certification Declaration (cd.der)",
     )
+    init_dev.add_argument(
+        "--from-paa",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write only a new PAI (pai.pem, pai.key, a copy of paa.pem) under the PAA that "
+        "init-dev wrote in DIR: a PAI rollover rehearsal",
+    )
+    init_dev.add_argument(
+        "--valid-days",
+        type=float,
+        default=None,
+        metavar="DAYS",
+        help="with --from-paa: the new PAI expires after DAYS days (default: never)",
+    )
     init_dev.set_defaults(handler=lambda args: init_dev_command(_init_dev_options(args)))
     import_bundle = pki_sub.add_parser(
         "import-bundle",
@@ -55,8 +73,18 @@ def register(subparsers: Subparsers) -> None:
 
 def init_dev_command(options: InitDevOptions) -> int:
     """Write a development PAA + PAI (and CD) and list the files."""
-    from linehost.pki.devpki import init_dev
+    from linehost.pki.devpki import init_dev, issue_dev_pai
 
+    if options.from_paa is not None:
+        not_after = None
+        if options.valid_days is not None:
+            not_after = datetime.now(UTC) + timedelta(days=options.valid_days)
+        made = issue_dev_pai(
+            options.from_paa, options.out, vid=options.vid, pid=options.pid, not_after=not_after
+        )
+        print(f"development PAI written to {options.out} under {made.paa_cert}:")
+        print(f"  {made.pai_cert}\n  {made.pai_key}")
+        return EXIT_OK
     made = init_dev(options.out, vid=options.vid, pid=options.pid, cd=options.cd)
     print(f"development PKI written to {options.out} (never use it in production):")
     for path in (made.paa_cert, made.paa_key, made.pai_cert, made.pai_key, made.cd):
@@ -66,8 +94,15 @@ def init_dev_command(options: InitDevOptions) -> int:
 
 
 def _init_dev_options(args: argparse.Namespace) -> InitDevOptions:
+    if args.valid_days is not None and (args.from_paa is None or args.valid_days <= 0):
+        raise UserError("--valid-days needs --from-paa and a positive number of days")
     return InitDevOptions(
-        args.out, _vid_pid(args.vid, "--vid"), _vid_pid(args.pid, "--pid"), args.cd
+        args.out,
+        _vid_pid(args.vid, "--vid"),
+        _vid_pid(args.pid, "--pid"),
+        args.cd,
+        args.from_paa,
+        args.valid_days,
     )
 
 
@@ -108,9 +143,15 @@ def register_lifecycle(pki_sub: argparse._SubParsersAction[argparse.ArgumentPars
     revoke.add_argument("--reason", help=f"one of {', '.join(REVOCATION_REASONS)}")
     revoke.add_argument("--dry-run", action="store_true", help="list, change nothing")
     revoke.set_defaults(handler=_revoke)
-    crl = pki_sub.add_parser("crl", help="sign the CRL of the issuing PAI")
+    crl = pki_sub.add_parser("crl", help="sign the CRL of each PAI (active and previous)")
     config_arg(crl)
-    crl.add_argument("--out", type=Path, required=True, help="CRL file to write")
+    crl.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="CRL file to write; with several PAIs a directory (pai-<SKID>.crl each) or a "
+        "file name that gets -<SKID> before its suffix",
+    )
     crl.add_argument("--der", action="store_true", help="DER instead of PEM")
     crl.set_defaults(handler=_crl)
     rset = pki_sub.add_parser("revocation-set", help="the Matter SDK revocation-set JSON")
@@ -124,6 +165,12 @@ def register_lifecycle(pki_sub: argparse._SubParsersAction[argparse.ArgumentPars
     dcl.add_argument("--data-url", required=True, help="where the CRL is published (http/https)")
     dcl.add_argument("--crl", type=Path, help="the published CRL file (default: sign one now)")
     dcl.add_argument("--label", default=None, help="DCL label (default: the line name)")
+    dcl.add_argument(
+        "--pai",
+        default=None,
+        metavar="SKID",
+        help="which configured PAI (its subjectKeyIdentifier in hex; default: the active one)",
+    )
     dcl.set_defaults(handler=_dcl)
 
 
@@ -166,4 +213,4 @@ def _revocation_set(args: argparse.Namespace) -> int:
 def _dcl(args: argparse.Namespace) -> int:
     from linehost.commands.revocation import dcl_command
 
-    return dcl_command(args.config, args.data_url, crl=args.crl, label=args.label)
+    return dcl_command(args.config, args.data_url, crl=args.crl, label=args.label, pai=args.pai)

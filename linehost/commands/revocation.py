@@ -60,40 +60,54 @@ def candidates_command(config_path: Path) -> int:
 
 
 def crl_command(config_path: Path, out: Path, *, der: bool) -> int:
-    """Sign the PAI's CRL with the next CRL number and write it."""
+    """Sign each PAI's CRL with its next CRL number and write it (one file per PAI)."""
     config = load_config(config_path)
-    pai = lifecycle.issuing_pai(config.pki)
-    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+    pais = lifecycle.configured_pais(config.pki)
+    paths = lifecycle.crl_paths(out, [pai for _, pai in pais])
+    signers = [lifecycle.open_crl_signer(config.pki, pai.certificate, keys) for keys, pai in pais]
 
-    async def go() -> lifecycle.SignedCrl:
+    async def go() -> list[lifecycle.SignedCrl]:
         try:
             async with lifecycle.open_ledger(config, write=True) as ledger:
-                return await lifecycle.sign_crl(ledger, pai, crl_signer, config.pki)
+                return [
+                    await lifecycle.sign_crl(ledger, pai, crl_signer, config.pki)
+                    for (_, pai), crl_signer in zip(pais, signers, strict=True)
+                ]
         finally:
-            await crl_signer.signer.aclose()
+            for crl_signer in signers:
+                await crl_signer.signer.aclose()
 
-    signed = asyncio.run(go())
-    lifecycle.write_crl(signed, out, der=der)
-    print(
-        f"CRL {out}: number {signed.number}, {signed.entries} revoked DAC(s), "
-        f"thisUpdate {signed.this_update.isoformat()}, nextUpdate {signed.next_update.isoformat()}"
-        + (", indirect (delegated signer)" if crl_signer.indirect else "")
-    )
+    for signed, path, crl_signer, (keys, _) in zip(
+        asyncio.run(go()), paths, signers, pais, strict=True
+    ):
+        lifecycle.write_crl(signed, path, der=der)
+        print(
+            f"CRL {path}: number {signed.number}, {signed.entries} revoked DAC(s), "
+            f"thisUpdate {signed.this_update.isoformat()}, "
+            f"nextUpdate {signed.next_update.isoformat()}"
+            + (", indirect (delegated signer)" if crl_signer.indirect else "")
+            + (f"; PAI {keys.pai_cert}" + (" (active)" if keys.active else " (previous)"))
+            * (len(pais) > 1)
+        )
     return EXIT_OK
 
 
 def revocation_set_command(config_path: Path, out: Path) -> int:
-    """Write the Matter SDK revocation-set JSON of the PAI's revoked DACs."""
+    """Write the Matter SDK revocation-set JSON of every PAI's revoked DACs."""
     config = load_config(config_path)
-    pai = lifecycle.issuing_pai(config.pki)
-    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+    pais = lifecycle.configured_pais(config.pki)
+    signers = [lifecycle.open_crl_signer(config.pki, pai.certificate, keys) for keys, pai in pais]
 
     async def go() -> list[dict[str, Any]]:
         try:
             async with lifecycle.open_ledger(config, write=False) as ledger:
-                return await lifecycle.revocation_set(ledger, pai, crl_signer)
+                entries: list[dict[str, Any]] = []
+                for (_, pai), crl_signer in zip(pais, signers, strict=True):
+                    entries.extend(await lifecycle.revocation_set(ledger, pai, crl_signer))
+                return entries
         finally:
-            await crl_signer.signer.aclose()
+            for crl_signer in signers:
+                await crl_signer.signer.aclose()
 
     entries = asyncio.run(go())
     out.write_text(lifecycle.json_text(entries))
@@ -102,16 +116,25 @@ def revocation_set_command(config_path: Path, out: Path) -> int:
     return EXIT_OK
 
 
-def dcl_command(config_path: Path, data_url: str, *, crl: Path | None, label: str | None) -> int:
-    """Print the `dcld tx pki add-revocation-point` line, checked against the CRL."""
+def dcl_command(
+    config_path: Path,
+    data_url: str,
+    *,
+    crl: Path | None,
+    label: str | None,
+    pai: str | None = None,
+) -> int:
+    """Print the `dcld tx pki add-revocation-point` line of one PAI (by SKID; default: the
+    active one), checked against the CRL."""
     config = load_config(config_path)
-    pai = lifecycle.issuing_pai(config.pki)
-    crl_signer = lifecycle.open_crl_signer(config.pki, pai.certificate)
+    keys, issuing = lifecycle.select_pai(config.pki, pai)
+    crl_signer = lifecycle.open_crl_signer(config.pki, issuing.certificate, keys)
+    pai_of = issuing
 
     async def fresh() -> bytes:
         try:
             async with lifecycle.open_ledger(config, write=True) as ledger:
-                signed = await lifecycle.sign_crl(ledger, pai, crl_signer, config.pki)
+                signed = await lifecycle.sign_crl(ledger, pai_of, crl_signer, config.pki)
                 return crl_bytes(signed.crl, pem=False)
         finally:
             await crl_signer.signer.aclose()
@@ -122,7 +145,7 @@ def dcl_command(config_path: Path, data_url: str, *, crl: Path | None, label: st
     else:
         crl_der = asyncio.run(fresh())
     args = lifecycle.dcl_arguments(
-        pai, crl_signer, crl_der, data_url, label=label or config.line.name
+        pai_of, crl_signer, crl_der, data_url, label=label or config.line.name
     )
     print(lifecycle.shell_line(args))
     return EXIT_OK

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -63,6 +64,61 @@ class EstSection(_Section):
         return value.rstrip("/")
 
 
+class PreviousPaiSection(_Section):
+    """`[[pki.previous_pais]]`: a PAI rolled over from: no new DACs, still verified, revoked
+    and given its CRL (a key, or a delegated CRL signer, only to sign that CRL)."""
+
+    pai_cert: ConfigPath
+    pai_key: KeyLocation | None = None  # a PEM path or a pkcs11: URI (same module and PIN)
+    pai_key_passphrase_env: str | None = None
+    pai_key_passphrase_file: ConfigPath | None = None
+    crl_signer_cert: ConfigPath | None = None
+    crl_signer_key: KeyLocation | None = None
+    crl_signer_key_passphrase_env: str | None = None
+    crl_signer_key_passphrase_file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _pairs(self) -> PreviousPaiSection:
+        one_secret_source(self.keys().passphrase)
+        one_secret_source(self.keys().crl_signer_passphrase)
+        if (self.crl_signer_cert is None) != (self.crl_signer_key is None):
+            raise ValueError("crl_signer_cert and crl_signer_key go together")
+        return self
+
+    def keys(self) -> PaiKeys:
+        """This PAI's certificate and key sources."""
+        return PaiKeys(
+            active=False,
+            pai_cert=self.pai_cert,
+            pai_key=self.pai_key,
+            passphrase=SecretRef(
+                "pki.previous_pais.pai_key_passphrase",
+                self.pai_key_passphrase_env,
+                self.pai_key_passphrase_file,
+            ),
+            crl_signer_cert=self.crl_signer_cert,
+            crl_signer_key=self.crl_signer_key,
+            crl_signer_passphrase=SecretRef(
+                "pki.previous_pais.crl_signer_key_passphrase",
+                self.crl_signer_key_passphrase_env,
+                self.crl_signer_key_passphrase_file,
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PaiKeys:
+    """One PAI of `[pki]` (the active one or a previous one) and where its keys are."""
+
+    active: bool
+    pai_cert: Path
+    pai_key: str | None
+    passphrase: SecretRef
+    crl_signer_cert: Path | None
+    crl_signer_key: str | None
+    crl_signer_passphrase: SecretRef
+
+
 class PkiSection(_Section):
     """`[pki]`: where DACs come from and how they look."""
 
@@ -95,6 +151,11 @@ class PkiSection(_Section):
     )
     crl_dir: ConfigPath | None = None  # `linehost run` keeps each PAI's current CRL here
     crl_refresh_margin: Annotated[timedelta, Field(ge=timedelta(0))] = timedelta(days=7)
+    # PAI rollover (issue 13 item 5): `pai_cert` is the active PAI, these came before it.
+    previous_pais: list[PreviousPaiSection] = Field(default_factory=list)
+    pai_expiry_warning: Annotated[timedelta, Field(ge=timedelta(0))] = timedelta(days=30)
+    # Certification Declarations a work order names are checked against these signers.
+    cd_signer_certs: list[ConfigPath] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _key_source(self) -> PkiSection:
@@ -114,7 +175,23 @@ class PkiSection(_Section):
                 raise ValueError("a pkcs11: pai_key needs pkcs11_module (the module path)")
             if not (self.pkcs11_pin_env or self.pkcs11_pin_file):
                 raise ValueError("a pkcs11: pai_key needs pkcs11_pin_env or pkcs11_pin_file")
+        certs = [self.pai_cert, *(p.pai_cert for p in self.previous_pais)]
+        if len(set(certs)) != len(certs):
+            raise ValueError("previous_pais: a PAI certificate is named twice")
         return self
+
+    def pais(self) -> list[PaiKeys]:
+        """Every PAI of the line: the active one (`pai_cert`) first, then the previous ones."""
+        active = PaiKeys(
+            active=True,
+            pai_cert=self.pai_cert,
+            pai_key=self.pai_key,
+            passphrase=self.passphrase_secret,
+            crl_signer_cert=self.crl_signer_cert,
+            crl_signer_key=self.crl_signer_key,
+            crl_signer_passphrase=self.crl_signer_passphrase_secret,
+        )
+        return [active, *(p.keys() for p in self.previous_pais)]
 
     @field_validator("cn_template")
     @classmethod
@@ -427,6 +504,8 @@ class WorkOrderSection(_Section):
     quantity: Annotated[int, Field(gt=0, le=1_000_000_000)]
     vid: VidPid | None = None  # overrides [pki] vid/pid for this work order
     pid: VidPid | None = None
+    cd_file: ConfigPath | None = None  # its own Certification Declaration (DER), not [pki]'s
+    firmware_version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
 class MetricsSection(_Section):
@@ -599,6 +678,12 @@ class LineConfig(_Section):
             ports.add(jig.port)
         if self.sparkplug is not None and self.sparkplug.url is None and self.mqtt is None:
             raise ValueError("[sparkplug] needs a url, or an [mqtt] broker to share")
+        wo = self.work_order
+        if wo is not None and wo.cd_file is not None and not self.pki.cd_signer_certs:
+            raise ValueError(
+                "work_order.cd_file needs pki.cd_signer_certs (the CD signing certificates "
+                "its signature is checked against)"
+            )
         unknown = set(self.stations) - {jig.station for jig in self.jigs}
         if unknown:
             raise ValueError(f"[stations.{sorted(unknown)[0]}] names a station without jigs")

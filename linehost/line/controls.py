@@ -7,13 +7,13 @@ audit log, and only then changes the line. A call that cannot be recorded change
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 import structlog
 
-from linehost.errors import LinehostError
+from linehost.errors import LinehostError, PkiError
 from linehost.line.hold import JigHolds
 from linehost.line.workorder import WorkOrderGate
 from linehost.store.controls import ControlEvent, WorkOrderRefused
@@ -64,11 +64,14 @@ class LineControls:
         *,
         jigs: Sequence[tuple[str, str]],
         gate: WorkOrderGate | None = None,
+        check_work_order: Callable[[str], None] | None = None,
     ) -> None:
         self._store = store
         self.holds = holds
         self._jigs = set(jigs)
         self._gate = gate
+        # Raises PkiError when a work order's own CD fails its checks (signature, VID/PID).
+        self._check_work_order = check_work_order
 
     async def hold(self, caller: Caller, station: str, jig: str) -> bool:
         """Stop the jig taking new devices (the one in progress finishes); False: held already."""
@@ -86,6 +89,11 @@ class LineControls:
             await self._refuse(caller, operation, work_order, args, "bad_argument",
                                f"needs a work order id of 1..{NAME_LEN} characters and a "
                                "quantity above 0")  # fmt: skip
+        if self._check_work_order is not None:
+            try:
+                self._check_work_order(work_order)
+            except PkiError as exc:
+                await self._refuse(caller, operation, work_order, args, "invalid_state", str(exc))
         event = self._event(caller, "work_order_opened", operation, work_order, args)
         await self._work_order(caller, operation, args, event, open_quantity=quantity)
 

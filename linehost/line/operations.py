@@ -13,7 +13,7 @@ from linehost.config import JigSection, LineConfig, parse_listen
 from linehost.errors import ConfigError
 from linehost.line.statusboard import StatusBoard
 from linehost.line.steps import JigSteps, StepCommand
-from linehost.line.workorder import WorkOrderGate, watch_line
+from linehost.line.workorder import WorkOrder, WorkOrderGate, watch_line
 from linehost.observers import AttemptObserver
 from linehost.store.audit import Audit
 
@@ -52,9 +52,14 @@ def jig_steps(config: LineConfig, jig: JigSection) -> JigSteps | None:
 class LineOperations:
     """The work-order gate, the metrics endpoint and the status board of one `linehost run`."""
 
-    def __init__(self, config: LineConfig) -> None:
+    def __init__(self, config: LineConfig, work_order: WorkOrder | None = None) -> None:
         self.config = config
-        wo = config.work_order
+        wo = work_order or (
+            WorkOrder(config.work_order.id, config.work_order.quantity)
+            if config.work_order is not None
+            else None
+        )
+        self.work_order = wo
         self.gate = WorkOrderGate(wo.id, wo.quantity) if wo is not None else None
         self.metrics: LineMetrics | None = None
         if config.metrics is not None:
@@ -67,9 +72,16 @@ class LineOperations:
     async def start(self, store: Store) -> None:
         """Register the work order, open the endpoint, start the background tasks."""
         config = self.config
-        if self.gate is not None:
-            await store.open_work_order(self.gate.id, self.gate.quantity)
-            _log.info("work_order_open", work_order=self.gate.id, quantity=self.gate.quantity)
+        wo = self.work_order
+        if wo is not None:
+            await store.open_work_order(wo.id, wo.quantity, wo.recorded)
+            _log.info(
+                "work_order_open",
+                work_order=wo.id,
+                quantity=wo.quantity,
+                cd_sha256=wo.recorded[0],
+                firmware_version=wo.firmware_version,
+            )
         metrics = self.metrics
         if metrics is not None and config.metrics is not None:
             host, port = parse_listen(config.metrics.listen)

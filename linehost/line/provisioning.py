@@ -127,6 +127,7 @@ class Provisioner:
         allow_reprovision: bool = False,
         onboarding: Onboarding | None = None,
         cd_b64: str | None = None,
+        cd_sha256: str | None = None,
         gate: WorkOrderGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         root_key_pem: str | None = None,
@@ -138,6 +139,7 @@ class Provisioner:
         self._allow_reprovision = allow_reprovision
         self._onboarding = onboarding
         self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
+        self._cd_sha256 = cd_sha256  # ...and its fingerprint, recorded with every new DAC
         self._clock = clock
         self._root_key_pem = root_key_pem  # the PAA public key (`[pki] paa_cert`), when set
         self._attest = attest
@@ -198,6 +200,7 @@ class Provisioner:
                 allow_reprovision=self._allow_reprovision,
                 onboarding=wanted,
                 key_proof=csr.key_proof,
+                cd_sha256=self._cd_sha256,
             )
             try:
                 commit_started = now()

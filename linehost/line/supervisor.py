@@ -94,7 +94,10 @@ class LineSupervisor:
         _log.info("line_stopping", jigs=len(self.runners), attempts_in_flight=busy)
         for runner in self.runners:
             runner.request_stop()
-        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        # A line without jigs (a config being prepared) has nothing to wait for.
+        _done, pending = (
+            await asyncio.wait(tasks, timeout=self.shutdown_grace) if tasks else (set(), set())
+        )
         if pending:
             aborted = 0
             for runner in self.runners:

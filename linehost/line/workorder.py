@@ -5,18 +5,72 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from typing import Any, Final
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
-from linehost.errors import LinehostError
+from linehost.errors import LinehostError, PkiError
+from linehost.pki.cd import CertificationDeclaration, check_cd_for, check_cd_signature, load_cd
+from linehost.pki.pai import load_certificate
 from linehost.store.audit import Audit
 from linehost.store.decisions import WORK_ORDER_CLOSED
 from linehost.store.store import WORK_ORDER_COMPLETE
 
+if TYPE_CHECKING:
+    from linehost.config import LineConfig
+
 WATCH_INTERVAL: Final = 5.0
 
 _log = structlog.get_logger("linehost.workorder")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOrder:
+    """A work order as opened: its quantity and, when it names them, its checked CD and the
+    firmware version its devices run."""
+
+    id: str
+    quantity: int
+    cd: CertificationDeclaration | None = None
+    firmware_version: str | None = None
+
+    @property
+    def recorded(self) -> tuple[str | None, str | None]:
+        """(cd_sha256, firmware_version) as the database keeps them with the work order."""
+        return (self.cd.sha256 if self.cd is not None else None, self.firmware_version)
+
+
+def checked_work_order(config: LineConfig) -> WorkOrder | None:
+    """`[work_order]` with its Certification Declaration read and checked (structure, signature
+    by a `pki.cd_signer_certs` key, VID/PID of the work order); PkiError in one line."""
+    wo = config.work_order
+    if wo is None:
+        return None
+    cd = None
+    if wo.cd_file is not None:
+        vid, pid = wo.vid or config.pki.vid, wo.pid or config.pki.pid
+        cd = load_work_order_cd(wo.id, wo.cd_file, vid, pid, config.pki.cd_signer_certs)
+    return WorkOrder(wo.id, wo.quantity, cd, wo.firmware_version)
+
+
+def load_work_order_cd(
+    work_order: str, path: Path, vid: str, pid: str, signer_certs: list[Path]
+) -> CertificationDeclaration:
+    """The CD a work order names, checked; PkiError naming the work order, file and problem."""
+    signers = [load_certificate(p, "CD signer") for p in signer_certs]
+    where = f"work order {work_order}: CD file {path}"
+    try:
+        cd = load_cd(path)
+    except PkiError as exc:
+        raise PkiError(f"work order {work_order}: {exc}") from None
+    try:
+        check_cd_signature(cd, signers)
+        check_cd_for(cd, vid, pid)
+    except PkiError as exc:
+        raise PkiError(f"{where}: {exc}") from None
+    return cd
 
 
 class WorkOrderGate:

@@ -1,18 +1,21 @@
 """The Certification Declaration: a DER CMS SignedData, checked at start-up, sent as `CD:`.
 
 The check walks the DER (RFC 5652 ContentInfo -> SignedData) far enough to know the file is a
-signed CMS message with content and a signer; it does not judge the CSA's signature.
+signed CMS message with content and a signer. A work order's own CD is also checked against the
+configured CD signing certificates (`check_cd_signature`) and for its VID/PID (`check_cd_for`).
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -39,11 +42,19 @@ class CertificationDeclaration:
     der: bytes
     content: bytes  # the encapsulated certification elements (Matter TLV)
     signers: int
+    #: (subjectKeyIdentifier or None, signature) of each SignerInfo without signed attributes,
+    #: the form the Matter SDK makes and verifies (CMS_Sign / CMS_Verify).
+    signatures: tuple[tuple[bytes | None, bytes], ...] = ()
 
     @property
     def b64(self) -> str:
         """The value of the `CD:` line."""
         return base64.b64encode(self.der).decode("ascii")
+
+    @property
+    def sha256(self) -> str:
+        """Lower-case hex SHA-256 of the DER, as recorded with each assignment."""
+        return hashlib.sha256(self.der).hexdigest()
 
     def products(self) -> tuple[int, frozenset[int]]:
         """(vendor_id, product_id_array) of the certification elements; raise PkiError."""
@@ -97,13 +108,64 @@ def parse_cd(data: bytes) -> CertificationDeclaration:
         signers = der.children(signer_infos)
         if not signers:
             raise PkiError("SignedData has no signer")
+        signatures: list[tuple[bytes | None, bytes]] = []
         for signer in signers:
             parts = der.children(signer)
             if len(parts) < 5 or parts[-1][0] != der.TAG_OCTET_STRING:
                 raise PkiError("a SignerInfo has no signature")
+            if len(parts) == 5:  # version, sid, digestAlgorithm, signatureAlgorithm, signature
+                sid_tag, sid_start, sid_end = der.read_element(parts[1])
+                skid = parts[1][sid_start:sid_end] if sid_tag == _TAG_SID_SKID else None
+                _, sig_start, sig_end = der.read_element(parts[4])
+                signatures.append((skid, parts[4][sig_start:sig_end]))
     except (ValueError, IndexError):
         raise PkiError("not a well-formed DER CMS message") from None
-    return CertificationDeclaration(data, content, len(signers))
+    return CertificationDeclaration(data, content, len(signers), tuple(signatures))
+
+
+def check_cd_signature(cd: CertificationDeclaration, signers: Sequence[x509.Certificate]) -> None:
+    """Raise PkiError unless a SignerInfo of `cd` verifies (ECDSA P-256 with SHA-256 over the
+    certification elements) with the key of one of `signers`, matched by key identifier."""
+    if not cd.signatures:
+        raise PkiError(
+            "no SignerInfo in the Matter form (subjectKeyIdentifier, no signed attributes)"
+        )
+    by_skid = {_skid(cert): cert for cert in signers}
+    for skid, signature in cd.signatures:
+        cert = by_skid.get(skid) if skid is not None else None
+        if cert is None:
+            continue
+        key = cert.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            continue
+        try:
+            key.verify(signature, cd.content, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            raise PkiError(
+                f"signature does not verify with CD signer {_skid_hex(skid)} (bad signature)"
+            ) from None
+        return
+    named = ", ".join(_skid_hex(s) for s, _ in cd.signatures if s is not None) or "none"
+    raise PkiError(f"signed by an unknown CD signer (key id {named}; see pki.cd_signer_certs)")
+
+
+def check_cd_for(cd: CertificationDeclaration, vid: str, pid: str) -> None:
+    """Raise PkiError unless `cd` certifies `vid` and `pid` (4 hex digits each)."""
+    vendor, products = cd.products()
+    if vendor != int(vid, 16) or int(pid, 16) not in products:
+        listed = ", ".join(f"{p:04X}" for p in sorted(products))
+        raise PkiError(f"certifies VID {vendor:04X} PID {listed}, not {vid}/{pid}")
+
+
+def _skid(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _skid_hex(skid: bytes | None) -> str:
+    return "?" if skid is None else skid.hex().upper()
 
 
 def sign_test_cd(

@@ -82,7 +82,7 @@ class CrlKeeper:
             tmp.replace(self.path)
             self._mark, self._next_update = mark, signed.next_update
             self.state = CrlState(
-                pai_skid=_skid(self._pai),
+                pai_skid=crl_file_stem(self._pai)[len("pai-") :],
                 number=signed.number,
                 this_update=signed.this_update,
                 next_update=signed.next_update,
@@ -126,16 +126,25 @@ class CrlKeeper:
                 self._report(self._clock())
 
 
-def crl_file_stem(pai: IssuingPai) -> str:
-    """The file name (without suffix) of a PAI's CRL: `pai-<SKID hex>`."""
-    return f"pai-{_skid(pai)}"
+crl_file_stem = lifecycle.crl_file_stem
 
 
-def _skid(pai: IssuingPai) -> str:
-    from cryptography import x509
+class CrlKeepers:
+    """The keepers of every PAI of the line (the active one and the previous ones)."""
 
-    skid = pai.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return skid.key_identifier.hex().upper()
+    def __init__(self, keepers: list[CrlKeeper]) -> None:
+        self.keepers = keepers
+
+    @property
+    def state(self) -> CrlState | None:
+        """The CRL nearest its nextUpdate (the one an alarm is about); None before any."""
+        states = [k.state for k in self.keepers if k.state is not None]
+        return min(states, key=lambda s: s.next_update, default=None)
+
+    async def aclose(self) -> None:
+        """Stop every keeper."""
+        for keeper in self.keepers:
+            await keeper.aclose()
 
 
 async def start_crl_keeper(
@@ -144,29 +153,44 @@ async def start_crl_keeper(
     pai_signer: Signer | None,
     *,
     on_remaining: Callable[[float], None] | None = None,
-) -> CrlKeeper | None:
-    """The keeper of `[pki] crl_dir` (None without it), its first CRL signed; the PAI key is
-    `pai_signer` (the issuer's, so one HSM session serves both) unless a delegated signer is
-    configured; PkiError when there is no key to sign with."""
+) -> CrlKeepers | None:
+    """The keepers of `[pki] crl_dir` (None without it), each PAI's first CRL signed; the active
+    PAI's key is `pai_signer` (the issuer's, so one HSM session serves both) unless a delegated
+    signer is configured; PkiError when the active PAI has no key to sign with. A previous PAI
+    without a key here is skipped with a warning (its CRL is signed elsewhere)."""
     if pki.crl_dir is None:
         return None
-    pai = lifecycle.issuing_pai(pki)
-    if pki.crl_signer_cert is not None:
-        crl_signer = await asyncio.to_thread(lifecycle.open_crl_signer, pki, pai.certificate)
-        owned = True
-    elif pai_signer is not None:
-        crl_signer, owned = CrlSigner(pai.certificate, pai_signer), False
-    else:
-        raise lifecycle.LifecycleError(
-            f"pki.crl_dir: PAI certificate {pki.pai_cert} has no key here to sign its CRL "
-            "(set pki.crl_signer_cert and pki.crl_signer_key)"
-        )
-    keeper = CrlKeeper(
-        ledger, pai, crl_signer, pki, pki.crl_dir, on_remaining=on_remaining, owns_signer=owned
-    )
+    keepers: list[CrlKeeper] = []
     try:
-        await keeper.start()
+        for keys, pai in await asyncio.to_thread(lifecycle.configured_pais, pki):
+            if keys.crl_signer_cert is None and (not keys.active or pai_signer is None):
+                if not keys.active and keys.pai_key is None:
+                    _log.warning("crl_not_kept", pai=str(keys.pai_cert), detail="no key here")
+                    continue
+                if keys.active and keys.pai_key is None:
+                    raise lifecycle.LifecycleError(
+                        f"pki.crl_dir: PAI certificate {keys.pai_cert} has no key here to sign "
+                        "its CRL (set pki.crl_signer_cert and pki.crl_signer_key)"
+                    )
+            if keys.active and keys.crl_signer_cert is None and pai_signer is not None:
+                crl_signer, owned = CrlSigner(pai.certificate, pai_signer), False
+            else:
+                crl_signer = await asyncio.to_thread(
+                    lifecycle.open_crl_signer, pki, pai.certificate, keys
+                )
+                owned = True
+            keeper = CrlKeeper(
+                ledger,
+                pai,
+                crl_signer,
+                pki,
+                pki.crl_dir,
+                on_remaining=on_remaining if keys.active else None,
+                owns_signer=owned,
+            )
+            keepers.append(keeper)
+            await keeper.start()
     except BaseException:
-        await keeper.aclose()
+        await CrlKeepers(keepers).aclose()
         raise
-    return keeper
+    return CrlKeepers(keepers)

@@ -118,6 +118,56 @@ def init_dev(out: Path, vid: str = "FFF1", pid: str = "8000", *, cd: bool = Fals
     return paths
 
 
+def issue_dev_pai(
+    paa_dir: Path,
+    out: Path,
+    *,
+    vid: str = "FFF1",
+    pid: str = "8000",
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+) -> DevPki:
+    """A new development PAI (`pai.pem`, `pai.key`) in `out` under the PAA of `paa_dir` (which
+    `init_dev` wrote), with a copy of `paa.pem`: the material of a PAI rollover rehearsal."""
+    try:
+        paa = x509.load_pem_x509_certificate((paa_dir / "paa.pem").read_bytes())
+        paa_key = serialization.load_pem_private_key((paa_dir / "paa.key").read_bytes(), None)
+    except (OSError, ValueError) as exc:
+        raise PkiError(f"{paa_dir}: no development PAA there ({exc})") from None
+    if not isinstance(paa_key, ec.EllipticCurvePrivateKey):
+        raise PkiError(f"{paa_dir / 'paa.key'}: not an EC key")
+    paths = DevPki(paa_dir / "paa.pem", paa_dir / "paa.key", out / "pai.pem", out / "pai.key")
+    for path in (paths.pai_cert, paths.pai_key, out / "paa.pem"):
+        if path.exists():
+            raise PkiError(f"{path}: already exists; refusing to overwrite")
+    start = not_before or datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.COMMON_NAME, f"linehost Dev PAI {vid} {pid} {start:%Y%m%d%H%M%S}"
+            ),
+            x509.NameAttribute(OID_MATTER_VID, vid.upper()),
+            x509.NameAttribute(OID_MATTER_PID, pid.upper()),
+        ]
+    )
+    paa_skid = paa.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    builder = _ca_builder(
+        name, paa.subject, key.public_key(), start, path_length=0, not_after=not_after
+    )
+    pai = builder.add_extension(
+        x509.AuthorityKeyIdentifier(paa_skid.digest, None, None), False
+    ).sign(paa_key, hashes.SHA256())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        _write(paths.pai_key, _key_pem(key), 0o600)
+        _write(paths.pai_cert, pai.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(out / "paa.pem", paa.public_bytes(serialization.Encoding.PEM), 0o644)
+    except OSError as exc:
+        raise PkiError(f"{exc.filename or out}: cannot write ({exc.strerror or exc})") from None
+    return paths
+
+
 def _ca_builder(
     subject: x509.Name,
     issuer: x509.Name,
@@ -125,6 +175,7 @@ def _ca_builder(
     not_before: datetime,
     *,
     path_length: int,
+    not_after: datetime | None = None,
 ) -> x509.CertificateBuilder:
     return x509.CertificateBuilder(
         issuer_name=issuer,
@@ -132,7 +183,7 @@ def _ca_builder(
         public_key=key,
         serial_number=x509.random_serial_number(),
         not_valid_before=not_before,
-        not_valid_after=NO_EXPIRY,
+        not_valid_after=not_after or NO_EXPIRY,
         extensions=[
             x509.Extension(
                 x509.BasicConstraints.oid, True, x509.BasicConstraints(True, path_length)

@@ -13,7 +13,7 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -29,7 +29,14 @@ from linehost.pki.crl import (
     crl_bytes,
     revocation_set_entry,
 )
-from linehost.pki.pai import IssuingPai, load_certificate, load_pai
+from linehost.pki.pai import (
+    IssuingPai,
+    key_identifier,
+    load_certificate,
+    load_pai,
+    subject_attribute,
+)
+from linehost.pki.profile import OID_MATTER_PID
 from linehost.pki.signer import open_signer
 from linehost.records import REVOCATION_REASONS
 from linehost.store.engine import create_engine
@@ -38,6 +45,7 @@ from linehost.store.revocations import RevocationError, RevocationLedger, Revoca
 
 if TYPE_CHECKING:
     from linehost.config import LineConfig, PkiSection
+    from linehost.config.sections import PaiKeys
 
 _UID = re.compile(r"[0-9A-F]{8,64}")
 _HEX = re.compile(r"[0-9A-F]+")
@@ -216,37 +224,103 @@ def _require_known(selection: Selection, found: Sequence[RevocationTarget]) -> N
 
 
 def issuing_pai(pki: PkiSection) -> IssuingPai:
-    """The configured PAI, checked (with its PAA when given)."""
+    """The configured (active) PAI, checked (with its PAA when given)."""
     return load_pai(pki.pai_cert, pki.vid, pki.pid, paa_cert=pki.paa_cert)
 
 
-def open_crl_signer(pki: PkiSection, pai: x509.Certificate) -> CrlSigner:
-    """The delegated CRL signer when configured, else the PAI key; PkiError when neither."""
-    if pki.crl_signer_cert is not None and pki.crl_signer_key is not None:
-        cert = load_certificate(pki.crl_signer_cert, "CRL signer")
+def configured_pai(pki: PkiSection, keys: PaiKeys) -> IssuingPai:
+    """One PAI of `[pki]`, checked: the active one must be current; a previous one only has to
+    conform and chain (it may have expired), and keeps its own PID when it has one."""
+    if keys.active:
+        return issuing_pai(pki)
+    pid = subject_attribute(load_certificate(keys.pai_cert, "PAI"), OID_MATTER_PID) or pki.pid
+    return load_pai(keys.pai_cert, pki.vid, pid, paa_cert=pki.paa_cert, current=False)
+
+
+def configured_pais(pki: PkiSection) -> list[tuple[PaiKeys, IssuingPai]]:
+    """Every PAI of `[pki]` (the active one first), each checked."""
+    return [(keys, configured_pai(pki, keys)) for keys in pki.pais()]
+
+
+def select_pai(pki: PkiSection, skid: str | None) -> tuple[PaiKeys, IssuingPai]:
+    """The configured PAI whose subjectKeyIdentifier is `skid` (hex, any case; None: the
+    active one), checked; LifecycleError naming the SKIDs there are."""
+    if skid is None:
+        keys = pki.pais()[0]
+        return keys, configured_pai(pki, keys)
+    pais = configured_pais(pki)
+    wanted = skid.strip().upper().replace(":", "")
+    for keys, pai in pais:
+        if crl_file_stem(pai) == f"pai-{wanted}":
+            return keys, pai
+    known = ", ".join(crl_file_stem(pai)[4:] for _, pai in pais)
+    raise LifecycleError(f"--pai {skid}: no configured PAI has that SKID (configured: {known})")
+
+
+def open_crl_signer(
+    pki: PkiSection, pai: x509.Certificate, keys: PaiKeys | None = None
+) -> CrlSigner:
+    """The PAI's delegated CRL signer when configured, else its key; PkiError when neither.
+    `keys` names the PAI (default: the active one)."""
+    keys = keys or pki.pais()[0]
+    pin = pki.pin
+    if keys.crl_signer_cert is not None and keys.crl_signer_key is not None:
+        cert = load_certificate(keys.crl_signer_cert, "CRL signer")
         check_delegated_signer(cert, pai)
-        passphrase = pki.crl_signer_passphrase_secret.read()
+        passphrase = keys.crl_signer_passphrase.read()
         signer = open_signer(
-            pki.crl_signer_key,
+            keys.crl_signer_key,
             passphrase=None if passphrase is None else passphrase.strip(),
             pkcs11_module=pki.pkcs11_module,
-            pkcs11_pin=pki.pin() if pki.crl_signer_key.startswith("pkcs11:") else None,
+            pkcs11_pin=pin() if keys.crl_signer_key.startswith("pkcs11:") else None,
         )
-        _require_match(signer.public_key(), cert, f"CRL signer certificate {pki.crl_signer_cert}")
+        _require_match(signer.public_key(), cert, f"CRL signer certificate {keys.crl_signer_cert}")
         return CrlSigner(cert, signer, delegator=pai)
-    if not pki.pai_key:
+    if not keys.pai_key:
+        prefix = "pki" if keys.active else "pki.previous_pais"
         raise LifecycleError(
-            f"PAI certificate {pki.pai_cert}: no key to sign its CRL "
-            "(set pki.pai_key, or pki.crl_signer_cert and pki.crl_signer_key)"
+            f"PAI certificate {keys.pai_cert}: no key to sign its CRL "
+            f"(set {prefix}.pai_key, or {prefix}.crl_signer_cert and {prefix}.crl_signer_key)"
         )
+    passphrase = keys.passphrase.read()
     signer = open_signer(
-        pki.pai_key,
-        passphrase=pki.passphrase(),
+        keys.pai_key,
+        passphrase=None if passphrase is None else passphrase.strip(),
         pkcs11_module=pki.pkcs11_module,
-        pkcs11_pin=pki.pin() if pki.pai_key.startswith("pkcs11:") else None,
+        pkcs11_pin=pin() if keys.pai_key.startswith("pkcs11:") else None,
     )
-    _require_match(signer.public_key(), pai, f"PAI certificate {pki.pai_cert}")
+    _require_match(signer.public_key(), pai, f"PAI certificate {keys.pai_cert}")
     return CrlSigner(pai, signer)
+
+
+def crl_paths(out: Path, pais: Sequence[IssuingPai]) -> list[Path]:
+    """Where `pki crl --out OUT` writes each PAI's CRL: OUT itself for one PAI; for several,
+    `pai-<SKID>.crl` inside OUT when it is a directory, else `<stem>-<SKID><suffix>` beside it."""
+    if len(pais) == 1 and not out.is_dir():
+        return [out]
+    stems = [crl_file_stem(pai) for pai in pais]
+    if out.is_dir():
+        return [out / f"{stem}.crl" for stem in stems]
+    return [out.with_name(f"{out.stem}-{stem[4:]}{out.suffix}") for stem in stems]
+
+
+def crl_file_stem(pai: IssuingPai) -> str:
+    """The file name (without suffix) of a PAI's CRL: `pai-<SKID hex>`."""
+    skid = key_identifier(pai.certificate, x509.SubjectKeyIdentifier) or b""
+    return f"pai-{skid.hex().upper()}"
+
+
+def expiry_warning(pai: IssuingPai, margin: timedelta, now: datetime | None = None) -> str | None:
+    """A one-line warning when the active PAI expires within `margin`, else None."""
+    not_after = pai.certificate.not_valid_after_utc
+    left = not_after - (now or datetime.now(UTC))
+    if left > margin:
+        return None
+    days = left.total_seconds() / 86400
+    return (
+        f"the active PAI expires on {not_after:%Y-%m-%d %H:%M:%S} UTC ({days:.1f} days left, "
+        f"pki.pai_expiry_warning is {margin.days} days): roll over to a new PAI"
+    )
 
 
 @dataclass(frozen=True, slots=True)

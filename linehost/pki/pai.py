@@ -69,15 +69,17 @@ def load_pai(
     *,
     paa_cert: Path | None = None,
     now: datetime | None = None,
+    current: bool = True,
 ) -> IssuingPai:
     """Load the PAI (and PAA), check the chain and that the PAI is for `vid`/`pid`; raise
-    PkiError naming the file and the problem."""
+    PkiError naming the file and the problem. `current` False skips the validity period (a
+    previous PAI, kept for verification and CRLs, may have expired)."""
     pai = load_certificate(pai_cert, "PAI")
     paa = load_certificate(paa_cert, "PAA") if paa_cert is not None else None
     check_chain_or_raise(
         pai,
         paa,
-        now or datetime.now(UTC),
+        (now or datetime.now(UTC)) if current else None,
         pai_name=f"PAI certificate {pai_cert}",
         paa_name=f"PAA certificate {paa_cert}",
     )
@@ -112,3 +114,16 @@ def subject_attribute(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str
     """The first subject attribute `oid` of `cert` as text, or None."""
     attrs = cert.subject.get_attributes_for_oid(oid)
     return str(attrs[0].value) if attrs else None
+
+
+def key_identifier(cert: x509.Certificate, ext: type[x509.ExtensionType]) -> bytes | None:
+    """The subject (SubjectKeyIdentifier) or authority (AuthorityKeyIdentifier) key id, or None."""
+    try:
+        value = cert.extensions.get_extension_for_class(ext).value
+    except (x509.ExtensionNotFound, ValueError):
+        return None
+    if isinstance(value, x509.SubjectKeyIdentifier):
+        return value.digest
+    if isinstance(value, x509.AuthorityKeyIdentifier):
+        return value.key_identifier
+    return None

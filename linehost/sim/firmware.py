@@ -241,6 +241,7 @@ class DeviceLog:
     ended: str | None = None  # left | unplugged | cancelled (set by whoever removes the device)
     factory_data: dict[str, str] | None = None  # the `FD:` fields stored with the DAC
     attest_nonce: str | None = None  # lower-case hex of the last challenge received (v1.1)
+    stored_cd_sha256: str | None = None  # SHA-256 of the `CD:` stored with the DAC (if any)
 
 
 class SimulatedDevice:
@@ -415,6 +416,8 @@ class SimulatedDevice:
             self._stored_der = x509.load_pem_x509_certificate(
                 delivery.dac_pem.encode("ascii")
             ).public_bytes(serialization.Encoding.DER)
+            cd = delivery.cd
+            self.log.stored_cd_sha256 = hashlib.sha256(cd).hexdigest() if cd is not None else None
         else:
             self.log.rejected = result
         return self.session.finish(result.code, now, digits=digits)

@@ -84,6 +84,7 @@ class DeviceRecord:
     protocol: str = "v1"  # the jig protocol its firmware speaks
     attest_offered: bool = False  # offered the attestation extension (v1.1)
     attest_nonce: str | None = None  # lower-case hex of the challenge it received, if any
+    stored_cd_sha256: str | None = None  # SHA-256 of the Certification Declaration it stored
 
     def to_json(self) -> str:
         """One JSONL line (without the newline)."""
@@ -472,6 +473,7 @@ class SimulatedJig:
             protocol=device.personality.protocol,
             attest_offered=device.personality.attest,
             attest_nonce=log.attest_nonce,
+            stored_cd_sha256=log.stored_cd_sha256,
         )
 
 

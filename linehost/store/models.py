@@ -113,6 +113,7 @@ class Assignment(Base):
     bundle_entry_id: Mapped[int | None] = mapped_column(BigInteger)
     # How the device showed the key this DAC carries: "csr" (proof of possession) or "none".
     key_proof: Mapped[str] = mapped_column(String(8), server_default=text("'csr'"))
+    cd_sha256: Mapped[str | None] = mapped_column(String(SHA256_LEN))  # the CD delivered with it
 
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
@@ -325,6 +326,8 @@ class WorkOrder(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # no more devices after it
     closed_by: Mapped[str | None] = mapped_column(String(128))  # who closed it (OPC UA user)
+    cd_sha256: Mapped[str | None] = mapped_column(String(SHA256_LEN))  # its CD, when it names one
+    firmware_version: Mapped[str | None] = mapped_column(String(64))
 
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity"),

@@ -228,6 +228,7 @@ class AssignOp(Op[AssignResult]):
             updated_at=batch.now,
             bundle_entry_id=dac.bundle_entry_id,
             key_proof=req.key_proof,
+            cd_sha256=req.cd_sha256,
         )
         batch.add_assignment(row)
         _bind(attempt, row)
@@ -246,6 +247,7 @@ class AssignOp(Op[AssignResult]):
             issued_at=iso_utc(row.issued_at),
             bundle_entry_id=row.bundle_entry_id,
             key_proof=row.key_proof,
+            **({"cd_sha256": row.cd_sha256} if row.cd_sha256 is not None else {}),
             **extra,
         )
         return row

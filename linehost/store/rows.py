@@ -33,6 +33,7 @@ class AssignmentRow:
     confirmed_at: datetime | None
     updated_at: datetime
     bundle_entry_id: int | None
+    cd_sha256: str | None = None
     key_proof: str = "csr"
     changes: dict[str, Any] = field(default_factory=dict)
 

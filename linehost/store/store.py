@@ -135,8 +135,17 @@ class Store:
         require_aware(now, "now")
         return await self._writer.submit(RecoverOp(self.line, now))
 
-    async def open_work_order(self, work_order: str, quantity: int) -> None:
-        """Create the work order, or check that the database has the same quantity for it."""
+    async def open_work_order(
+        self,
+        work_order: str,
+        quantity: int,
+        recorded: tuple[str | None, str | None] | None = None,
+    ) -> None:
+        """Create the work order, or check that the database has the same quantity for it.
+
+        `recorded` is (cd_sha256, firmware_version) of a work order that names them (or names
+        none): kept when it is created, compared when it exists. None leaves both unchecked.
+        """
         t = work_orders
         for _ in range(2):
             try:
@@ -146,13 +155,19 @@ class Store:
                     conn = await plain.execution_options(**{WRITE_TRANSACTION: True})
                     async with conn.begin():
                         row = (
-                            await conn.execute(select(t.c.quantity).where(t.c.id == work_order))
+                            await conn.execute(
+                                select(t.c.quantity, t.c.cd_sha256, t.c.firmware_version).where(
+                                    t.c.id == work_order
+                                )
+                            )
                         ).first()
                         if row is None:
+                            cd_sha256, firmware = recorded or (None, None)
                             await conn.execute(
                                 insert(t).values(
                                     id=work_order, quantity=quantity, claimed=0,
-                                    created_at=utcnow(),
+                                    created_at=utcnow(), cd_sha256=cd_sha256,
+                                    firmware_version=firmware,
                                 )
                             )  # fmt: skip
                             return
@@ -165,6 +180,8 @@ class Store:
                     f"work order {work_order} has quantity {row.quantity} in the database, "
                     f"the config says {quantity}"
                 )
+            if recorded is not None:
+                _same_work_order(work_order, (row.cd_sha256, row.firmware_version), recorded)
             return
         raise StoreError(f"work order {work_order}: could not be created")
 
@@ -244,3 +261,21 @@ def require_aware(moment: datetime, name: str) -> None:
     """Raise ValueError unless `moment` is timezone-aware."""
     if moment.tzinfo is None:
         raise ValueError(f"{name} must be timezone-aware UTC, got {moment.isoformat()}")
+
+
+def _same_work_order(
+    work_order: str, stored: tuple[str | None, str | None], given: tuple[str | None, str | None]
+) -> None:
+    """StoreError when a work order is opened again with another CD or firmware version."""
+    for what, have, want in zip(("CD", "firmware version"), stored, given, strict=True):
+        if have != want:
+            raise StoreError(
+                f"work order {work_order} was opened with {what} {_short(have)} (database), "
+                f"the config says {_short(want)}"
+            )
+
+
+def _short(value: str | None) -> str:
+    if value is None:
+        return "none"
+    return value[:16] + "…" if len(value) == 64 else value

@@ -35,7 +35,8 @@ EXPORT_FIELDS = [
     "work_order",
     "revoked_at",  # issue 13: added, contract fields kept
     "revocation_reason",
-    "key_proof",  # issue 17: "csr" (v1) or "none" (ECC608 letters)
+    "key_proof",  # issue 17: csr or none
+    "cd_sha256",  # issue 13 item 6: the CD delivered with the DAC
 ]
 
 
