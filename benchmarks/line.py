@@ -267,6 +267,7 @@ def write_config(
     baud: int,
     checkpoints: Path | None = None,
     sparkplug: bool = False,
+    line: str = "bench",
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
@@ -295,7 +296,7 @@ def write_config(
             "checkpoint_every = 1000\ncheckpoint_interval = 10\n"
         )
     path.write_text(
-        f'[line]\nname = "bench"\nshutdown_grace = 5\n'
+        f'[line]\nname = "{line}"\nshutdown_grace = 5\n'
         f'[database]\nurl = "{url}"\n'
         f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
         f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
@@ -419,6 +420,10 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
                 "finish_to_commit": percentiles(probe["finish_to_commit"]),
             },
             "cpu_ms_per_device": round((cpu1 - cpu0) * 1000 / devices, 3) if devices else None,
+            "statements_per_device": round(probe.get("statements", 0) / devices, 2)
+            if devices
+            else None,
+            "commits_per_device": round(probe.get("commits", 0) / devices, 3) if devices else None,
             "rss_mb": round(hwm, 1),
             "rss_now_mb": round(rss, 1),
             "database": args.database,

@@ -126,6 +126,10 @@ async def run_line(
     issuer = await open_issuer(config)
     try:
         async with open_line_store(config) as store:
+            if latency is not None:
+                latency.count_database(store.engine)
+                if store.writer.engine is not store.engine:
+                    latency.count_database(store.writer.engine)
             await log_pki(config, issuer, cd_b64)
             timing = timing_of(config)
             relay = open_relay(config, store)

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 from linehost.records import AttemptStart, OnboardingRequest, iso_utc
+from linehost.store import pgflush
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
 from linehost.store.models import (
     assignments,
@@ -227,12 +228,20 @@ class Batch:
         # The outbox keeps the contract attempt record as JSON; the relay makes the message.
         self.results.append(json.dumps(row.record(), separators=(",", ":"), ensure_ascii=False))
 
-    async def flush(self, conn: AsyncConnection, head: ChainHead | None) -> ChainHead | None:
-        """Write every change; returns the new chain head."""
-        await self._move_slots(conn)
+    async def flush(
+        self, conn: AsyncConnection, head: ChainHead | None, *, single_statement: bool = True
+    ) -> ChainHead | None:
+        """Write every change; returns the new chain head.
+
+        On PostgreSQL (`single_statement`) one data-modifying statement carries the writes
+        (pgflush); SQLite, and the batches pgflush does not take, use one statement per table.
+        """
+        if single_statement and conn.dialect.name == "postgresql" and pgflush.fits(self):
+            return await pgflush.flush(self, conn, head, topic=RESULTS_TOPIC)
+        await self.move_slots(conn)
         # Existing assignments first: they only ever leave the live set, which frees
         # the key / UID for a new assignment inserted below.
-        await _update_changed(conn, assignments, assignments.c.id, self.assignments.values())
+        await self.update_assignments(conn)
         if self.new_assignments:
             # Ids come back in any order (one multi-row INSERT): match them by the unique serial.
             stmt = insert(assignments).returning(assignments.c.id, assignments.c.dac_serial)
@@ -268,7 +277,11 @@ class Batch:
             )
         return head
 
-    async def _move_slots(self, conn: AsyncConnection) -> None:
+    async def update_assignments(self, conn: AsyncConnection) -> None:
+        """UPDATE the changed columns of the assignments already stored."""
+        await _update_changed(conn, assignments, assignments.c.id, self.assignments.values())
+
+    async def move_slots(self, conn: AsyncConnection) -> None:
         """Apply the work-order slot changes; a claim is guarded and must hit its row."""
         t = work_orders
         for work_order, delta in sorted(self.slots.items()):
@@ -286,8 +299,15 @@ class Batch:
     async def _append_audit(
         self, conn: AsyncConnection, head: ChainHead | None
     ) -> ChainHead | None:
+        rows, head = self.audit_rows(head)
+        if rows:
+            await conn.execute(insert(audit_log), rows)
+        return head
+
+    def audit_rows(self, head: ChainHead | None) -> tuple[list[dict[str, Any]], ChainHead | None]:
+        """The audit rows of this batch's events, chained on from `head`, and the new head."""
         if not self.events:
-            return head
+            return [], head
         seq, prev = head if head is not None else (0, GENESIS_HASH)
         at = iso_utc(self.now)
         assert at is not None
@@ -319,8 +339,7 @@ class Batch:
                 }
             )
             prev = digest
-        await conn.execute(insert(audit_log), rows)
-        return seq, prev
+        return rows, (seq, prev)
 
 
 def _one_of_for(conn: AsyncConnection) -> Callable[[Any, Iterable[Any]], ColumnElement[bool]]:

@@ -40,12 +40,15 @@ class GroupWriter:
         head: ChainHead | None,
         clock: Callable[[], datetime] = utcnow,
         commit_hook: CommitHook | None = None,
+        single_statement: bool = True,
     ) -> None:
-        """Write for `line`, whose chain ends at `head`; `clock` dates each batch."""
+        """Write for `line`, whose chain ends at `head`; `clock` dates each batch;
+        `single_statement` (PostgreSQL): a batch's writes as one statement (pgflush)."""
         self.line = line
         self.engine = engine
         self.clock = clock
         self.commit_hook = commit_hook
+        self.single_statement = single_statement
         self.reconnects = 0  # batches run again on a new connection after a dead one
         self._head = head
         self._head_stale = False
@@ -192,7 +195,7 @@ class GroupWriter:
                     except (LinehostError, ValueError) as exc:  # raised before any change
                         op.error = exc
                 head = await load_head(conn, self.line) if self._head_stale else self._head
-                head = await batch.flush(conn, head)
+                head = await batch.flush(conn, head, single_statement=self.single_statement)
         if self.commit_hook is not None:
             await self.commit_hook()
         self._head = head

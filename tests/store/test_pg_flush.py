@@ -1,0 +1,202 @@
+"""PostgreSQL single-statement group commit (store/pgflush.py) against the generic flush.
+
+The same operations, in the same order and on the same clock, go to two fresh databases: one
+store writes with one statement per batch, the other with one statement per table. Every row
+of every table the writer touches, and the audit chain hash for hash, must come out the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import event, text
+
+from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.records import AttemptEnd
+from linehost.store import pgflush
+from linehost.store.batch import Batch
+from linehost.store.rows import AssignmentRow, AttemptRow
+from linehost.store.store import Store
+from tests.conftest import _postgres_database
+from tests.store.conftest import LINE, T0, Factory
+
+TABLES = {
+    "assignments": "SELECT * FROM assignments ORDER BY id",
+    "attempts": "SELECT * FROM attempts ORDER BY attempt_id",
+    "audit_log": "SELECT * FROM audit_log ORDER BY line, seq",
+    "outbox": "SELECT * FROM outbox ORDER BY id",
+    # work_orders.created_at is the wall clock: left out.
+    "work_orders": "SELECT id, quantity, claimed FROM work_orders ORDER BY id",
+}
+
+
+@pytest.fixture
+async def two_urls() -> AsyncIterator[tuple[str, str]]:
+    async for first in _postgres_database():
+        async for second in _postgres_database():
+            yield first, second
+
+
+class Scenario:
+    """A fixed series of store calls (inputs made once), replayable on any store."""
+
+    def __init__(self) -> None:
+        make = Factory()
+        keys = [make.key() for _ in range(8)]
+        uids = [make.uid() for _ in range(8)]
+        self.first = [make.request(uids[i], keys[i], jig=f"j{i}") for i in range(6)]
+        self.first.append(make.request(uids[6], keys[6], work_order="WO-1"))
+        self.ends = [
+            make.end(Outcome.PROVISIONED, status=AssignmentStatus.CONFIRMED, device_code=0,
+                     transcript="Init\nStart_provisioning"),
+            make.end(Outcome.PROVISIONED, status=AssignmentStatus.CONFIRMED, device_code=0),
+            make.end(Outcome.DEVICE_ERROR, status=AssignmentStatus.FAILED, device_code=3,
+                     detail="finish:003"),
+            make.end(Outcome.TIMEOUT, detail="no finish"),
+        ]  # fmt: skip
+        self.second = [make.request(jig="j7"), make.request(jig="j8")]
+        # uid 3 timed out (unknown) and presents a new key: issue, superseding the old DAC.
+        self.supersede = make.request(uids[3], make.key(), jig="j3")
+        # uid 0 is confirmed; another uid with its key: duplicate key.
+        self.duplicate = make.request(make.uid(), keys[0], jig="j4")
+        # uid 4 was issued and never ended: the same key again is a redelivery.
+        self.redeliver = make.request(uids[4], keys[4], jig="j4")
+        self.end_supersede = make.end(
+            Outcome.PROVISIONED, status=AssignmentStatus.CONFIRMED, device_code=0
+        )
+        self.early_end_start = make.start(jig="j9")  # ends without an assign (bad CSR)
+        self.early_end = make.end(Outcome.CSR_REJECTED, detail="bad CSR")
+        self.sent_at, self.recovered_at = make.tick(), make.tick()
+
+    async def play(self, store: Store) -> None:
+        await store.open_work_order("WO-1", 10)
+        first = await asyncio.gather(*(store.assign(r) for r in self.first))
+        assert all(r.kind == "issued" for r in first)
+        # Ends and new assigns in one group commit.
+        ends: list[Awaitable[Any]] = [
+            store.end_attempt(r.attempt, _with_id(e, res.assignment_id))
+            for r, e, res in zip(self.first, self.ends, first, strict=False)
+        ]
+        await asyncio.gather(*ends, *(store.assign(r) for r in self.second))
+        # A retried assign of a committed attempt: the same answer, nothing new.
+        again = await store.assign(self.first[5])
+        assert again.assignment_id == first[5].assignment_id
+        results = await asyncio.gather(
+            store.assign(self.supersede),
+            store.assign(self.duplicate),
+            store.assign(self.redeliver),
+            store.end_attempt(self.early_end_start, self.early_end),
+        )
+        assert [r.kind for r in results[:3]] == ["issued", "rejected", "redelivered"]
+        await store.end_attempt(
+            self.supersede.attempt,
+            _with_id(self.end_supersede, results[0].assignment_id),
+        )
+        pending = await store.pending_results(100)
+        assert len(pending) >= 5
+        await asyncio.gather(
+            store.mark_results_sent([i for i, _ in pending[:3]], self.sent_at),
+            store.recover_interrupted(self.recovered_at),
+        )
+
+
+def _with_id(end: AttemptEnd, assignment_id: int | None) -> AttemptEnd:
+    return AttemptEnd(
+        outcome=end.outcome,
+        detail=end.detail,
+        ended_at=end.ended_at,
+        device_code=end.device_code,
+        assignment_id=assignment_id,
+        assignment_status=end.assignment_status,
+        transcript=end.transcript,
+    )
+
+
+async def _run(url: str, scenario: Scenario, *, single: bool) -> tuple[dict[str, Any], int]:
+    clock = _Clock()
+    store = await Store.open(url, line=LINE, clock=clock)
+    store.writer.single_statement = single
+    statements = 0
+
+    def count(*_args: Any) -> None:
+        nonlocal statements
+        statements += 1
+
+    event.listen(store.writer.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        await scenario.play(store)
+        assert await store.audit().verify_audit_chain() == []
+        tables = {}
+        async with store.engine.connect() as conn:
+            for name, sql in TABLES.items():
+                tables[name] = [dict(r) for r in (await conn.execute(text(sql))).mappings()]
+    finally:
+        await store.close()
+    return tables, statements
+
+
+class _Clock:
+    """One tick per group commit: both stores date the same batches alike."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.mark.postgres
+async def test_single_statement_writes_what_the_generic_flush_writes(
+    two_urls: tuple[str, str],
+) -> None:
+    scenario = Scenario()
+    generic, generic_statements = await _run(two_urls[0], scenario, single=False)
+    single, single_statements = await _run(two_urls[1], scenario, single=True)
+    assert generic["audit_log"], "the scenario wrote an audit chain"
+    assert len(generic["assignments"]) == 10
+    statuses = sorted(r["status"] for r in generic["assignments"])
+    assert statuses.count("superseded") == 1
+    assert statuses.count("failed") == 1
+    assert any(r["sent_at"] is not None for r in generic["outbox"])
+    for name in TABLES:
+        assert single[name] == generic[name], name
+    # Same rows, fewer round trips.
+    assert single_statements < generic_statements
+
+
+def test_fits_and_supersedes_choose_the_path() -> None:
+    """A change pgflush does not carry, or onboarding rows, send the batch to the generic flush;
+    an updated assignment sharing a UID with a new one is updated first."""
+    make = Factory()
+    batch = Batch(LINE, T0)
+    assert pgflush.fits(batch)
+    stored = AttemptRow.begin(make.start())
+    stored.is_new = False
+    batch.attempts[stored.attempt_id] = stored
+    stored.set(outcome=Outcome.PROVISIONED.value, ended_at=T0)
+    assert pgflush.fits(batch)
+    stored.set(uid="ABCD")  # never changed by an operation: not in ATTEMPT_UPDATE
+    assert not pgflush.fits(batch)
+    stored.changes.clear()
+    old = _assignment(make, 1, "AA")
+    batch.assignments[1] = old
+    old.set(status=AssignmentStatus.SUPERSEDED, updated_at=T0)
+    assert pgflush.fits(batch)
+    assert not pgflush.supersedes(batch)
+    batch.add_assignment(_assignment(make, None, "AA"))
+    assert pgflush.supersedes(batch)
+    batch.onboarding._new.append(object())  # type: ignore[arg-type]
+    assert not pgflush.fits(batch)
+
+
+def _assignment(make: Factory, row_id: int | None, uid: str) -> AssignmentRow:
+    return AssignmentRow(
+        id=row_id, uid=uid, status=AssignmentStatus.ISSUED, dac_serial=make.serial(),
+        dac_sha256=make.key(), dac_pem="pem", public_key_sha256=make.key(), pai_sha256="ab" * 32,
+        vid="FFF1", pid="8000", line=LINE, station="st1", jig="j1", attempt_id="a",
+        work_order=None, issued_at=T0, confirmed_at=None, updated_at=T0, bundle_entry_id=None,
+    )  # fmt: skip
