@@ -59,9 +59,12 @@ class AuditEvent:
 class Batch:
     """The rows one transaction touches, their changes, and what it appends."""
 
-    def __init__(self, line: str, now: datetime) -> None:
+    def __init__(self, line: str, now: datetime, *, single_statement: bool = False) -> None:
+        """A batch of `line` dated `now`; `single_statement` (PostgreSQL): read with one
+        statement and write with one (pgflush) where the batch allows."""
         self.line = line
         self.now = now
+        self.single_statement = single_statement
         self.attempts: dict[str, AttemptRow] = {}
         self.new_attempts: list[AttemptRow] = []
         self.running: list[AttemptRow] = []
@@ -87,6 +90,9 @@ class Batch:
             for row in await _fetch(conn, stmt):
                 self.work_orders[row.id] = (int(row.quantity), int(row.claimed))
         await self.onboarding.load(conn, wants.onboarding_uids, wants.onboarding)
+        if self.single_statement and conn.dialect.name == "postgresql":
+            await pgflush.load(self, conn, wants)
+            return
         assignment_ids = set(wants.assignment_ids)
         if wants.attempt_ids or wants.running_line is not None:
             clauses: list[ColumnElement[bool]] = []
@@ -99,11 +105,9 @@ class Batch:
             cols = [attempts.c[k] for k in ATTEMPT_COLUMNS]
             for row in await _fetch(conn, select(*cols).where(or_(*clauses))):
                 attempt = AttemptRow.from_db(row)
-                self.attempts[attempt.attempt_id] = attempt
+                self.found_attempt(attempt, wants.running_line)
                 if attempt.assignment_id is not None:
                     assignment_ids.add(attempt.assignment_id)
-                if attempt.outcome is None and attempt.line == wants.running_line:
-                    self.running.append(attempt)
             self.running.sort(key=lambda a: (a.started_at, a.attempt_id))
         if not (assignment_ids or wants.keys or wants.uids):
             return
@@ -129,9 +133,19 @@ class Batch:
             .with_for_update(of=assignments)
         )
         for row in await _fetch(conn, stmt):
-            self._index(AssignmentRow.from_db(row))
-            if row.revoked:
-                self.revoked.add(row.dac_serial)
+            self.found_assignment(AssignmentRow.from_db(row), revoked=row.revoked)
+
+    def found_attempt(self, attempt: AttemptRow, running_line: str | None) -> None:
+        """Take a stored attempt the load found."""
+        self.attempts[attempt.attempt_id] = attempt
+        if attempt.outcome is None and attempt.line == running_line:
+            self.running.append(attempt)
+
+    def found_assignment(self, row: AssignmentRow, *, revoked: bool) -> None:
+        """Take a stored (and locked) assignment the load found."""
+        self._index(row)
+        if revoked:
+            self.revoked.add(row.dac_serial)
 
     def _index(self, row: AssignmentRow) -> None:
         if row.id is not None:
@@ -228,15 +242,14 @@ class Batch:
         # The outbox keeps the contract attempt record as JSON; the relay makes the message.
         self.results.append(json.dumps(row.record(), separators=(",", ":"), ensure_ascii=False))
 
-    async def flush(
-        self, conn: AsyncConnection, head: ChainHead | None, *, single_statement: bool = True
-    ) -> ChainHead | None:
+    async def flush(self, conn: AsyncConnection, head: ChainHead | None) -> ChainHead | None:
         """Write every change; returns the new chain head.
 
         On PostgreSQL (`single_statement`) one data-modifying statement carries the writes
         (pgflush); SQLite, and the batches pgflush does not take, use one statement per table.
         """
-        if single_statement and conn.dialect.name == "postgresql" and pgflush.fits(self):
+        pg = conn.dialect.name == "postgresql"
+        if self.single_statement and pg and pgflush.fits(self):
             return await pgflush.flush(self, conn, head, topic=RESULTS_TOPIC)
         await self.move_slots(conn)
         # Existing assignments first: they only ever leave the live set, which frees

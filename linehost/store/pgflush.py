@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Final
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from linehost.protocol.outcomes import AssignmentStatus, Outcome
+from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
+from linehost.store.rows import ASSIGNMENT_COLUMNS, ATTEMPT_COLUMNS, AssignmentRow, AttemptRow
 
 if TYPE_CHECKING:
-    from linehost.store.batch import Batch, ChainHead
+    from linehost.store.batch import Batch, ChainHead, Wants
 
 #: Attempt columns an operation may change on an attempt that is already stored (EndOp,
 #: RecoverOp); a change outside them sends the batch to the generic flush.
@@ -125,6 +126,75 @@ SELECT id, dac_serial FROM new_assignments
 
 
 GROUP_COMMIT_SQL, _N_PARAMS = _build()
+
+
+def _build_load() -> str:
+    """One statement for a batch's reads: its attempts, then the assignments they and its
+    keys / UIDs name, locked (FOR UPDATE, in id order, as the generic load)."""
+    live = ", ".join(f"'{s.value}'" for s in sorted(LIVE_STATUSES))  # as LIVE_PREDICATE
+    att = ", ".join(ATTEMPT_COLUMNS)
+    asg = ", ".join(f"a.{c}" for c in [*ASSIGNMENT_COLUMNS, "status"])
+    att_null = ", ".join(f"NULL::{_ATTEMPT_TYPES[c]}" for c in ATTEMPT_COLUMNS)
+    asg_null = ", ".join(f"NULL::{_ASSIGNMENT_TYPES[c]}" for c in [*ASSIGNMENT_COLUMNS, "status"])
+    asg_out = ", ".join(f"asg.{c}" for c in [*ASSIGNMENT_COLUMNS, "status"])
+    # The ids as one array (an InitPlan): `id = ANY(array)` keeps to the primary key index,
+    # where `id IN (SELECT ...) OR ...` would scan the table; key and UID as two OR arms, one
+    # per partial unique index (EXPLAIN: a BitmapOr of three index conditions).
+    return f"""
+WITH att AS (
+    SELECT {att} FROM attempts
+    WHERE attempt_id = ANY($1::text[]) OR (line = $2::text AND outcome IS NULL)
+), asg AS (
+    SELECT {asg},
+        EXISTS (SELECT 1 FROM revocations AS r WHERE r.dac_serial = a.dac_serial) AS revoked
+    FROM assignments AS a
+    WHERE a.id = ANY(ARRAY(SELECT assignment_id FROM att WHERE assignment_id IS NOT NULL)
+                     || $3::bigint[])
+       OR (a.status IN ({live}) AND a.public_key_sha256 = ANY($4::text[]))
+       OR (a.status IN ({live}) AND a.uid = ANY($5::text[]))
+    ORDER BY a.id
+    FOR UPDATE OF a
+)
+SELECT 1, {", ".join(f"att.{c}" for c in ATTEMPT_COLUMNS)}, {asg_null}, NULL::boolean FROM att
+UNION ALL
+SELECT 2, {att_null}, {asg_out}, asg.revoked FROM asg
+"""
+
+
+_ATTEMPT_TYPES: Final = dict(_ATTEMPT_INSERT)
+_ASSIGNMENT_TYPES: Final = {"id": "bigint", **dict(_ASSIGNMENT_INSERT)}
+LOAD_SQL: Final = _build_load()
+
+
+async def load(batch: Batch, conn: AsyncConnection, wants: Wants) -> None:
+    """The batch's attempts and (locked) assignments, in one statement."""
+    if not (wants.attempt_ids or wants.running_line or wants.assignment_ids or wants.keys
+            or wants.uids):  # fmt: skip
+        return
+    params = (
+        list(wants.attempt_ids),
+        wants.running_line,
+        list(wants.assignment_ids),
+        list(wants.keys),
+        list(wants.uids),
+    )
+    n_att = len(ATTEMPT_COLUMNS)
+    asg_names = [*ASSIGNMENT_COLUMNS, "status"]
+    result = await conn.exec_driver_sql(LOAD_SQL, params)
+    found: list[tuple[AssignmentRow, bool]] = []
+    for row in result.all():
+        if row[0] == 1:
+            values = row[1 : 1 + n_att]
+            attempt = AttemptRow(**dict(zip(ATTEMPT_COLUMNS, values, strict=True)))
+            batch.found_attempt(attempt, wants.running_line)
+        else:
+            fields = dict(zip(asg_names, row[1 + n_att : -1], strict=True))
+            fields["status"] = AssignmentStatus(fields["status"])
+            found.append((AssignmentRow(**fields), bool(row[-1])))
+    found.sort(key=lambda pair: pair[0].id or 0)  # id order, as the generic load gives them
+    for assignment, revoked in found:
+        batch.found_assignment(assignment, revoked=revoked)
+    batch.running.sort(key=lambda a: (a.started_at, a.attempt_id))
 
 
 def fits(batch: Batch) -> bool:

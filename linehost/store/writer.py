@@ -180,7 +180,7 @@ class GroupWriter:
             await self._commit(ops)
 
     async def _commit(self, ops: list[Op[Any]]) -> None:
-        batch = Batch(self.line, self.clock())
+        batch = Batch(self.line, self.clock(), single_statement=self.single_statement)
         wants = Wants()
         for op in ops:
             op.want(wants)
@@ -195,7 +195,7 @@ class GroupWriter:
                     except (LinehostError, ValueError) as exc:  # raised before any change
                         op.error = exc
                 head = await load_head(conn, self.line) if self._head_stale else self._head
-                head = await batch.flush(conn, head, single_statement=self.single_statement)
+                head = await batch.flush(conn, head)
         if self.commit_hook is not None:
             await self.commit_hook()
         self._head = head
