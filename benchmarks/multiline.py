@@ -8,8 +8,10 @@ simulator) and what the database paid per device:
   database (from /proc/<pid>/stat of the pids in pg_stat_activity; the server runs here), plus
   the server's background writer, checkpointer, WAL writer and walsender (pg_stat_activity
   backend_type), from the first device to the last;
-- wal_bytes_per_device: pg_current_wal_lsn() delta (the whole server: label it so when other
-  databases are busy on this machine);
+- wal_bytes_per_device: WAL records of the benchmark database alone (pg_walinspect over the
+  pg_current_wal_lsn() range: records on its relations plus its commit records; full-page
+  images shown apart), and server_wal_bytes_per_device: the whole range (other databases on
+  this machine included);
 - commits_per_device: xact_commit delta of the database (pg_stat_database);
 - statements_per_device: SQL statements the hosts sent (their own count, LINEHOST_LATENCY_FILE:
   pg_stat_statements is not preloaded on this server);
@@ -88,6 +90,46 @@ async def pg_snapshot(url: str, name: str) -> dict[str, Any]:
     return {"wal": int(lsn), "commits": int(commits or 0), "cpu": cpu}
 
 
+async def wal_of_database(url: str, name: str, start: int, end: int) -> dict[str, int] | None:
+    """WAL bytes and records between two positions that belong to database `name`: records
+    touching its relations, and the commit records of its transactions (pg_walinspect);
+    None when the extension is missing."""
+    import asyncpg
+
+    conn = await asyncpg.connect(plain_url(url))
+    try:
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+        except asyncpg.PostgresError:
+            return None
+        oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", name)
+        row = await conn.fetchrow(
+            """
+            WITH r AS (
+                SELECT xid, resource_manager, record_length, fpi_length, block_ref
+                FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)
+            ), mine AS (
+                SELECT DISTINCT xid FROM r WHERE block_ref LIKE $3 AND xid::text <> '0'
+            )
+            SELECT coalesce(sum(record_length), 0) AS bytes,
+                   coalesce(sum(fpi_length), 0) AS fpi, count(*) AS records
+            FROM r
+            WHERE block_ref LIKE $3
+               OR (resource_manager = 'Transaction' AND xid IN (SELECT xid FROM mine))
+            """,
+            _lsn(start),
+            _lsn(end),
+            f"%/{oid}/%",
+        )
+    finally:
+        await conn.close()
+    return {"bytes": int(row["bytes"]), "fpi": int(row["fpi"]), "records": int(row["records"])}
+
+
+def _lsn(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
 def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds spent between two snapshots (a backend born in between counts from 0)."""
     return sum(after[pid] - before.get(pid, 0.0) for pid in after)
@@ -148,6 +190,7 @@ def bench(args: argparse.Namespace, lines: int, work: Path, pki: Path) -> dict[s
         statements = sum(p.get("statements", 0) for p in probes)
         commits_host = sum(p.get("commits", 0) for p in probes)
         pg_cpu = cpu_delta(snap0["cpu"], snap1["cpu"])
+        wal = asyncio.run(wal_of_database(url, name, snap0["wal"], snap1["wal"]))
 
         def per_device(value: float, digits: int = 3) -> float | None:
             return round(value / devices, digits) if devices else None
@@ -162,7 +205,11 @@ def bench(args: argparse.Namespace, lines: int, work: Path, pki: Path) -> dict[s
             "devices_per_s": figures["devices_per_s"],
             "devices_per_s_per_line": per_line,
             "pg_cpu_ms_per_device": per_device(pg_cpu * 1000),
-            "wal_bytes_per_device": per_device(snap1["wal"] - snap0["wal"], 0),
+            # The server's whole WAL (other databases on this machine included) and ours alone.
+            "server_wal_bytes_per_device": per_device(snap1["wal"] - snap0["wal"], 0),
+            "wal_bytes_per_device": None if wal is None else per_device(wal["bytes"], 0),
+            "wal_fpi_bytes_per_device": None if wal is None else per_device(wal["fpi"], 0),
+            "wal_records_per_device": None if wal is None else per_device(wal["records"], 2),
             "commits_per_device": per_device(snap1["commits"] - snap0["commits"]),
             "host_commits_per_device": per_device(commits_host),
             "statements_per_device": per_device(statements, 2),
