@@ -157,7 +157,7 @@ def bench(args: argparse.Namespace, lines: int, work: Path, pki: Path) -> dict[s
                 host = subprocess.Popen(
                     [sys.executable, "-m", "linehost.cli", "--log-level", "info", "run",
                      "--config", str(config)],
-                    stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                    stdout=out, stderr=subprocess.STDOUT, cwd=args.root,
                     env={**os.environ, "LINEHOST_LATENCY_FILE": str(line_dir / "latency.json")},
                 )  # fmt: skip
             hosts.append(host)
@@ -196,6 +196,7 @@ def bench(args: argparse.Namespace, lines: int, work: Path, pki: Path) -> dict[s
             return round(value / devices, digits) if devices else None
 
         return {
+            "root": str(args.root),
             "lines": lines,
             "jigs_per_line": args.jigs,
             "baud": args.baud,
@@ -242,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mqtt", action="store_true", help="MQTT results and states on")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--keep", type=Path, default=None, help="keep the work files in DIR")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="run the hosts from this checkout (e.g. a worktree of main, for a before figure)",
+    )
     args = parser.parse_args(argv)
     from linehost.pki.devpki import init_dev
 
