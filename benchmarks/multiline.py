@@ -90,10 +90,30 @@ async def pg_snapshot(url: str, name: str) -> dict[str, Any]:
     return {"wal": int(lsn), "commits": int(commits or 0), "cpu": cpu}
 
 
-async def wal_of_database(url: str, name: str, start: int, end: int) -> dict[str, int] | None:
-    """WAL bytes and records between two positions that belong to database `name`: records
+class WalMeter:
+    """WAL of one database, read in slices while the run goes on (this busy server recycles
+    its WAL segments within seconds: the whole range is not there to read at the end)."""
+
+    def __init__(self, url: str, name: str, start: int) -> None:
+        self.url, self.name, self.at = url, name, start
+        self.total: dict[str, int] | None = {"bytes": 0, "fpi": 0, "records": 0}
+
+    def read_to_now(self) -> None:
+        if self.total is None:
+            return
+        got = asyncio.run(wal_of_database(self.url, self.name, self.at))
+        if got is None:
+            self.total = None  # pg_walinspect missing, or a segment already recycled
+            return
+        self.at = got.pop("end")
+        for key, value in got.items():
+            self.total[key] += value
+
+
+async def wal_of_database(url: str, name: str, start: int) -> dict[str, int] | None:
+    """WAL bytes and records from `start` to now that belong to database `name`: records
     touching its relations, and the commit records of its transactions (pg_walinspect);
-    None when the extension is missing."""
+    None when the extension is missing or the WAL is gone."""
     import asyncpg
 
     conn = await asyncpg.connect(plain_url(url))
@@ -103,8 +123,10 @@ async def wal_of_database(url: str, name: str, start: int, end: int) -> dict[str
         except asyncpg.PostgresError:
             return None
         oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", name)
-        row = await conn.fetchrow(
-            """
+        end = int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        try:
+            row = await conn.fetchrow(
+                """
             WITH r AS (
                 SELECT xid, resource_manager, record_length, fpi_length, block_ref
                 FROM pg_get_wal_records_info($1::text::pg_lsn, $2::text::pg_lsn)
@@ -117,13 +139,20 @@ async def wal_of_database(url: str, name: str, start: int, end: int) -> dict[str
             WHERE block_ref LIKE $3
                OR (resource_manager = 'Transaction' AND xid IN (SELECT xid FROM mine))
             """,
-            _lsn(start),
-            _lsn(end),
-            f"%/{oid}/%",
-        )
+                _lsn(start),
+                _lsn(end),
+                f"%/{oid}/%",
+            )
+        except asyncpg.PostgresError:
+            return None
     finally:
         await conn.close()
-    return {"bytes": int(row["bytes"]), "fpi": int(row["fpi"]), "records": int(row["records"])}
+    return {
+        "bytes": int(row["bytes"]),
+        "fpi": int(row["fpi"]),
+        "records": int(row["records"]),
+        "end": end,
+    }
 
 
 def _lsn(value: int) -> str:
@@ -166,13 +195,19 @@ def bench(args: argparse.Namespace, lines: int, work: Path, pki: Path) -> dict[s
         snap0 = asyncio.run(pg_snapshot(url, name))
         host0 = [proc_cpu(h.pid) for h in hosts]
         busy0 = machine_busy()
+        meter = WalMeter(url, name, snap0["wal"])
         deadline = time.monotonic() + args.timeout
+        next_read = time.monotonic() + 1.0
         while sum(s.done_count() for s in sims) < sum(s.total for s in sims):
             if any(h.poll() is not None for h in hosts):
                 raise SystemExit("a host exited early")
             if time.monotonic() > deadline:
                 raise SystemExit("timed out")
+            if time.monotonic() > next_read:
+                meter.read_to_now()
+                next_read = time.monotonic() + 1.0
             time.sleep(0.2)
+        meter.read_to_now()
         snap1 = asyncio.run(pg_snapshot(url, name))
         host1 = [proc_cpu(h.pid) for h in hosts]
         busy1 = machine_busy()
@@ -190,7 +225,7 @@ def bench(args: argparse.Namespace, lines: int, work: Path, pki: Path) -> dict[s
         statements = sum(p.get("statements", 0) for p in probes)
         commits_host = sum(p.get("commits", 0) for p in probes)
         pg_cpu = cpu_delta(snap0["cpu"], snap1["cpu"])
-        wal = asyncio.run(wal_of_database(url, name, snap0["wal"], snap1["wal"]))
+        wal = meter.total
 
         def per_device(value: float, digits: int = 3) -> float | None:
             return round(value / devices, digits) if devices else None
