@@ -172,14 +172,20 @@ class Simulator:
     """`python -m linehost.sim` in its own process."""
 
     def __init__(
-        self, work: Path, jigs: int, per_jig: int, baud: int | None, mix: str = "good"
+        self,
+        work: Path,
+        jigs: int,
+        per_jig: int,
+        baud: int | None,
+        mix: str = "good",
+        seed: int = 1,
     ) -> None:
         self.record = work / "devices.jsonl"
         self.args = [
             sys.executable, "-m", "linehost.sim",
             "--jigs", str(jigs), "--devices", str(per_jig), "--mix", mix,
             "--dir", str(work / "jigs"), "--record", str(self.record),
-            "--swap-seconds", "0", "--seed", "1", "--linger", "600",
+            "--swap-seconds", "0", "--seed", str(seed), "--linger", "600",
         ]  # fmt: skip
         if baud is not None:
             self.args += ["--baud", str(baud)]
