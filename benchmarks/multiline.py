@@ -124,7 +124,10 @@ async def wal_of_database(url: str, name: str, start: int) -> dict[str, int] | N
         except asyncpg.PostgresError:
             return None
         oid = await conn.fetchval("SELECT oid FROM pg_database WHERE datname = $1", name)
-        end = int(await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+        # Up to what is flushed: pg_walinspect refuses a "future" end.
+        end = int(await conn.fetchval("SELECT pg_current_wal_flush_lsn() - '0/0'::pg_lsn"))
+        if end <= start:
+            return {"bytes": 0, "fpi": 0, "records": 0, "end": start}
         try:
             row = await conn.fetchrow(
                 """
@@ -144,7 +147,8 @@ async def wal_of_database(url: str, name: str, start: int) -> dict[str, int] | N
                 _lsn(end),
                 f"%/{oid}/%",
             )
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
+            print(f"pg_walinspect: {exc}", file=sys.stderr)
             return None
     finally:
         await conn.close()
