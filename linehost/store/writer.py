@@ -19,7 +19,9 @@ from linehost.store.batch import Batch, ChainHead, SlotRace, Wants, load_head
 from linehost.store.engine import WRITE_TRANSACTION, is_unavailable, translate_error
 from linehost.store.operations import Op
 
-MAX_BATCH: Final = 256  # operations per group commit
+#: Operations per group commit: every jig of a 1,000-jig line has at most one queued, so each
+#: waits at most for the group commit in flight and its own (issue 18).
+MAX_BATCH: Final = 1024
 SINGLE_OP_TRIES: Final = 3  # after a failed batch, tries per operation on its own
 
 _log = structlog.get_logger("linehost.store")

@@ -200,3 +200,25 @@ def _assignment(make: Factory, row_id: int | None, uid: str) -> AssignmentRow:
         vid="FFF1", pid="8000", line=LINE, station="st1", jig="j1", attempt_id="a",
         work_order=None, issued_at=T0, confirmed_at=None, updated_at=T0, bundle_entry_id=None,
     )  # fmt: skip
+
+
+async def test_a_thousand_jigs_wait_for_one_group_commit_at_most(db_url: str) -> None:
+    """Every jig of a 1,000-jig line queued at once: one group commit takes them all (a device
+    waits for the commit in flight and its own, never for a third)."""
+    make = Factory()
+    store = await Store.open(db_url, line=LINE)
+    commits = 0
+
+    def count(*_args: Any) -> None:
+        nonlocal commits
+        commits += 1
+
+    event.listen(store.writer.engine.sync_engine, "commit", count)
+    try:
+        requests = [make.request(jig=f"j{i}") for i in range(1000)]
+        results = await asyncio.gather(*(store.assign(r) for r in requests))
+        assert {r.kind for r in results} == {"issued"}
+        assert commits <= 2
+        assert await store.audit().verify_audit_chain() == []
+    finally:
+        await store.close()
