@@ -19,6 +19,7 @@ from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AttemptEnd
 from linehost.store import pgflush
 from linehost.store.batch import Batch
+from linehost.store.engine import create_engine
 from linehost.store.rows import AssignmentRow, AttemptRow
 from linehost.store.store import Store
 from tests.conftest import _postgres_database
@@ -222,3 +223,31 @@ async def test_a_thousand_jigs_wait_for_one_group_commit_at_most(db_url: str) ->
         assert await store.audit().verify_audit_chain() == []
     finally:
         await store.close()
+
+
+@pytest.mark.postgres
+async def test_the_single_read_keeps_to_the_indexes(two_urls: tuple[str, str]) -> None:
+    """EXPLAIN of the batch read: assignments only through index conditions (primary key and
+    the two live partial unique indexes), never a scan of the table or of a whole index."""
+    store = await Store.open(two_urls[0], line=LINE)
+    await store.close()
+    params = (["a"], LINE, [1], ["k"], ["u"])
+    engine = create_engine(two_urls[0])
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql("SET enable_seqscan = off")
+            result = await conn.exec_driver_sql("EXPLAIN " + pgflush.LOAD_SQL, params)
+            plan = [row[0] for row in result.all()]
+    finally:
+        await engine.dispose()
+    text_plan = "\n".join(plan)
+    assert "Seq Scan on assignments" not in text_plan, text_plan
+    scans = [i for i, line in enumerate(plan) if "Bitmap Index Scan on" in line]
+    on_assignments = [i for i in scans if "assignments" in plan[i]]
+    assert {plan[i].split(" on ")[1].split()[0] for i in on_assignments} == {
+        "pk_assignments",
+        "ux_assignments_live_public_key",
+        "ux_assignments_live_uid",
+    }, text_plan
+    for i in on_assignments:  # each with its own condition: no whole-index scan
+        assert "Index Cond" in plan[i + 1], text_plan
