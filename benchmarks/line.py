@@ -10,6 +10,8 @@ host is the real `linehost run` with a generated station config. Figures:
   (from /proc), divided by the devices; rss_mb: the host's peak resident set (VmHWM);
 - with --baud B: wire_bound_s (the bytes of one conversation at B baud, 10 bits per byte, both
   legs in sequence), per_device_s (mean time between two finishes on a jig) and their ratio;
+- with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
+  command letters, `letter_gap` pauses, read-back; `[pki] allow_without_pop = true`);
 - with --thread-per-port: a second JSON line for the same devices provisioned by a blocking
   thread-per-port host (pyserial + cryptography + sqlite3), the shape of one-script-per-board tools.
 
@@ -178,6 +180,7 @@ class Simulator:
         per_jig: int,
         baud: int | None,
         mix: str = "good",
+        protocol: str = "v1",
         seed: int = 1,
     ) -> None:
         self.record = work / "devices.jsonl"
@@ -185,7 +188,7 @@ class Simulator:
             sys.executable, "-m", "linehost.sim",
             "--jigs", str(jigs), "--devices", str(per_jig), "--mix", mix,
             "--dir", str(work / "jigs"), "--record", str(self.record),
-            "--swap-seconds", "0", "--seed", str(seed), "--linger", "600",
+            "--swap-seconds", "0", "--seed", str(seed), "--linger", "600", "--protocol", protocol,
         ]  # fmt: skip
         if baud is not None:
             self.args += ["--baud", str(baud)]
@@ -273,13 +276,17 @@ def write_config(
     baud: int,
     checkpoints: Path | None = None,
     sparkplug: bool = False,
+    protocol: str = "v1",
+    letter_gap: float = 0.2,
+    attest: bool = False,
     line: str = "bench",
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
-        f"baudrate = {baud}\n"
+        f'baudrate = {baud}\nprotocol = "{protocol}"\n'
         for i, (name, port) in enumerate(ports.items())
     )
+    pop = "allow_without_pop = true\n" if protocol != "v1" else ""
     mqtt_section = (
         f'[mqtt]\nurl = "{MQTT_URL}"\ntopic_prefix = "bench{secrets.token_hex(3)}"\n'
         if mqtt
@@ -305,9 +312,12 @@ def write_config(
         f'[line]\nname = "{line}"\nshutdown_grace = 5\n'
         f'[database]\nurl = "{url}"\n'
         f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
-        f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
+        f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n{pop}'
         f"[protocol]\nsync_interval = {sync}\ncsr_timeout = 30\nresult_timeout = 30\n"
-        f"{mqtt_section}{sparkplug_section}{audit_section}{jigs}"
+        f"letter_gap = {letter_gap}\n"
+        # Issue 17: every device challenged after finish:000, its signature verified.
+        + ('attest = "require"\n' if attest else "")
+        + f"{mqtt_section}{sparkplug_section}{audit_section}{jigs}"
     )
 
 
@@ -341,7 +351,15 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         url, pg_name = create_pg_database()
     else:
         url = f"sqlite+aiosqlite:///{work / 'linehost.db'}"
-    sim = Simulator(work, args.jigs, per_jig, args.baud)
+    # --attest: v1.1 devices that offer attestation and answer the challenge (issue 17)
+    sim = Simulator(
+        work,
+        args.jigs,
+        per_jig,
+        args.baud,
+        mix="attest" if args.attest else "good",
+        protocol=args.protocol,
+    )
     config = work / "line.toml"
     latency_file = work / "latency.json"
     log = work / "host.log"
@@ -360,6 +378,9 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             args.baud or 115200,
             checkpoints,
             args.sparkplug,
+            args.protocol,
+            args.letter_gap,
+            args.attest,
         )
         cmd = [sys.executable, "-m", "linehost.cli", "--log-level", args.log_level]
         if args.profile == "pyinstrument":
@@ -412,11 +433,13 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         code = host.wait(120)
         if code != 0:
             raise SystemExit(f"host exited {code}:\n{log.read_text()[-3000:]}")
-        figures = run_figures(sim.records())
+        records = sim.records()
+        figures = run_figures(records)
         probe = json.loads(latency_file.read_text())
         devices = figures["devices"]
         result: dict[str, Any] = {
             "host": "linehost",
+            "protocol": args.protocol,
             "jigs": args.jigs,
             "devices": devices,
             "seconds": figures["seconds"],
@@ -435,6 +458,8 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             "database": args.database,
             "mqtt": "on" if args.mqtt else "off",
             "sparkplug": "on" if args.sparkplug else "off",
+            "attest": "require" if args.attest else "off",
+            "attested": sum(1 for r in records if r.get("attest_nonce")),
             "checkpoints": len(list(checkpoints.glob("*.json"))) if checkpoints else "off",
             "log_level": args.log_level,
         }
@@ -667,6 +692,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="[audit] signed checkpoints on/off (issue 14; compare devices_per_s of both)",
     )
     parser.add_argument(
+        "--attest",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help='attesting devices and [protocol] attest = "require" (issue 17; compare with off)',
+    )
+    parser.add_argument(
         "--baud", type=int, default=None, help="simulator paces both directions at B baud"
     )
     parser.add_argument(
@@ -677,6 +708,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--sync-interval", type=float, default=1.0, help="[protocol] sync_interval (1.0)"
     )
+    parser.add_argument(
+        "--protocol",
+        choices=["v1", "ecc608-letters"],
+        default="v1",
+        help="the jig protocol of every jig and simulated device (v1)",
+    )
+    parser.add_argument("--letter-gap", type=float, default=0.2, help="[protocol] letter_gap (0.2)")
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning"], help="host log level"
     )
@@ -708,6 +746,8 @@ def workdir(keep: Path | None) -> Iterator[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.thread_per_port and args.protocol != "v1":
+        raise SystemExit("--thread-per-port speaks jig protocol v1 only")
     if args.naive_host:
         return naive_host(args.naive_host)
     from linehost.pki.devpki import init_dev

@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import structlog
+from cryptography.hazmat.primitives import serialization
 
 from linehost.config import LineConfig
-from linehost.errors import LinehostError
+from linehost.errors import ConfigError, LinehostError
 from linehost.evidence.service import start_evidence
+from linehost.line.controls import LineControls
+from linehost.line.hold import JigHolds
 from linehost.line.latency import LatencyProbe
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
 from linehost.line.provisioning import Provisioner
@@ -24,6 +27,8 @@ from linehost.pki.bundle import BundleIssuer, format_counts
 from linehost.pki.cd import load_cd
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import open_local_issuer
+from linehost.pki.pai import load_certificate
+from linehost.protocol.factory import WITHOUT_POP
 from linehost.protocol.session import Timing
 from linehost.records import JigStatus, utcnow
 from linehost.store.store import Store
@@ -108,6 +113,47 @@ def timing_of(config: LineConfig) -> Timing:
         csr_timeout=p.csr_timeout,
         result_timeout=p.result_timeout,
         empty_after_syncs=p.empty_after_syncs,
+        letter_gap=p.letter_gap,
+        attest=p.attest,
+    )
+
+
+def check_key_proof(config: LineConfig) -> None:
+    """Refuse (ConfigError, one line) a line whose jigs would get DACs for bare public keys
+    unless `[pki] allow_without_pop` says so, or whose issuer needs a CSR they cannot give."""
+    bare = [jig for jig in config.jigs if jig.protocol in WITHOUT_POP]
+    if not bare:
+        return
+    where = f"{config.source}: " if config.source is not None else ""
+    jig = bare[0]
+    named = f"jig {jig.station}/{jig.name} (protocol = {jig.protocol!r})"
+    if not config.pki.allow_without_pop:
+        raise ConfigError(
+            f"{where}{named} sends a bare public key (no proof of possession); "
+            "set [pki] allow_without_pop = true to issue DACs without it"
+        )
+    if config.pki.issuer == "est":
+        raise ConfigError(
+            f"{where}{named} has no CSR, and [pki] issuer = 'est' enrols CSRs only; "
+            "use issuer = 'local' or 'bundle' for it"
+        )
+    if config.protocol.attest == "require":
+        # Letter firmware cannot answer a challenge: every DAC it got would end failed.
+        raise ConfigError(
+            f"{where}{named} cannot attest, and [protocol] attest = 'require' confirms no DAC "
+            "without an attestation; use attest = 'when_offered' on a line with letter jigs"
+        )
+
+
+def root_key_pem(config: LineConfig) -> str | None:
+    """The PAA's public key as PEM (`[pki] paa_cert`), delivered by protocols that store it."""
+    if config.pki.paa_cert is None:
+        return None
+    paa = load_certificate(config.pki.paa_cert, "PAA")
+    return (
+        paa.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
     )
 
 
@@ -118,6 +164,7 @@ async def run_line(
     latency: LatencyProbe | None = None,
 ) -> list[JigRunner]:
     """Run every jig of the line until `stop` is set; return the runners (for their counts)."""
+    check_key_proof(config)
     config = with_work_order(config)
     ops = LineOperations(config)
     ensure_fd_limit(len(config.jigs))
@@ -134,7 +181,11 @@ async def run_line(
             timing = timing_of(config)
             relay = open_relay(config, store)
             edge_node = open_edge_node(config, store)
-            opcua = open_opcua(config, store)
+            holds = JigHolds()
+            controls = LineControls(
+                store, holds, jigs=[(j.station, j.name) for j in config.jigs], gate=ops.gate
+            )
+            opcua = open_opcua(config, store, controls)
             evidence = await start_evidence(config, store.engine)
             crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
             await ops.start(store)
@@ -150,9 +201,11 @@ async def run_line(
                 onboarding=onboarding,
                 cd_b64=cd_b64,
                 gate=ops.gate,
+                root_key_pem=root_key_pem(config),
+                attest=config.protocol.attest,
             )
             context = LineContext(
-                provisioner, timing, fanout if listeners else None, latency=latency
+                provisioner, timing, fanout if listeners else None, latency=latency, holds=holds
             )
             runners = [
                 JigRunner(
@@ -256,7 +309,7 @@ def open_edge_node(config: LineConfig, store: Store) -> EdgeNode | None:
     )
 
 
-def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
+def open_opcua(config: LineConfig, store: Store, controls: LineControls) -> OpcuaServer | None:
     """The OPC UA server when `[opcua]` is configured (user passwords are read here)."""
     if config.opcua is None:
         return None
@@ -271,7 +324,7 @@ def open_opcua(config: LineConfig, store: Store) -> OpcuaServer | None:
         line=config.line.name,
         jigs=[(jig.station, jig.name) for jig in config.jigs],
         work_order=facts.work_order if wo else None,
-        open_work_order=store.open_work_order,
+        controls=controls,
     )
 
 

@@ -40,6 +40,7 @@ ASSIGNMENT_FIELDS = [
     "work_order",
     "revoked_at",
     "revocation_reason",
+    "key_proof",
 ]
 ATTEMPT_FIELDS = [
     "attempt_id",
@@ -54,6 +55,9 @@ ATTEMPT_FIELDS = [
     "started_at",
     "ended_at",
     "work_order",
+    "key_proof",
+    "attest_nonce",
+    "attest_signature",
 ]
 
 
@@ -117,6 +121,29 @@ def _export_with_onboarding(
 
     count = asyncio.run(go())
     print(f"{count} assignment record(s) with onboarding data", file=sys.stderr)
+    return 0
+
+
+def export_controls(args: argparse.Namespace) -> int:
+    """One record per supervisor call (the audit chain's `control` rows), on stdout."""
+    from linehost.store.controls import CONTROL_FIELDS
+
+    config = load_config(args.config)
+    since, until = _window(args)
+
+    async def records(audit: Audit) -> AsyncIterator[dict[str, Any]]:
+        rows = audit.iter_control_records(since, until, line=args.line, user=args.user)
+        async for row in rows:
+            if args.format == "csv":  # one cell: the arguments as JSON
+                row["arguments"] = json.dumps(row["arguments"], separators=(",", ":"))
+            yield row
+
+    async def go() -> int:
+        async with _audit(config) as audit:
+            return await _write(records(audit), args.format, CONTROL_FIELDS, sys.stdout)
+
+    count = asyncio.run(go())
+    print(f"{count} control record(s)", file=sys.stderr)
     return 0
 
 

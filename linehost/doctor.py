@@ -62,6 +62,9 @@ async def diagnose(path: Path, limits: Limits = Limits()) -> list[Check]:
                  "label printer", "free disk")  # fmt: skip
         return [row, *(Check(name, Status.SKIPPED, "the config is not valid") for name in later)]
     rows = [row]
+    proof = check_key_proof_row(config)
+    if proof is not None:
+        rows.append(proof)
     rows.extend(await check_ports(config))
     pai_row, pai = check_pai(config.pki)
     rows.append(pai_row)
@@ -114,6 +117,27 @@ def check_config(path: Path) -> tuple[Check, LineConfig | None]:
             "correct each key named above (docs/configuration.md)",
         ), None
     return Check("config", Status.OK, f"{path}: {len(config.jigs)} jig(s)"), config
+
+
+def check_key_proof_row(config: LineConfig) -> Check | None:
+    """Jigs whose devices show a bare public key (ECC608 letters): allowed, refused, or None
+    for a line without such jigs."""
+    from linehost.app import check_key_proof
+    from linehost.protocol.factory import WITHOUT_POP
+
+    bare = [jig for jig in config.jigs if jig.protocol in WITHOUT_POP]
+    if not bare:
+        return None
+    try:
+        check_key_proof(config)
+    except LinehostError as exc:
+        return Check("key proof", Status.FAIL, str(exc), "see docs/protocol.md (letter dialect)")
+    return Check(
+        "key proof",
+        Status.WARN,
+        f"{len(bare)} jig(s) issue DACs for bare public keys (no proof of possession), "
+        "allowed by [pki] allow_without_pop",
+    )
 
 
 async def check_ports(config: LineConfig) -> list[Check]:

@@ -50,6 +50,7 @@ class AttemptStart:
     uid: str | None  # None only for a protocol_error before a valid UID line
     started_at: datetime  # timezone-aware UTC
     work_order: str | None = None
+    key_proof: KeyProof = "csr"  # how the jig's protocol has devices show their key
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class AssignRequest:
     candidate: IssuedDac
     allow_reprovision: bool = False
     onboarding: OnboardingRequest | None = None  # Matter commissioning data wanted too
+    key_proof: KeyProof = "csr"  # recorded with a new assignment
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +146,8 @@ class AttemptEnd:
     assignment_status: AssignmentStatus | None = None  # confirmed / failed / unknown
     dac_serial: str | None = None
     transcript: str = ""
+    attest_nonce: str | None = None  # lower-case hex of the attestation challenge N (v1.1)
+    attest_signature: str | None = None  # base64 of the device's DER signature, as answered
 
 
 #: RFC 5280 CRLReason names a revocation may carry (removeFromCRL and 7, unused, left out).
@@ -184,6 +188,9 @@ def attempt_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "started_at": iso_utc(row["started_at"]),
         "ended_at": iso_utc(row["ended_at"]),
         "work_order": row["work_order"],
+        "key_proof": row.get("key_proof", "csr"),
+        "attest_nonce": row.get("attest_nonce"),
+        "attest_signature": row.get("attest_signature"),
     }
 
 
@@ -207,6 +214,7 @@ def assignment_record(row: Mapping[str, Any]) -> dict[str, Any]:
         "work_order": row["work_order"],
         "revoked_at": iso_utc(row.get("revoked_at")),
         "revocation_reason": row.get("revocation_reason"),
+        "key_proof": row.get("key_proof", "csr"),
     }
 
 

@@ -38,6 +38,7 @@ _STYLE = {
     "offline": "red",
     "stopped": "dim",
     "work_order_complete": "bold magenta",
+    "held": "bold yellow",
 }
 
 
@@ -106,6 +107,8 @@ def workorder_status(args: argparse.Namespace) -> int:
     if summary["attempts"]:
         outcomes = ", ".join(f"{k} {v}" for k, v in summary["attempts"].items())
         print(f"  attempts by outcome: {outcomes}")
+    if summary["closed_at"]:
+        print(f"  closed at {summary['closed_at']}: takes no more devices")
     return 0
 
 

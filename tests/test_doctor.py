@@ -441,3 +441,23 @@ def _missing(what: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message + " (CI=true makes this an error)", pytrace=False)
     pytest.skip(message)
+
+
+# --- key proof (ECC608 letter jigs) ----------------------------------------------------------
+
+
+def test_letter_jigs_without_allow_without_pop_fail_the_key_proof_row(line: Line) -> None:
+    jig = f'[[jigs]]\nname = "e1"\nstation = "st1"\nport = "{line.folder / "ttyE1"}"\n'
+    report = doctor(line.write(jig + 'protocol = "ecc608-letters"\n'))
+    assert report.code == 1
+    assert report.status("key proof") == "fail"
+    assert "allow_without_pop" in report.text("key proof")
+    allowed = line.write(jig + 'protocol = "ecc608-letters"\n', pki=None)
+    allowed.write_text(
+        allowed.read_text().replace('pid = "8000"\n', 'pid = "8000"\nallow_without_pop = true\n')
+    )
+    report = doctor(allowed)
+    assert report.status("key proof") == "warn"
+    assert "no proof of possession" in report.text("key proof")
+    v1 = doctor(line.write(jig))
+    assert "key proof" not in v1.rows

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add `audit export|attempts|uid|dac|verify|bundles|keygen|prove|check-proof`."""
+    """Add `audit export|attempts|controls|uid|dac|verify|bundles|keygen|prove|check-proof`."""
     audit = subparsers.add_parser("audit", help="records of assignments and attempts, for auditors")
     # Not required here: keygen and check-proof need no config; main() asks for it elsewhere.
     audit.add_argument("--config", type=Path, default=None, help="station config (TOML)")
@@ -31,6 +31,16 @@ def register(subparsers: Subparsers) -> None:
     _record_args(attempts)
     attempts.add_argument("--outcome", default=None, help="only attempts with this outcome")
     attempts.set_defaults(handler=_attempts)
+    controls = audit_sub.add_parser(
+        "controls",
+        help="supervisor calls (OPC UA jig Hold/Resume, WorkOrder Open/Close), refused ones too",
+    )
+    controls.add_argument("--format", choices=["jsonl", "csv"], default="jsonl")
+    controls.add_argument("--since", default=None, help="ISO 8601 time (UTC if no zone)")
+    controls.add_argument("--until", default=None, help="ISO 8601 time (UTC if no zone)")
+    controls.add_argument("--line", default=None, help="only calls to this line's host")
+    controls.add_argument("--user", default=None, help="only calls by this user")
+    controls.set_defaults(handler=_controls)
     uid = audit_sub.add_parser("uid", help="history of one device")
     uid.add_argument("uid")
     uid.set_defaults(handler=_uid)
@@ -68,6 +78,12 @@ def _attempts(args: argparse.Namespace) -> int:
     from linehost.audit_cli import export_attempts
 
     return export_attempts(args)
+
+
+def _controls(args: argparse.Namespace) -> int:
+    from linehost.audit_cli import export_controls
+
+    return export_controls(args)
 
 
 def _uid(args: argparse.Namespace) -> int:

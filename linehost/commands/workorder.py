@@ -1,4 +1,4 @@
-"""`linehost workorder status`: done / failed / remaining (in linehost.status_cli)."""
+"""`linehost workorder status|close`: progress (linehost.status_cli), closing (control_cli)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def register(subparsers: Subparsers) -> None:
-    """Add `workorder status`."""
+    """Add `workorder status|close`."""
     workorder = subparsers.add_parser(
         "workorder", help="work orders: progress against the quantity"
     )
@@ -22,9 +22,21 @@ def register(subparsers: Subparsers) -> None:
     wo_status.add_argument("--id", default=None, help="another work order than [work_order]")
     wo_status.add_argument("--json", action="store_true", help="print the counts as JSON")
     wo_status.set_defaults(handler=_workorder_status)
+    wo_close = wo_sub.add_parser(
+        "close", help="close a work order: no more devices against it (recorded in the audit log)"
+    )
+    config_arg(wo_close)
+    wo_close.add_argument("--id", default=None, help="another work order than [work_order]")
+    wo_close.set_defaults(handler=_workorder_close)
 
 
 def _workorder_status(args: argparse.Namespace) -> int:
     from linehost.status_cli import workorder_status
 
     return workorder_status(args)
+
+
+def _workorder_close(args: argparse.Namespace) -> int:
+    from linehost.control_cli import close_work_order
+
+    return close_work_order(args)

@@ -84,6 +84,8 @@ class PkiSection(_Section):
     pid: VidPid
     cn_template: str = "{uid}"
     allow_reprovision: bool = False
+    # DACs for bare public keys (jigs with protocol = "ecc608-letters"): no proof of possession.
+    allow_without_pop: bool = False
     # Revocation (issue 13): who signs the CRL, how long it holds, where `run` keeps it.
     crl_signer_cert: ConfigPath | None = None  # a delegated CRL signer the PAI issued
     crl_signer_key: KeyLocation | None = None  # its key: a PEM path or a pkcs11: URI
@@ -156,12 +158,16 @@ class PkiSection(_Section):
 
 
 class ProtocolSection(_Section):
-    """`[protocol]`: jig protocol timing in seconds."""
+    """`[protocol]`: jig protocol timing in seconds, and the attestation extension (v1.1)."""
 
     sync_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
     csr_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     result_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     empty_after_syncs: Annotated[int, Field(ge=1, le=100)] = 3
+    letter_gap: Annotated[float, Field(gt=0, le=10)] = 0.2  # ecc608-letters: pause per letter
+    # off: never challenge; when_offered: challenge devices that offer it after finish:000;
+    # require: also refuse a device that does not offer it (protocol_error, before its CSR)
+    attest: Literal["off", "when_offered", "require"] = "off"
 
 
 _MQTT_URL = re.compile(
@@ -287,6 +293,8 @@ class OpcuaUserSection(_Section):
     name: Annotated[str, Field(min_length=1, max_length=64)]
     password_env: str | None = None
     password_file: ConfigPath | None = None
+    # operator: may call the methods (hold/resume jigs, open/close work orders); viewer: read only
+    role: Literal["operator", "viewer"] = "operator"
 
     @model_validator(mode="after")
     def _secret(self) -> OpcuaUserSection:
@@ -402,7 +410,7 @@ class JigSection(_Section):
     station: Name
     port: PortLocation
     baudrate: Annotated[int, Field(gt=0)] = 115200
-    protocol: Literal["v1"] = "v1"  # the jig protocol its firmware speaks
+    protocol: Literal["v1", "ecc608-letters"] = "v1"  # the jig protocol its firmware speaks
     probe: str = ""  # programmer id for {probe}, e.g. an ST-LINK serial number
     pre_command: StepArgv | None = None  # overrides [stations.NAME] and [steps]
     post_command: StepArgv | None = None

@@ -8,6 +8,7 @@ The runner only asks `provision()` and `record()`; nothing here touches a port.
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -29,9 +30,11 @@ from linehost.errors import (
 from linehost.line.workorder import WorkOrderGate
 from linehost.onboarding.sealing import SealError
 from linehost.onboarding.service import Onboarding
+from linehost.pki.attestation import verify_attestation
 from linehost.pki.csr import parse_csr, parse_public_key
 from linehost.pki.issuer import Issuer
 from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
+from linehost.protocol.session import Attestation, AttestMode
 from linehost.records import (
     AssignRequest,
     AssignResult,
@@ -83,6 +86,7 @@ class Deliver:
     pai_pem: str
     cd_b64: str | None
     factory_data: tuple[tuple[str, str], ...]
+    root_key_pem: str | None = None  # the PAA's public key, for protocols that store it
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,7 @@ class Attempt:
     metrics: JigMetrics | None = None
     assignment_id: int | None = None
     dac_serial: str | None = None
+    dac_pem: str | None = None  # the DAC recorded and delivered (an attestation proves it)
     recorded: bool = False  # the store already ended it (a refused assign)
     onboarding: OnboardingRecord | None = None  # the device's commissioning data, delivered
 
@@ -126,6 +131,8 @@ class Provisioner:
         cd_b64: str | None = None,
         gate: WorkOrderGate | None = None,
         clock: Callable[[], float] = time.monotonic,
+        root_key_pem: str | None = None,
+        attest: AttestMode = "off",
     ) -> None:
         self.issuer = issuer
         self.store = store
@@ -134,6 +141,8 @@ class Provisioner:
         self._onboarding = onboarding
         self._cd_b64 = cd_b64  # the Certification Declaration line, sent with every DAC
         self._clock = clock
+        self._root_key_pem = root_key_pem  # the PAA public key (`[pki] paa_cert`), when set
+        self._attest = attest
 
     @property
     def work_order(self) -> str | None:
@@ -186,6 +195,7 @@ class Provisioner:
                 candidate=candidate,
                 allow_reprovision=self._allow_reprovision,
                 onboarding=wanted,
+                key_proof=csr.key_proof,
             )
             try:
                 commit_started = now()
@@ -216,6 +226,7 @@ class Provisioner:
         assert result.dac_pem is not None
         attempt.assignment_id = result.assignment_id
         attempt.dac_serial = result.dac_serial
+        attempt.dac_pem = result.dac_pem
         log.info(
             "dac_issued" if result.kind == "issued" else "dac_redelivered",
             dac_serial=result.dac_serial,
@@ -230,7 +241,38 @@ class Provisioner:
                 return Reject(Outcome.ISSUER_ERROR, str(exc))
             log.info("onboarding_recorded", serial_num=result.onboarding.serial_num)
         # The assignment is committed: only now may the DAC reach the port.
-        return Deliver(result.dac_pem, self.issuer.pai_pem, self._cd_b64, factory_data)
+        return Deliver(
+            result.dac_pem, self.issuer.pai_pem, self._cd_b64, factory_data, self._root_key_pem
+        )
+
+    def attestation_verdict(
+        self, attempt: Attempt, outcome: Outcome, detail: str, attestation: Attestation | None
+    ) -> tuple[Outcome, str]:
+        """The outcome of an attempt once its attestation is checked against the DAC recorded.
+
+        Only a `provisioned` end is judged. A device that answered the challenge stays
+        `provisioned` when its signature verifies; any other answer, and with `attest =
+        "require"` no attestation at all, makes it `attestation_failed`.
+        """
+        if outcome is not Outcome.PROVISIONED:
+            return outcome, detail
+        problem: str | None
+        if attestation is None:
+            if self._attest != "require":
+                return outcome, detail
+            problem = "no attestation (attest = require)"
+        elif attestation.signature is None:
+            problem = "no ATTEST answer"
+        elif attempt.dac_pem is None:
+            problem = "no DAC recorded for this attempt"
+        else:
+            problem = verify_attestation(attempt.dac_pem, attestation.nonce, attestation.signature)
+        log = attempt.log.bind(uid=attempt.start.uid, attempt_id=attempt.start.attempt_id)
+        if problem is not None:
+            log.warning("attestation_failed", detail=problem, dac_serial=attempt.dac_serial)
+            return Outcome.ATTESTATION_FAILED, problem
+        log.debug("attestation_verified", dac_serial=attempt.dac_serial)
+        return outcome, f"{detail}; attestation verified"
 
     async def record(
         self,
@@ -241,17 +283,24 @@ class Provisioner:
         transcript: str,
         *,
         provisioned: bool,
+        attestation: Attestation | None = None,
     ) -> AttemptEnd:
         """Record how the attempt ended (unless the store already did); return the record.
 
-        `provisioned` says the device answered finish:000 (its DAC is confirmed even when a
-        post step then failed).
+        `provisioned` says the device answered finish:000 (and proved its DAC when it was
+        challenged): its DAC is confirmed even when a post step then failed. `attestation` (the
+        challenge and any answer) is recorded with the attempt.
         """
         status = None
         if attempt.assignment_id is not None:
             if provisioned:
                 status = AssignmentStatus.CONFIRMED
-            elif outcome is Outcome.DEVICE_ERROR:
+            elif outcome is Outcome.ATTESTATION_FAILED or (
+                outcome is Outcome.DEVICE_ERROR and device_code is not None
+            ):
+                # The device said no (a finish code), or stored a DAC it cannot prove: that DAC
+                # is never used. A device error without a code (a letter read-back that failed)
+                # leaves it unknown.
                 status = AssignmentStatus.FAILED
             else:
                 status = AssignmentStatus.UNKNOWN
@@ -264,6 +313,12 @@ class Provisioner:
             assignment_status=status,
             dac_serial=attempt.dac_serial,
             transcript=transcript,
+            attest_nonce=attestation.nonce.hex() if attestation is not None else None,
+            attest_signature=(
+                base64.b64encode(attestation.signature).decode("ascii")
+                if attestation is not None and attestation.signature is not None
+                else None
+            ),
         )
         log = attempt.log.bind(uid=attempt.start.uid, attempt_id=attempt.start.attempt_id)
         if not attempt.recorded:

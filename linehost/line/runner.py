@@ -14,6 +14,7 @@ import structlog
 from linehost.errors import (
     TransportError,
 )
+from linehost.line.hold import JigHolds
 from linehost.line.latency import LatencyProbe
 from linehost.line.provisioning import Attempt, Provisioner, Reject
 from linehost.line.status import StatusListener
@@ -61,6 +62,7 @@ class LineContext:
     listener: StatusListener | None = None
     open_port: Callable[[str, int], Awaitable[JigPort]] = open_port
     latency: LatencyProbe | None = None  # benchmarks only
+    holds: JigHolds = field(default_factory=JigHolds)  # supervisors hold / resume jigs
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ class JigRunner:
         self._metrics = metrics
         if gate is not None:
             gate.subscribe(self._on_work_order)
+        self._hold = line.holds.of(spec.station, spec.name)
+        self._hold.subscribe(self._wake_conversation)
 
     # --- control ---------------------------------------------------------------------------
 
@@ -137,8 +141,7 @@ class JigRunner:
         """Take no new device; the current attempt may still finish."""
         self._stopping = True
         self._wake.set()
-        if self._port is not None:
-            self._port.events.put_nowait(b"")  # wake the conversation loop
+        self._wake_conversation()
 
     def request_abort(self, detail: str) -> None:
         """Shutdown grace is over: end the running attempt (recorded) and stop."""
@@ -175,9 +178,12 @@ class JigRunner:
         session = self._session = new_session(self.spec.protocol, self._timing)
         if self._steps is not None and self._steps.pre is not None:
             self._set_pre_pending(True)  # a reopened port may hold a new device
-        if self._pre_step_due(session):
-            await self._pre_step(port)
-        await self._apply(session.open(self._loop.time()))
+        if self._hold.held:
+            await self._held(port, session)  # nothing sent before the resume
+        else:
+            if self._pre_step_due(session):
+                await self._pre_step(port)
+            await self._apply(session.open(self._loop.time()))
         events = port.events
         loop = self._loop
         while True:
@@ -189,6 +195,9 @@ class JigRunner:
                 if self._attempt is None:
                     await self._apply(session.stop(loop.time()))
                     raise _Stop
+            elif self._hold.held and self._attempt is None:
+                await self._held(port, session)
+                continue
             elif self._pre_pending and self._pre_step_due(session):
                 await self._pre_step(port)
                 await self._apply(session.open(loop.time()))  # prepared: start it clean
@@ -260,6 +269,7 @@ class JigRunner:
             uid=started.uid,
             started_at=utcnow(),
             work_order=self._work_order,
+            key_proof=started.key_proof,
         )
         self._attempt = Attempt(start, self._log, on_wait=self._waiting, metrics=self._metrics)
         self.status.attempt_id = start.attempt_id
@@ -278,6 +288,7 @@ class JigRunner:
             now,
             cd_b64=decision.cd_b64,
             factory_data=decision.factory_data,
+            root_key_pem=decision.root_key_pem,
         )
 
     async def _end(self, ended: AttemptEnded) -> None:
@@ -286,13 +297,17 @@ class JigRunner:
         if attempt is None:
             return
         log = self._log.bind(uid=ended.uid, attempt_id=attempt.start.attempt_id)
-        outcome, detail, transcript = ended.outcome, ended.detail, list(ended.transcript)
+        outcome, detail = self._provisioner.attestation_verdict(
+            attempt, ended.outcome, ended.detail, ended.attestation
+        )
+        provisioned = outcome is Outcome.PROVISIONED  # and proved its DAC when challenged
+        transcript = list(ended.transcript)
         if self._pre_result is not None:
             transcript[:0] = self._pre_result.transcript()
             self._pre_result = None
         if self._steps is not None:
             self._set_pre_pending(self._steps.pre is not None)
-            if ended.outcome is Outcome.PROVISIONED and self._steps.post is not None:
+            if provisioned and self._steps.post is not None:
                 post = await self._post_step(self._steps.post, ended.uid, attempt)
                 transcript.extend(post.transcript())
                 if not post.ok:
@@ -305,7 +320,8 @@ class JigRunner:
             detail,
             ended.device_code,
             "\n".join(transcript),
-            provisioned=ended.outcome is Outcome.PROVISIONED,
+            provisioned=provisioned,
+            attestation=ended.attestation,
         )
         if self._metrics is not None:
             seconds = (end.ended_at - attempt.start.started_at).total_seconds()
@@ -354,6 +370,32 @@ class JigRunner:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._wake.wait()
+
+    async def _held(self, port: JigPort, session: JigProtocol) -> None:
+        """Between devices, held: stop the device and send nothing until resumed or stopped.
+
+        The port stays watched (an unplug still ends in offline); what the device prints is
+        dropped. On resume the session starts syncing again, as on a freshly opened port.
+        """
+        swap_uid = self.status.uid if session.state is JigState.WAITING_FOR_SWAP else None
+        await self._apply(session.stop(self._loop.time()))
+        self._publish(JigState.HELD)
+        self._log.info("jig_held")
+        while self._hold.held and not self._stopping:
+            item = await port.events.get()
+            if isinstance(item, PortLost):
+                await self._port_lost(item.reason)
+                raise TransportError(item.reason)
+        if self._stopping:
+            return
+        self._log.info("jig_resumed")
+        await self._apply(session.open(self._loop.time()))
+        self._publish(session.state, swap_uid)
+
+    def _wake_conversation(self) -> None:
+        """A stop, hold or resume: let the conversation loop look at it now."""
+        if self._port is not None:
+            self._port.events.put_nowait(b"")
 
     # --- steps around a device and the work order (issue 8) ---------------------------------
 

@@ -11,6 +11,7 @@ import structlog
 
 from linehost.errors import LinehostError
 from linehost.store.audit import Audit
+from linehost.store.decisions import WORK_ORDER_CLOSED
 from linehost.store.store import WORK_ORDER_COMPLETE
 
 WATCH_INTERVAL: Final = 5.0
@@ -29,24 +30,30 @@ class WorkOrderGate:
         self.id = work_order
         self.quantity = quantity
         self.complete = False
+        self.closed = False  # a supervisor closed it: complete for good
         self._listeners: list[Callable[[], None]] = []
 
     def subscribe(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever `complete` changes."""
         self._listeners.append(listener)
 
-    def set_complete(self, complete: bool) -> None:
+    def set_complete(self, complete: bool, *, closed: bool = False) -> None:
         """Record what the database said; tell the jigs when it changed."""
+        self.closed = self.closed or closed  # a closed work order is never opened again
+        complete = complete or self.closed
         if complete is self.complete:
             return
         self.complete = complete
-        _log.info("work_order_complete" if complete else "work_order_open", work_order=self.id)
+        event = "work_order_closed" if closed else "work_order_complete"
+        _log.info(event if complete else "work_order_open", work_order=self.id)
         for listener in self._listeners:
             listener()
 
     @property
     def refusal(self) -> str:
         """The attempt detail for a device refused while the work order is complete."""
+        if self.closed:
+            return f"{WORK_ORDER_CLOSED}: {self.id} takes no more devices"
         return f"{WORK_ORDER_COMPLETE}: {self.id} has all {self.quantity} devices"
 
 
@@ -71,7 +78,9 @@ async def watch_line(
             if gate is not None:
                 progress = await audit.work_order_progress(gate.id)
                 if progress is not None:
-                    gate.set_complete(progress_complete(progress))
+                    gate.set_complete(
+                        progress_complete(progress), closed=progress.get("closed_at") is not None
+                    )
                     if on_progress is not None:
                         on_progress(progress)
             if on_outbox is not None:

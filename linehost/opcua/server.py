@@ -3,6 +3,8 @@
 Jig variables change when the runners report a change (a StatusListener), never by polling;
 the work order is read again when an attempt ends. Security: None only on a loopback endpoint
 or when configured; Basic256Sha256 Sign&Encrypt with a generated server certificate otherwise.
+Methods (jig Hold/Resume, WorkOrder Open/Close) go to LineControls, which decides and records
+every call, refused ones too, in the audit chain with the OPC UA user.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from linehost.config import OpcuaSection
 from linehost.errors import ConfigError, LinehostError
+from linehost.line.controls import Caller, ControlRefused, LineControls, RefusalKind
 from linehost.records import JigStatus
 
 NAMESPACE: Final = "urn:linehost"
@@ -37,7 +40,15 @@ _log = structlog.get_logger("linehost.opcua")
 
 JigKey = tuple[str, str]
 WorkOrderFacts = Callable[[], Awaitable[dict[str, Any] | None]]
-OpenWorkOrder = Callable[[str, int], Awaitable[None]]
+ANONYMOUS: Final = "anonymous"
+VIA: Final = "opcua"
+
+_BAD: Final[dict[RefusalKind, int]] = {
+    "denied": ua.status_codes.StatusCodes.BadUserAccessDenied,
+    "bad_argument": ua.status_codes.StatusCodes.BadInvalidArgument,
+    "invalid_state": ua.status_codes.StatusCodes.BadInvalidState,
+    "unavailable": ua.status_codes.StatusCodes.BadResourceUnavailable,
+}
 
 #: The session of the method call being served (asyncua does not hand it to callbacks).
 _CALLER: contextvars.ContextVar[Any] = contextvars.ContextVar("opcua_caller", default=None)
@@ -69,7 +80,7 @@ class _Users(UserManager):
         certificate: Any = None,
     ) -> User | None:
         if not self._passwords:
-            return User(role=UserRole.User, name="anonymous")
+            return User(role=UserRole.User, name=ANONYMOUS)
         expected = self._passwords.get(username or "")
         if expected is None or password is None:
             return None
@@ -88,18 +99,19 @@ class OpcuaServer:
         line: str,
         jigs: Sequence[JigKey],
         work_order: WorkOrderFacts | None = None,
-        open_work_order: OpenWorkOrder | None = None,
+        controls: LineControls | None = None,
     ) -> None:
         self._settings = settings
         self._line = line
         self._jig_keys = list(jigs)
         self._work_order = work_order
-        self._open_work_order = open_work_order
+        self._controls = controls
         passwords: dict[str, bytes] = {}
         for user in settings.users:
             secret = user.password_secret.read_text()
             assert secret is not None  # the section requires a source
             passwords[user.name] = secret.encode()
+        self._operators = {user.name for user in settings.users if user.role == "operator"}
         self._server = Server(user_manager=_Users(passwords))
         self._jigs: dict[JigKey, _JigNodes] = {}
         self._wo: dict[str, Node] = {}
@@ -202,6 +214,9 @@ class OpcuaServer:
             if station not in station_nodes:
                 station_nodes[station] = await stations.add_object(idx, station)
             obj = await station_nodes[station].add_object(idx, jig)
+            for name, held in (("Hold", True), ("Resume", False)):
+                await obj.add_method(idx, name, self._jig_method(station, jig, held), [],
+                                     [ua.VariantType.Boolean])  # fmt: skip
             self._jigs[(station, jig)] = _JigNodes(
                 state=await obj.add_variable(idx, "State", "offline"),
                 uid=await obj.add_variable(idx, "UID", "", ua.VariantType.String),
@@ -223,6 +238,9 @@ class OpcuaServer:
             self._open,
             [ua.VariantType.String, ua.VariantType.UInt32],
             [ua.VariantType.Boolean],
+        )
+        await wo.add_method(
+            idx, "Close", self._close, [ua.VariantType.String], [ua.VariantType.Boolean]
         )
 
     def _remember_callers(self) -> None:
@@ -248,23 +266,66 @@ class OpcuaServer:
 
     # --- methods ---------------------------------------------------------------------------
 
-    async def _open(self, parent: ua.NodeId, wo_id: ua.Variant, quantity: ua.Variant) -> Any:
+    def _caller(self) -> Caller:
+        """The calling session's user; operators (or anyone, without users) may control."""
         session = _CALLER.get()
-        user = getattr(getattr(session, "user", None), "name", None) or "anonymous"
-        work_order, count = str(wo_id.Value), int(quantity.Value)
-        log = _log.bind(method="WorkOrder.Open", opcua_user=user, work_order=work_order,
-                        quantity=count)  # fmt: skip
-        if self._open_work_order is None or not work_order or count <= 0:
-            log.warning("opcua_method_refused")
-            return _status(ua.status_codes.StatusCodes.BadInvalidArgument)
+        user = getattr(getattr(session, "user", None), "name", None) or ANONYMOUS
+        may = user in self._operators if self._settings.users else True
+        return Caller(VIA, user, may_control=may)
+
+    def _jig_method(self, station: str, jig: str, held: bool) -> Callable[..., Awaitable[Any]]:
+        async def call(parent: ua.NodeId) -> Any:
+            if self._controls is None:
+                return _status(ua.status_codes.StatusCodes.BadNotImplemented)
+            act = self._controls.hold if held else self._controls.resume
+            name, caller = ("Jig.Hold" if held else "Jig.Resume"), self._caller()
+            return await self._serve(
+                name, caller, act(caller, station, jig), jig=f"{station}/{jig}"
+            )
+
+        return call
+
+    async def _open(self, parent: ua.NodeId, wo_id: ua.Variant, quantity: ua.Variant) -> Any:
+        if self._controls is None:
+            return _status(ua.status_codes.StatusCodes.BadNotImplemented)
+        work_order, count = str(wo_id.Value or ""), int(quantity.Value or 0)
+        caller = self._caller()
+        answer = await self._serve(
+            "WorkOrder.Open",
+            caller,
+            self._controls.open_work_order(caller, work_order, count),
+            work_order=work_order,
+        )
+        if not isinstance(answer, ua.StatusCode):
+            await self._write_work_order({"work_order": work_order, "quantity": count})
+        return answer
+
+    async def _close(self, parent: ua.NodeId, wo_id: ua.Variant) -> Any:
+        if self._controls is None:
+            return _status(ua.status_codes.StatusCodes.BadNotImplemented)
+        work_order = str(wo_id.Value or "")
+        caller = self._caller()
+        answer = await self._serve(
+            "WorkOrder.Close",
+            caller,
+            self._controls.close_work_order(caller, work_order),
+            work_order=work_order,
+        )
+        self._wo_wake.set()  # read the work order again
+        return answer
+
+    async def _serve(
+        self, method: str, caller: Caller, call: Awaitable[bool | None], **facts: str
+    ) -> Any:
+        """Run a control call: [changed] (True when nothing says otherwise), or a Bad status."""
+        log = _log.bind(method=method, opcua_user=caller.user, **facts)
         try:
-            await self._open_work_order(work_order, count)
-        except (LinehostError, ValueError) as exc:
-            log.warning("opcua_method_failed", detail=str(exc))
-            return _status(ua.status_codes.StatusCodes.BadInvalidState)
+            changed = await call
+        except ControlRefused as exc:
+            log.warning("opcua_method_refused", reason=exc.reason)
+            return _status(_BAD[exc.kind])
         log.info("opcua_method_called")
-        await self._write_work_order({"work_order": work_order, "quantity": count})
-        return [ua.Variant(True, ua.VariantType.Boolean)]
+        return [ua.Variant(changed is not False, ua.VariantType.Boolean)]
 
     # --- pumps -----------------------------------------------------------------------------
 

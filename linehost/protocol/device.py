@@ -16,7 +16,10 @@ from typing import Final
 from linehost.protocol.framing import Frame, LineFramer, LineTooLong
 from linehost.protocol.wire import (
     ABORT,
+    ATTEST_ANSWER_PREFIX,
+    ATTEST_CHALLENGE_PREFIX,
     BEGIN_CERTIFICATE,
+    CAPABILITY_ATTEST,
     CD_PREFIX,
     END,
     END_CERTIFICATE,
@@ -41,6 +44,7 @@ FINISH_PARAMETER_ERROR: Final = 0x003
 FINISH_INTERRUPTED: Final = 0xFFFF
 
 _BASE64_LINE = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_CHALLENGE = re.compile(re.escape(ATTEST_CHALLENGE_PREFIX) + r"([0-9A-Fa-f]{64})")
 
 
 def format_finish(code: int, digits: int | None = None) -> str:
@@ -79,6 +83,9 @@ class DeviceState(StrEnum):
     IDLE = "idle"  # waiting for `Init`
     AWAITING_DELIVERY = "awaiting_delivery"  # answered Start_provisioning, collecting until END
     AWAITING_RESULT = "awaiting_result"  # got END; the firmware decides the finish code
+    # v1.1: finish:000 sent; an `Attest:` challenge may follow (an Init or Abort ends the flow)
+    AWAITING_CHALLENGE = "awaiting_challenge"
+    ATTESTING = "attesting"  # got the challenge; the firmware signs or answers a finish code
 
 
 class FlowEnd(StrEnum):
@@ -114,6 +121,14 @@ class DeliveryComplete:
 
 
 @dataclass(frozen=True, slots=True)
+class ChallengeReceived:
+    """The host sent `Attest:<N>`: sign N || SHA-256(stored DAC) and call `answer_challenge()`
+    (or `finish()` with an error code)."""
+
+    nonce: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class FlowEnded:
     """The flow is over and the device waits for `Init` again; `code` is the finish code sent."""
 
@@ -121,7 +136,7 @@ class FlowEnded:
     code: int | None
 
 
-DeviceEvent = Send | DeliveryComplete | FlowEnded
+DeviceEvent = Send | DeliveryComplete | ChallengeReceived | FlowEnded
 
 
 class DeviceSession:
@@ -134,8 +149,10 @@ class DeviceSession:
         *,
         flow_timeout: float = FLOW_TIMEOUT,
         answer_abort: bool = False,
+        capabilities: tuple[str, ...] = (),
     ) -> None:
         self.uid = uid
+        self.capabilities = capabilities  # offered in the sync answer, e.g. ("attest",)
         self.csr_lines: tuple[str, ...] = tuple(ln for ln in csr_pem.splitlines() if ln)
         self.flow_timeout = flow_timeout
         self.answer_abort = answer_abort
@@ -189,18 +206,42 @@ class DeviceSession:
             return events
         if self._state is DeviceState.AWAITING_DELIVERY:
             events += self._collect(text)
+        elif self._state is DeviceState.AWAITING_CHALLENGE:
+            match = _CHALLENGE.fullmatch(text)
+            if match is not None:
+                self._state = DeviceState.ATTESTING
+                events.append(ChallengeReceived(bytes.fromhex(match.group(1))))
+            elif text == INIT:
+                # The host moved on without a challenge (attestation off): the flow is over.
+                events += self._end(FlowEnd.FINISHED, None, sent=0)
         return events
 
     def finish(self, code: int, now: float, *, digits: int | None = None) -> list[DeviceEvent]:
         """Answer the delivery with `finish:<code>`; [] when no flow awaits a result any more."""
         events = self.poll(now)
+        if self._state is DeviceState.ATTESTING:
+            return events + self._end(FlowEnd.FINISHED, code, digits)
         if self._state is not DeviceState.AWAITING_RESULT:
             return events
+        if code == 0 and CAPABILITY_ATTEST in self.capabilities:
+            # Stored: wait for a challenge before the flow ends.
+            self._state = DeviceState.AWAITING_CHALLENGE
+            return [*events, Send(format_finish(code, digits))]
         return events + self._end(FlowEnd.FINISHED, code, digits)
+
+    def answer_challenge(self, signature: bytes, now: float) -> list[DeviceEvent]:
+        """Answer the challenge: `ATTEST:<base64 signature>`, then `finish:000`."""
+        events = self.poll(now)
+        if self._state is not DeviceState.ATTESTING:
+            return events
+        answer = Send(ATTEST_ANSWER_PREFIX + base64.b64encode(signature).decode("ascii"))
+        return [*events, answer, *self._end(FlowEnd.FINISHED, 0)]
 
     def poll(self, now: float) -> list[DeviceEvent]:
         """Apply the flow timeout as of `now`."""
         if self._deadline is not None and now >= self._deadline:
+            if self._stored:
+                return self._end(FlowEnd.FINISHED, None, sent=0)
             return self._end(FlowEnd.TIMED_OUT, None)
         return []
 
@@ -216,7 +257,8 @@ class DeviceSession:
         self._deadline = now + self.flow_timeout
         self._flows += 1
         self._reset_delivery()
-        out: list[DeviceEvent] = [Send(START_PROVISIONING), Send(UID_PREFIX + self.uid)]
+        start = " ".join((START_PROVISIONING, *self.capabilities))
+        out: list[DeviceEvent] = [Send(start), Send(UID_PREFIX + self.uid)]
         out += [Send(ln) for ln in self.csr_lines]
         return out
 
@@ -284,21 +326,34 @@ class DeviceSession:
         self._state = DeviceState.AWAITING_RESULT
         return [DeliveryComplete(delivery)]
 
+    @property
+    def _stored(self) -> bool:
+        """finish:000 went out in this flow (only an attesting device is still in it)."""
+        return self._state in (DeviceState.AWAITING_CHALLENGE, DeviceState.ATTESTING)
+
     def _abort(self) -> list[DeviceEvent]:
         if self._state is DeviceState.IDLE:
             return []
+        if self._stored:
+            return self._end(FlowEnd.FINISHED, None, sent=0)  # it keeps what it stored
         if self.answer_abort:
             return self._end(FlowEnd.ABORTED, FINISH_INTERRUPTED)
         return self._end(FlowEnd.ABORTED, None)
 
     def _end(
-        self, reason: FlowEnd, code: int | None, digits: int | None = None
+        self,
+        reason: FlowEnd,
+        code: int | None,
+        digits: int | None = None,
+        *,
+        sent: int | None = None,
     ) -> list[DeviceEvent]:
+        """End the flow, sending `finish:<code>` unless None; `sent`: the code sent earlier."""
         self._state = DeviceState.IDLE
         self._deadline = None
         self._reset_delivery()
         if code is None:
-            return [FlowEnded(reason, None)]
+            return [FlowEnded(reason, sent)]
         return [Send(format_finish(code, digits)), FlowEnded(reason, code)]
 
     def _reset_delivery(self) -> None:

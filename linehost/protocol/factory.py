@@ -7,12 +7,18 @@ from typing import Final
 
 from linehost.errors import ConfigError
 from linehost.protocol.host import HostSession
+from linehost.protocol.letters import LetterSession
 from linehost.protocol.session import JigProtocol, Timing
 
 #: Protocol name (as in the config) -> a new session for a freshly opened port.
 PROTOCOLS: Final[dict[str, Callable[[Timing], JigProtocol]]] = {
     "v1": HostSession,
+    "ecc608-letters": LetterSession,
 }
+
+#: Protocols whose devices show a bare public key (no proof of possession): `[pki]
+#: allow_without_pop` must allow them.
+WITHOUT_POP: Final = frozenset({"ecc608-letters"})
 
 
 def new_session(protocol: str, timing: Timing) -> JigProtocol:

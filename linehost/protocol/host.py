@@ -4,12 +4,20 @@ Nothing here does I/O or reads a clock. The jig runner feeds received bytes (`on
 here into lines for `on_line` / `on_line_too_long`) and the passing of time (`on_timer`),
 performs the effects returned, and answers a `KeyPresented` effect (key_proof "csr") with
 `deliver()` or `reject()`. `HostSession` implements `protocol.session.JigProtocol`.
+
+With `Timing.attest` on, a device that offers the attestation extension (v1.1) is challenged
+after its `finish:000`; the attempt ends with the challenge and the answer attached
+(`AttemptEnded.attestation`) for the provisioner to verify against the DAC it recorded.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+import secrets
 from collections import deque
+from collections.abc import Callable
 from enum import Enum, auto
 from typing import Final
 
@@ -23,6 +31,7 @@ from linehost.protocol.session import (
     SYNC_INTERVAL,
     AttemptEnded,
     AttemptStarted,
+    Attestation,
     DeviceArrived,
     Effect,
     KeyPresented,
@@ -52,6 +61,8 @@ MAX_CSR_BYTES: Final = 4096
 TRANSCRIPT_LINES: Final = 400
 TRANSCRIPT_LINE_CHARS: Final = 200
 DEFAULT_TIMING: Final = Timing()
+#: Bytes of the attestation challenge N (64 hex digits on the wire).
+NONCE_BYTES: Final = 32
 
 START: Final = wire.START_PROVISIONING
 CSR_BEGIN: Final = wire.BEGIN_CSR
@@ -61,7 +72,9 @@ _INIT: Final = wire.INIT
 _UID: Final = wire.UID_PREFIX
 _FINISH: Final = wire.FINISH_PREFIX
 _PEM_MARKERS: Final = (wire.PEM_BEGIN, wire.PEM_END)
-_PROTOCOL_PREFIXES: Final = (_UID, _FINISH, *_PEM_MARKERS)
+_START_OFFER: Final = START + " "  # `Start_provisioning <capability words>` (v1.1)
+_ATTEST_ANSWER: Final = wire.ATTEST_ANSWER_PREFIX
+_PROTOCOL_PREFIXES: Final = (_UID, _FINISH, *_PEM_MARKERS, _START_OFFER, _ATTEST_ANSWER)
 _UID_RE: Final = re.compile(re.escape(_UID) + r"([0-9A-Fa-f]{8,64})")
 _FINISH_RE: Final = re.compile(re.escape(_FINISH) + r"([0-9A-Fa-f]{3,4})")
 _BASE64_RE: Final = re.compile(r"[A-Za-z0-9+/]+={0,2}")
@@ -76,13 +89,20 @@ class Phase(Enum):
     RECEIVING_CSR = auto()
     ISSUING = auto()
     AWAITING_RESULT = auto()
+    AWAITING_ATTESTATION = auto()  # finish:000 came; the challenge is out (v1.1)
 
 
 class HostSession:
     """One jig's conversation, device after device, for as long as its port stays open."""
 
-    def __init__(self, timing: Timing = DEFAULT_TIMING) -> None:
+    def __init__(
+        self,
+        timing: Timing = DEFAULT_TIMING,
+        *,
+        entropy: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
         self.timing = timing
+        self._entropy = entropy  # a CSPRNG: every challenge must be new and unguessable
         self.phase = Phase.CLOSED
         self.uid: str | None = None
         self.deadline: float | None = None
@@ -97,6 +117,9 @@ class HostSession:
         self._transcript: deque[str] = deque(maxlen=TRANSCRIPT_LINES)
         self._framer = LineFramer()
         self._hold_new = False  # a pre step is due: a new UID yields DeviceArrived
+        self._offered = False  # the device's sync answer offered `attest`
+        self._nonce: bytes | None = None  # the challenge sent in this attempt
+        self._signature: bytes | None = None  # the device's ATTEST answer
 
     @property
     def state(self) -> JigState:
@@ -106,7 +129,7 @@ class HostSession:
     @property
     def in_attempt(self) -> bool:
         """True between a valid UID line and the attempt's end."""
-        return self.phase in (Phase.RECEIVING_CSR, Phase.ISSUING, Phase.AWAITING_RESULT)
+        return self.phase in _ATTEMPT_PHASES
 
     @property
     def idle(self) -> bool:
@@ -159,7 +182,9 @@ class HostSession:
         out: list[Effect] = []
         phase = self.phase
         if phase is Phase.SYNCING:
-            if line == START:
+            if line == START or line.startswith(_START_OFFER):
+                # Capability words follow one space; words this host does not know are ignored.
+                self._offered = wire.CAPABILITY_ATTEST in line[len(START) :].split()
                 self._unanswered_syncs = 0
                 self.phase = Phase.IDENTIFYING
                 self.deadline = now + self.timing.csr_timeout
@@ -178,6 +203,9 @@ class HostSession:
         elif phase is Phase.AWAITING_RESULT:
             self._record(line)
             self._on_result_line(line, now, out)
+        elif phase is Phase.AWAITING_ATTESTATION:
+            self._record(line)
+            self._on_attestation_line(line, now, out)
         return out
 
     def on_line_too_long(self, length: int, now: float) -> list[Effect]:
@@ -215,6 +243,10 @@ class HostSession:
                     self._end(Outcome.TIMEOUT, "csr", None, now, out)
             elif self.phase is Phase.AWAITING_RESULT:
                 self._end(Outcome.TIMEOUT, "result", None, now, out)
+            elif self.phase is Phase.AWAITING_ATTESTATION:
+                self._end(
+                    Outcome.ATTESTATION_FAILED, "no answer to Attest (timeout)", None, now, out
+                )
         return out
 
     def deliver(
@@ -225,6 +257,7 @@ class HostSession:
         *,
         cd_b64: str | None = None,
         factory_data: tuple[tuple[str, str], ...] = (),
+        root_key_pem: str | None = None,  # v1 has no line for it
     ) -> list[Effect]:
         """Send DAC, PAI, optional CD and factory data, then END; wait for the result."""
         if self.phase is not Phase.ISSUING:
@@ -306,6 +339,9 @@ class HostSession:
             self.phase = Phase.RECEIVING_CSR
             out.append(AttemptStarted(uid, now))
             self._set_state(JigState.PROVISIONING, uid, out)
+            if self.timing.attest == "require" and not self._offered:
+                # Refused before its CSR is accepted: no DAC for a device that cannot prove.
+                self._violation("attestation not offered", now, out)
         elif line.startswith(_FINISH) or line == CSR_BEGIN:
             # A device mid-flow that we never identified: make it start clean.
             out.append(SendLine(_ABORT))
@@ -359,14 +395,65 @@ class HostSession:
                 self._violation(f"malformed finish line {_head(line)!r}", now, out)
                 return
             code = int(match.group(1), 16)
-            if code == FINISH_OK:
+            if code == FINISH_OK and self._attesting:
+                self._challenge(now, out)
+            elif code == FINISH_OK:
                 self._end(Outcome.PROVISIONED, describe_finish(code), code, now, out, abort=False)
             else:
                 self._end(Outcome.DEVICE_ERROR, describe_finish(code), code, now, out, abort=False)
         elif _is_protocol_line(line):
             self._violation(f"unexpected {_head(line)!r} while waiting for finish", now, out)
 
+    def _challenge(self, now: float, out: list[Effect]) -> None:
+        nonce = self._entropy(NONCE_BYTES)
+        self._nonce = nonce
+        self._signature = None
+        out.append(SendLine(f"{wire.ATTEST_CHALLENGE_PREFIX}{nonce.hex().upper()}"))
+        self.phase = Phase.AWAITING_ATTESTATION
+        self.deadline = now + self.timing.result_timeout
+
+    def _on_attestation_line(self, line: str, now: float, out: list[Effect]) -> None:
+        failed = Outcome.ATTESTATION_FAILED
+        if line.startswith(_ATTEST_ANSWER):
+            if self._signature is not None:
+                self._end(failed, "more than one ATTEST line", None, now, out)
+                return
+            try:
+                signature = base64.b64decode(line[len(_ATTEST_ANSWER) :], validate=True)
+            except (binascii.Error, ValueError):
+                signature = b""
+            if not signature:
+                self._end(failed, f"malformed ATTEST line {_head(line)!r}", None, now, out)
+                return
+            self._signature = signature
+        elif line.startswith(_FINISH):
+            match = _FINISH_RE.fullmatch(line)
+            if match is None:
+                self._end(failed, f"malformed finish line {_head(line)!r}", None, now, out)
+                return
+            code = int(match.group(1), 16)
+            if code != FINISH_OK:
+                detail = f"{describe_finish(code)} (answer to Attest)"
+                self._end(failed, detail, code, now, out, abort=False)
+            elif self._signature is None:
+                self._end(
+                    failed, "finish:000 without an ATTEST answer", code, now, out, abort=False
+                )
+            else:
+                # Answered: the provisioner verifies it against the DAC it recorded.
+                self._end(Outcome.PROVISIONED, describe_finish(code), code, now, out, abort=False)
+        elif _is_protocol_line(line):
+            self._end(
+                failed, f"unexpected {_head(line)!r} while waiting for ATTEST", None, now, out
+            )
+
     # --- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _attesting(self) -> bool:
+        """Whether this attempt's device is challenged after its finish:000."""
+        mode = self.timing.attest
+        return mode == "require" or (mode == "when_offered" and self._offered)
 
     def _violation(self, detail: str, now: float, out: list[Effect]) -> None:
         self._end(Outcome.PROTOCOL_ERROR, detail, None, now, out)
@@ -392,12 +479,23 @@ class HostSession:
     def _finish_attempt(
         self, outcome: Outcome, detail: str, device_code: int | None, out: list[Effect]
     ) -> None:
+        attestation = None
+        if self._nonce is not None:
+            attestation = Attestation(self._nonce, self._signature)
         out.append(
             AttemptEnded(
-                self.uid, outcome, detail, device_code, self._delivered, tuple(self._transcript)
+                self.uid,
+                outcome,
+                detail,
+                device_code,
+                self._delivered,
+                tuple(self._transcript),
+                attestation,
             )
         )
         self.uid = None
+        self._nonce = None
+        self._signature = None
         self._delivered = False
         self._csr_lines = []
         self._in_csr_block = False
@@ -421,6 +519,11 @@ class HostSession:
 
     def _record(self, line: str) -> None:
         self._transcript.append(line[:TRANSCRIPT_LINE_CHARS])
+
+
+_ATTEMPT_PHASES: Final = frozenset(
+    {Phase.RECEIVING_CSR, Phase.ISSUING, Phase.AWAITING_RESULT, Phase.AWAITING_ATTESTATION}
+)
 
 
 def _is_protocol_line(line: str) -> bool:

@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     PROTOCOL_ERROR = "protocol_error"
     ISSUER_ERROR = "issuer_error"
     POST_STEP_FAILED = "post_step_failed"
+    ATTESTATION_FAILED = "attestation_failed"  # v1.1: stored a DAC, could not prove it
 
 
 class AssignmentStatus(StrEnum):
@@ -50,6 +51,7 @@ class JigState(StrEnum):
     PRE_STEP_FAILED = "pre_step_failed"  # it failed: retried after a back-off or a swap
     POST_STEP = "post_step"  # the configured post_command runs after finish:000
     WORK_ORDER_COMPLETE = "work_order_complete"  # the work order's quantity is reached
+    HELD = "held"  # a supervisor stopped the jig taking devices (OPC UA Hold) until resumed
 
 
 FINISH_OK = 0x000

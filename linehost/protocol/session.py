@@ -10,7 +10,7 @@ emits `SendBytes` and presents a bare public key (`key_proof = "none"`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 from linehost.protocol.outcomes import JigState, Outcome
 from linehost.records import KeyProof
@@ -20,16 +20,23 @@ CSR_TIMEOUT: Final = 30.0
 RESULT_TIMEOUT: Final = 30.0
 #: Unanswered sync rounds after which a jig counts as empty (releases a swap hold).
 EMPTY_AFTER_SYNCS: Final = 3
+#: Letter protocols: the pause after a command letter (or a PEM) that has no answer.
+LETTER_GAP: Final = 0.2
+
+#: `[protocol] attest`: never challenge / challenge devices that offer it / refuse the others.
+AttestMode = Literal["off", "when_offered", "require"]
 
 
 @dataclass(frozen=True, slots=True)
 class Timing:
-    """The protocol's timeouts, in seconds (`[protocol]` in the station config)."""
+    """The protocol's timeouts in seconds, and its options (`[protocol]` in the station config)."""
 
     sync_interval: float = SYNC_INTERVAL
     csr_timeout: float = CSR_TIMEOUT
     result_timeout: float = RESULT_TIMEOUT
     empty_after_syncs: int = EMPTY_AFTER_SYNCS
+    letter_gap: float = LETTER_GAP
+    attest: AttestMode = "off"  # the attestation extension (v1.1); protocols without it ignore it
 
 
 # --- effects -------------------------------------------------------------------------------
@@ -68,6 +75,7 @@ class AttemptStarted:
 
     uid: str | None
     at: float
+    key_proof: KeyProof = "csr"  # how this protocol's devices show their key
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +92,21 @@ class KeyPresented:
 
 
 @dataclass(frozen=True, slots=True)
+class Attestation:
+    """The challenge sent after `finish:000` and the device's answer (None: none came)."""
+
+    nonce: bytes  # the 32 random bytes N
+    signature: bytes | None  # DER ECDSA-SHA256 over N || SHA-256(DAC DER as stored)
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptEnded:
-    """The attempt is over; the runner records it."""
+    """The attempt is over; the runner records it.
+
+    With `attestation` set and outcome `provisioned`, the device answered the challenge: the
+    signature still has to be verified against the DAC recorded before the DAC counts as
+    confirmed (a failed check makes it `attestation_failed`).
+    """
 
     uid: str | None
     outcome: Outcome
@@ -93,6 +114,7 @@ class AttemptEnded:
     device_code: int | None
     delivered: bool  # a DAC reached the port during this attempt
     transcript: tuple[str, ...]
+    attestation: Attestation | None = None  # a challenge was sent during this attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +179,11 @@ class JigProtocol(Protocol):
         *,
         cd_b64: str | None = None,
         factory_data: tuple[tuple[str, str], ...] = (),
+        root_key_pem: str | None = None,
     ) -> list[Effect]:
-        """The assignment is recorded: send the credentials, then wait for the result."""
+        """The assignment is recorded: send the credentials, then wait for the result.
+
+        `root_key_pem` is the PAA's public key (PEM), for protocols that store it."""
         ...
 
     def reject(self, outcome: Outcome, detail: str, now: float) -> list[Effect]:

@@ -18,3 +18,9 @@ BEGIN_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
 END_CERTIFICATE: Final = "-----END CERTIFICATE-----"
 BEGIN_CSR: Final = "-----BEGIN CERTIFICATE REQUEST-----"
 END_CSR: Final = "-----END CERTIFICATE REQUEST-----"
+
+# Attestation extension (v1.1): the capability word offered in the sync answer
+# (`Start_provisioning attest`), the host's challenge and the device's answer.
+CAPABILITY_ATTEST: Final = "attest"
+ATTEST_CHALLENGE_PREFIX: Final = "Attest:"
+ATTEST_ANSWER_PREFIX: Final = "ATTEST:"

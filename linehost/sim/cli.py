@@ -11,7 +11,7 @@ from typing import Final
 
 from linehost.sim import personalities
 from linehost.sim.harness import DEFAULT_SWAP_SECONDS, SimulatedLine, parse_mix
-from linehost.sim.personalities import get_personality, personality_names
+from linehost.sim.personalities import personality_names, protocol_names
 
 #: Seconds the ports stay open after the last device, so the host can read its last answer.
 DEFAULT_LINGER: Final = 2.0
@@ -20,6 +20,13 @@ DEFAULT_LINGER: Final = 2.0
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `sim` options to `parser`."""
     parser.add_argument("--jigs", type=_positive_int, default=1, metavar="N", help="jigs (1)")
+    parser.add_argument(
+        "--protocol",
+        choices=protocol_names(),
+        default="v1",
+        help="the jig protocol the simulated firmware speaks (v1); ecc608-letters devices: "
+        f"{', '.join(personality_names('ecc608-letters'))}",
+    )
     parser.add_argument(
         "--devices",
         type=_non_negative_int,
@@ -42,6 +49,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME[:W],...",
         help="personalities dealt in these proportions (weights W, default 1), shuffled by --seed",
+    )
+    which.add_argument(
+        "--plan",
+        type=_plan,
+        default=None,
+        metavar="NAME,...;NAME,...",
+        help="exactly these devices, in order, one list per jig (sets --jigs and --devices)",
     )
     parser.add_argument(
         "--dir", default=None, metavar="DIR", help="where the port links go (default: a temp dir)"
@@ -88,8 +102,9 @@ async def run_from_args(args: argparse.Namespace) -> int:
     """Run the simulated line until its devices are done or SIGINT/SIGTERM; return the exit code."""
     if getattr(args, "reseat_seconds", None) is not None:
         personalities.RESEAT_SECONDS = args.reseat_seconds  # builders read it at lookup
+    plans = getattr(args, "plan", None)
     line = SimulatedLine(
-        args.jigs,
+        len(plans) if plans else args.jigs,
         devices_per_jig=args.devices,
         personality=args.personality or "good",
         mix=args.mix,
@@ -99,6 +114,8 @@ async def run_from_args(args: argparse.Namespace) -> int:
         swap_seconds=args.swap_seconds,
         seed=args.seed,
         baud=args.baud,
+        protocol=args.protocol,
+        plans=plans,
     )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -163,16 +180,32 @@ def _non_negative_float(text: str) -> float:
 
 
 def _personality(text: str) -> str:
-    try:
-        get_personality(text)
-    except Exception as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    _known_somewhere(text)
     return text
+
+
+def _plan(text: str) -> list[list[str]]:
+    plans = [[name.strip() for name in jig.split(",") if name.strip()] for jig in text.split(";")]
+    if not plans or not all(plans):
+        raise argparse.ArgumentTypeError(f"every jig needs at least one device: {text!r}")
+    for plan in plans:
+        _known_somewhere(",".join(plan))
+    return plans
 
 
 def _mix(text: str) -> str:
-    try:
-        parse_mix(text)
-    except Exception as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+    _known_somewhere(text)
     return text
+
+
+def _known_somewhere(mix: str) -> None:
+    """ArgumentTypeError unless some protocol's simulator knows every personality of `mix`
+    (checked against --protocol when the line is built)."""
+    problems = []
+    for protocol in protocol_names():
+        try:
+            parse_mix(mix, protocol)
+            return
+        except Exception as exc:
+            problems.append(str(exc))
+    raise argparse.ArgumentTypeError(problems[0])

@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from linehost.onboarding.spake2p import compute_verifier, is_valid_passcode
+from linehost.pki.attestation import sign_attestation
 from linehost.protocol.device import (
     FLOW_TIMEOUT,
+    ChallengeReceived,
     Delivery,
     DeliveryComplete,
     DeviceEvent,
@@ -35,7 +37,7 @@ from linehost.protocol.device import (
     Send,
 )
 from linehost.protocol.framing import LineFramer
-from linehost.protocol.wire import BEGIN_CSR, END_CSR, INIT, START_PROVISIONING
+from linehost.protocol.wire import BEGIN_CSR, CAPABILITY_ATTEST, END_CSR, INIT, START_PROVISIONING
 from linehost.sim import personalities as _knobs
 from linehost.sim.personalities import Curve, Personality
 
@@ -199,6 +201,7 @@ class Write:
 
     data: bytes
     byte_delay: float = 0.0
+    pause: float = 0.0  # seconds to wait before writing (a slow firmware between chunks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +240,7 @@ class DeviceLog:
     finished_at: float | None = None
     ended: str | None = None  # left | unplugged | cancelled (set by whoever removes the device)
     factory_data: dict[str, str] | None = None  # the `FD:` fields stored with the DAC
+    attest_nonce: str | None = None  # lower-case hex of the last challenge received (v1.1)
 
 
 class SimulatedDevice:
@@ -261,7 +265,9 @@ class SimulatedDevice:
             identity.csr_pem,
             flow_timeout=flow_timeout,
             answer_abort=personality.answer_abort,
+            capabilities=(CAPABILITY_ATTEST,) if personality.attest else (),
         )
+        self._stored_der: bytes | None = None  # the DAC as stored, for an attestation
         self._rng = rng if rng is not None else random.Random()
         self._framer = LineFramer()
         self._eol = personality.line_ending
@@ -350,13 +356,15 @@ class SimulatedDevice:
             if isinstance(event, Send):
                 if event.line == END_CSR and self.personality.csr_unclosed:
                     continue  # the block never closes
-                if event.line == START_PROVISIONING:
+                if event.line.partition(" ")[0] == START_PROVISIONING:  # offer words follow
                     started = True
                     if self.log.first_sync_at is None:
                         self.log.first_sync_at = now
                 lines.append(event.line)
             elif isinstance(event, DeliveryComplete):
                 queue.extend(self._on_delivery(event.delivery, now))
+            elif isinstance(event, ChallengeReceived):
+                queue.extend(self._on_challenge(event.nonce, now))
             elif isinstance(event, FlowEnded):
                 if self._reseat_pending and event.reason is not FlowEnd.FINISHED:
                     self._reseat_pending = False
@@ -404,9 +412,30 @@ class SimulatedDevice:
         if result.code == FINISH_OK:
             self.log.stored = result
             self.log.factory_data = dict(delivery.factory_data)
+            self._stored_der = x509.load_pem_x509_certificate(
+                delivery.dac_pem.encode("ascii")
+            ).public_bytes(serialization.Encoding.DER)
         else:
             self.log.rejected = result
         return self.session.finish(result.code, now, digits=digits)
+
+    def _on_challenge(self, nonce: bytes, now: float) -> list[DeviceEvent]:
+        """Read the DAC back and sign N || SHA-256(DAC) with the DAC key (or fail as told)."""
+        self.log.attest_nonce = nonce.hex()
+        answer = self.personality.attest_answer
+        stored = self._stored_der
+        if answer == "silent":
+            return []
+        if answer == "error" or stored is None:
+            return self.session.finish(self.personality.attest_error_code, now)
+        key = self.identity.key
+        if answer == "wrong_key":
+            key = ec.generate_private_key(ec.SECP256R1())
+        elif answer == "wrong_dac":
+            corrupted = bytearray(stored)
+            corrupted[len(corrupted) // 2] ^= 0x01  # a bit flipped in flash
+            stored = bytes(corrupted)
+        return self.session.answer_challenge(sign_attestation(key, nonce, stored), now)
 
     def _on_flow_ended(self, event: FlowEnded, now: float) -> bool:
         """Book the end of a flow; True when the operator now takes the device out."""

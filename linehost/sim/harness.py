@@ -24,6 +24,7 @@ from linehost.errors import ConfigError, PkiError
 from linehost.protocol.device import FINISH_PREFIX, FLOW_TIMEOUT, format_finish
 from linehost.sim.firmware import (
     Action,
+    DeviceIdentity,
     IdentityPool,
     Leave,
     Reseat,
@@ -32,6 +33,7 @@ from linehost.sim.firmware import (
     Write,
     random_uid,
 )
+from linehost.sim.letters import LetterDevice
 from linehost.sim.personalities import Personality, get_personality
 from linehost.sim.pty import PtyPort, ensure_fd_limit
 
@@ -49,6 +51,9 @@ _TRACKED_UID_DIGITS: Final = 16
 MANIFEST_NAME: Final = "ports.json"
 
 _T = TypeVar("_T")
+
+#: A device in a simulated jig, whichever protocol its firmware speaks.
+SimDevice = SimulatedDevice | LetterDevice
 
 
 @dataclass(slots=True)
@@ -76,6 +81,9 @@ class DeviceRecord:
     left_at: str
     reseats: int = 0  # times the operator took it out and put the same device back
     factory_data: dict[str, str] | None = None  # `FD:` fields stored with the DAC (onboarding)
+    protocol: str = "v1"  # the jig protocol its firmware speaks
+    attest_offered: bool = False  # offered the attestation extension (v1.1)
+    attest_nonce: str | None = None  # lower-case hex of the challenge it received, if any
 
     def to_json(self) -> str:
         """One JSONL line (without the newline)."""
@@ -104,13 +112,26 @@ class DeviceFactory:
         self._presented: deque[tuple[str, ec.EllipticCurvePrivateKey]] = deque(
             maxlen=CLONE_CANDIDATES
         )
+        # Provisioned letter devices by jig: a `returning` (locked) chip comes back elsewhere.
+        self._returnable: deque[tuple[str, str, ec.EllipticCurvePrivateKey]] = deque(
+            maxlen=CLONE_CANDIDATES
+        )
+        self._last_on: dict[str, str] = {}  # jig -> UID of the device that left it last
 
     def make(
         self, personality: Personality, *, jig: str, index: int
-    ) -> tuple[SimulatedDevice, str | None]:
+    ) -> tuple[SimDevice, str | None]:
         """A new device and, for a clone, the UID whose key it presents."""
         rng = random.Random(f"{self.seed}/{jig}/{index}" if self.seed is not None else None)
         uid = random_uid(rng, personality.uid_digits)
+        if personality.returning:
+            # Not the device just finished in this jig: the host would see no swap.
+            last = self._last_on.get(jig)
+            elsewhere = [(u, k) for _, u, k in self._returnable if u != last]
+            if elsewhere:
+                uid, locked = rng.choice(elsewhere)
+                identity = self.identities.make(uid, key=locked)
+                return self._device(identity, personality, rng), uid
         if personality.uid_digits < _TRACKED_UID_DIGITS:
             while uid in self._uids:
                 uid = random_uid(rng, personality.uid_digits)
@@ -129,14 +150,29 @@ class DeviceFactory:
         )
         if key is None and personality.curve == "P-256":
             self._presented.append((uid, identity.key))
-        device = SimulatedDevice(
-            identity, personality, rng=rng, paa=self.paa, flow_timeout=self.flow_timeout
-        )
-        return device, cloned_from
+        return self._device(identity, personality, rng), cloned_from
 
-    def provisioned(self, device: SimulatedDevice) -> None:
+    def provisioned(self, device: SimDevice, jig: str = "") -> None:
         """Remember a device that stored a DAC, as a source for cloned keys."""
         self._provisioned.append((device.identity.uid, device.identity.key))
+        if isinstance(device, LetterDevice) and device.log.finish_codes:
+            # Told `q`: the host confirmed it; its chip stays locked with that key.
+            self._returnable.append((jig, device.identity.uid, device.identity.key))
+
+    def left(self, device: SimDevice, jig: str) -> None:
+        """`device` left `jig` (the last device the host saw there)."""
+        self._last_on[jig] = device.identity.uid
+
+    def _device(
+        self, identity: DeviceIdentity, personality: Personality, rng: random.Random
+    ) -> SimDevice:
+        if personality.protocol == "ecc608-letters":
+            return LetterDevice(
+                identity, personality, rng=rng, paa=self.paa, flow_timeout=self.flow_timeout
+            )
+        return SimulatedDevice(
+            identity, personality, rng=rng, paa=self.paa, flow_timeout=self.flow_timeout
+        )
 
 
 class SimulatedJig:
@@ -163,7 +199,7 @@ class SimulatedJig:
         self.baud = baud
         self.factory = factory if factory is not None else DeviceFactory()
         self.records: deque[DeviceRecord] = deque(maxlen=JIG_RECORDS_KEPT)  # the most recent
-        self.current: SimulatedDevice | None = None
+        self.current: SimDevice | None = None
         self._plan: Iterator[Personality] = iter(plan)
         self._on_record = on_record
         self._port = PtyPort(self.path, self._on_data)
@@ -303,7 +339,9 @@ class SimulatedJig:
     def _is_slow(self, action: Action) -> bool:
         if isinstance(action, Unplug | Reseat):
             return True
-        return isinstance(action, Write) and (action.byte_delay > 0 or self.baud is not None)
+        return isinstance(action, Write) and (
+            action.byte_delay > 0 or action.pause > 0 or self.baud is not None
+        )
 
     async def _drain(self) -> None:
         try:
@@ -327,6 +365,8 @@ class SimulatedJig:
 
     async def _write_paced(self, action: Write) -> None:
         data = action.data
+        if action.pause > 0:
+            await asyncio.sleep(action.pause)
         if action.byte_delay > 0:
             per_byte = action.byte_delay + (10 / self.baud if self.baud else 0.0)
             for i in range(len(data)):
@@ -391,13 +431,14 @@ class SimulatedJig:
         self._timer_at = None
         device.log.ended = how
         if device.log.stored is not None:
-            self.factory.provisioned(device)
+            self.factory.provisioned(device, self.name)
+        self.factory.left(device, self.name)
         record = self._record(device, how)
         self.records.append(record)
         if self._on_record is not None:
             self._on_record(record)
 
-    def _record(self, device: SimulatedDevice, how: str) -> DeviceRecord:
+    def _record(self, device: SimDevice, how: str) -> DeviceRecord:
         log = device.log
         now_wall = time.time()
         try:
@@ -428,10 +469,15 @@ class SimulatedJig:
             left_at=_iso(now_wall),
             reseats=log.reseats,
             factory_data=dict(log.factory_data) if log.factory_data is not None else None,
+            protocol=device.personality.protocol,
+            attest_offered=device.personality.attest,
+            attest_nonce=log.attest_nonce,
         )
 
 
-def parse_mix(mix: str | Sequence[str | Personality]) -> list[tuple[Personality, int]]:
+def parse_mix(
+    mix: str | Sequence[str | Personality], protocol: str = "v1"
+) -> list[tuple[Personality, int]]:
     """`"good:8,noisy:1"` (or a list of names / personalities) -> weighted personalities."""
     items: Sequence[str | Personality] = (
         [part for part in mix.split(",") if part.strip()] if isinstance(mix, str) else mix
@@ -448,7 +494,7 @@ def parse_mix(mix: str | Sequence[str | Personality]) -> list[tuple[Personality,
             raise ConfigError(f"bad weight in personality mix: {item!r}") from None
         if count < 1:
             raise ConfigError(f"bad weight in personality mix: {item!r}")
-        out.append((get_personality(name.strip()), count))
+        out.append((get_personality(name.strip(), protocol), count))
     if not out:
         raise ConfigError("empty personality mix")
     return out
@@ -460,9 +506,10 @@ def plan_personalities(
     mix: str | Sequence[str | Personality],
     *,
     seed: int | None = None,
+    protocol: str = "v1",
 ) -> list[list[Personality]]:
     """Deal `jigs * devices_per_jig` devices in the mix's proportions, shuffled, to the jigs."""
-    weighted = parse_mix(mix)
+    weighted = parse_mix(mix, protocol)
     pool = [p for p, count in weighted for _ in range(count)]
     rng = random.Random(seed)
     total = jigs * devices_per_jig
@@ -475,8 +522,10 @@ def plan_personalities(
     return [deck[j:total:jigs] for j in range(jigs)]
 
 
-def _endless(mix: str | Sequence[str | Personality], seed: str | None) -> Iterator[Personality]:
-    weighted = parse_mix(mix)
+def _endless(
+    mix: str | Sequence[str | Personality], seed: str | None, protocol: str = "v1"
+) -> Iterator[Personality]:
+    weighted = parse_mix(mix, protocol)
     people = [p for p, _ in weighted]
     weights = [w for _, w in weighted]
     rng = random.Random(seed)
@@ -503,6 +552,8 @@ class SimulatedLine:
         flow_timeout: float = FLOW_TIMEOUT,
         jig_prefix: str = "j",
         pregenerate: bool = True,
+        protocol: str = "v1",
+        plans: Sequence[Sequence[str]] | None = None,
     ) -> None:
         if jigs < 1:
             raise ConfigError("a simulated line needs at least one jig")
@@ -513,7 +564,17 @@ class SimulatedLine:
         if baud is not None and baud <= 0:
             raise ConfigError("baud must be > 0")
         mix_spec: str | Sequence[str | Personality] = mix if mix is not None else [personality]
-        parse_mix(mix_spec)  # fail early on unknown names
+        self.protocol = protocol  # the jig protocol every simulated device speaks
+        parse_mix(mix_spec, protocol)  # fail early on unknown names
+        # Explicit device sequences, one per jig (`--plan`): override devices_per_jig and mix.
+        self._fixed_plans = (
+            [[get_personality(name, protocol) for name in plan] for plan in plans]
+            if plans is not None
+            else None
+        )
+        if self._fixed_plans is not None:
+            jigs = len(self._fixed_plans)
+            devices_per_jig = max((len(p) for p in self._fixed_plans), default=0)
         self.jig_names = [f"{jig_prefix}{i}" for i in range(1, jigs + 1)]
         self.devices_per_jig = devices_per_jig
         self.swap_seconds = swap_seconds
@@ -631,13 +692,21 @@ class SimulatedLine:
         await self.aclose()
 
     def _plans(self) -> list[Iterable[Personality]]:
+        if self._fixed_plans is not None:
+            return list(self._fixed_plans)
         jigs = len(self.jig_names)
         if self.devices_per_jig is None:
             return [
-                _endless(self._mix, None if self.seed is None else f"{self.seed}/{name}")
+                _endless(
+                    self._mix, None if self.seed is None else f"{self.seed}/{name}", self.protocol
+                )
                 for name in self.jig_names
             ]
-        return list(plan_personalities(jigs, self.devices_per_jig, self._mix, seed=self.seed))
+        return list(
+            plan_personalities(
+                jigs, self.devices_per_jig, self._mix, seed=self.seed, protocol=self.protocol
+            )
+        )
 
     def _on_record(self, record: DeviceRecord) -> None:
         self.records.append(record)

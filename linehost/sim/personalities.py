@@ -39,8 +39,20 @@ MAX_ABORTED_FLOWS = 2
 #: Seconds a `reseated_after_silence` device stays out of the jig before the operator puts it
 #: back; must exceed the host's `empty_after_syncs` unanswered Init rounds (3 x 1 s by default).
 RESEAT_SECONDS = 5.0
+#: ecc608-letters: seconds a `slow_chunks` device pauses before each read-back chunk.
+SLOW_CHUNK_PAUSE = 0.1
+#: ecc608-letters: seconds after `v` until an `unplug` device's port vanishes.
+UNPLUG_AFTER_DELIVERY = 0.05
+#: ecc608-letters: seconds a `silent_after_q` device stays (deaf) in the jig after `q`.
+SILENT_AFTER_Q_SECONDS = 3.0
 
 Curve = Literal["P-256", "P-384"]
+#: How an attesting device answers the host's `Attest:` challenge (jig protocol v1.1):
+#: sign: correctly; wrong_key: signs with another key; wrong_dac: signs over a corrupted copy of
+#: the stored DAC; silent: never answers; error: answers `finish:<attest_error_code>`.
+AttestAnswer = Literal["sign", "wrong_key", "wrong_dac", "silent", "error"]
+#: What an `attest_error` device answers to a challenge (it cannot read its DAC back).
+ATTEST_ERROR_CODE = 0x001
 
 BOOT_BANNER: Final = (
     "ESP-ROM:esp32c3-api1-20210207",
@@ -84,6 +96,16 @@ class Personality:
     reseat_seconds: float = 0.0
     uid_digits: int = 16
     uid_lowercase: bool = False
+    # --- ecc608-letters devices (protocol = "ecc608-letters") ---
+    protocol: str = "v1"  # the jig protocol the simulated firmware speaks
+    chunk_pause: float = 0.0  # > 0: seconds before each read-back chunk
+    corrupt_readback: bool = False  # `p` prints the DAC with one character changed
+    returning: bool = False  # a locked chip back again: serial and key of a provisioned device
+    unplug_after_delivery: float | None = None  # seconds after `v` until the port vanishes
+    stay_after_quit: float = 0.0  # seconds it stays, deaf, in the jig after `q`
+    attest: bool = False  # offers the attestation extension: `Start_provisioning attest`
+    attest_answer: AttestAnswer = "sign"
+    attest_error_code: int = ATTEST_ERROR_CODE
 
     def __post_init__(self) -> None:
         if not 8 <= self.uid_digits <= 64:
@@ -103,20 +125,31 @@ class Personality:
 PersonalityBuilder = Callable[[], Personality]
 
 _REGISTRY: dict[str, PersonalityBuilder] = {}
+#: Personalities of devices speaking another jig protocol, per protocol name.
+_OTHER_REGISTRIES: dict[str, dict[str, PersonalityBuilder]] = {"ecc608-letters": {}}
 _FINISH_NAME = re.compile(r"finish_([0-9A-Fa-f]{3,4})")
 
 
-def register(name: str, build: PersonalityBuilder | Personality) -> None:
+def register(name: str, build: PersonalityBuilder | Personality, *, protocol: str = "v1") -> None:
     """Add (or replace) a named personality; a builder is called at every lookup."""
+    registry = _REGISTRY if protocol == "v1" else _OTHER_REGISTRIES.setdefault(protocol, {})
     if isinstance(build, Personality):
         fixed = build
-        _REGISTRY[name] = lambda: fixed
+        registry[name] = lambda: fixed
     else:
-        _REGISTRY[name] = build
+        registry[name] = build
 
 
-def get_personality(name: str) -> Personality:
+def get_personality(name: str, protocol: str = "v1") -> Personality:
     """The personality called `name`; `finish_<hex>` works for any code. ConfigError if unknown."""
+    if protocol != "v1":
+        other = _OTHER_REGISTRIES.get(protocol)
+        if other is None:
+            raise ConfigError(f"unknown jig protocol {protocol!r}")
+        if name in other:
+            return other[name]()
+        known = ", ".join(personality_names(protocol))
+        raise ConfigError(f"unknown {protocol} device personality {name!r} (known: {known})")
     build = _REGISTRY.get(name)
     if build is not None:
         return build()
@@ -127,9 +160,16 @@ def get_personality(name: str) -> Personality:
     raise ConfigError(f"unknown device personality {name!r} (known: {known})")
 
 
-def personality_names() -> list[str]:
-    """Every registered name, sorted."""
+def personality_names(protocol: str = "v1") -> list[str]:
+    """Every registered name of devices speaking `protocol`, sorted."""
+    if protocol != "v1":
+        return sorted(_OTHER_REGISTRIES.get(protocol, {}))
     return sorted(_REGISTRY)
+
+
+def protocol_names() -> list[str]:
+    """The jig protocols the simulator speaks."""
+    return ["v1", *sorted(_OTHER_REGISTRIES)]
 
 
 def _finish(code: int) -> Personality:
@@ -225,3 +265,110 @@ register(
     ),
 )
 register("lower_uid", Personality("lower_uid", "sends its UID in lower case", uid_lowercase=True))
+
+# The attestation extension (v1.1): each of these offers it; a v1 personality (`good`) does not.
+register("attest", Personality("attest", "offers attestation and proves its DAC", attest=True))
+register(
+    "attest_wrong_key",
+    Personality(
+        "attest_wrong_key",
+        "offers attestation, signs the challenge with a key that is not its DAC key",
+        attest=True,
+        attest_answer="wrong_key",
+    ),
+)
+register(
+    "attest_wrong_dac",
+    Personality(
+        "attest_wrong_dac",
+        "offers attestation, signs over a corrupted copy of its stored DAC",
+        attest=True,
+        attest_answer="wrong_dac",
+    ),
+)
+register(
+    "attest_silent",
+    Personality(
+        "attest_silent",
+        "offers attestation, never answers the challenge",
+        attest=True,
+        attest_answer="silent",
+    ),
+)
+register(
+    "attest_error",
+    lambda: Personality(
+        "attest_error",
+        f"offers attestation, answers the challenge with finish:{ATTEST_ERROR_CODE:03X}",
+        attest=True,
+        attest_answer="error",
+        attest_error_code=ATTEST_ERROR_CODE,
+    ),
+)
+
+# --- ECC608 letter-protocol devices (`linehost sim --protocol ecc608-letters`) -----------------
+LETTERS: Final = "ecc608-letters"
+
+
+def _letters(name: str, description: str, **knobs: object) -> Personality:
+    return Personality(name, description, protocol=LETTERS, uid_digits=18, **knobs)  # type: ignore[arg-type]
+
+
+register("good", _letters("good", "well-behaved ECC608 firmware"), protocol=LETTERS)
+register(
+    "noisy",
+    lambda: _letters(
+        "noisy", "log lines between answers and between read-back chunks", noise=NOISE_PROBABILITY
+    ),
+    protocol=LETTERS,
+)
+register(
+    "slow_chunks",
+    lambda: _letters(
+        "slow_chunks",
+        "read-back chunks come slowly, one every SLOW_CHUNK_PAUSE seconds",
+        chunk_pause=SLOW_CHUNK_PAUSE,
+    ),
+    protocol=LETTERS,
+)
+register(
+    "readback_corrupt",
+    _letters("readback_corrupt", "reads back a corrupted DAC", corrupt_readback=True),
+    protocol=LETTERS,
+)
+register(
+    "locked",
+    _letters(
+        "locked",
+        "an already locked chip back in the line: the serial and key of a device provisioned "
+        "before, the same key on every k",
+        returning=True,
+    ),
+    protocol=LETTERS,
+)
+register(
+    "cloned_key",
+    _letters(
+        "cloned_key", "a new serial with the key of a device provisioned before", clone_key=True
+    ),
+    protocol=LETTERS,
+)
+register(
+    "unplug",
+    lambda: _letters(
+        "unplug",
+        "the port vanishes mid-delivery (after v) and returns with the next device",
+        unplug_after_delivery=UNPLUG_AFTER_DELIVERY,
+        unplug_seconds=UNPLUG_SECONDS,
+    ),
+    protocol=LETTERS,
+)
+register(
+    "silent_after_q",
+    lambda: _letters(
+        "silent_after_q",
+        "stays in the jig, silent, for a while after q",
+        stay_after_quit=SILENT_AFTER_Q_SECONDS,
+    ),
+    protocol=LETTERS,
+)

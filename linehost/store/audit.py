@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from linehost.store.controls import ControlReads
 from linehost.store.exports import Exports
 from linehost.store.floor import FloorReads
 from linehost.store.migrate import open_current
 from linehost.store.verification import Verification
 
 
-class Audit(Exports, Verification, FloorReads):
-    """Exports, histories, integrity checks and floor reads over a database (never writes)."""
+class Audit(Exports, Verification, FloorReads, ControlReads):
+    """Exports, histories, integrity checks, floor reads and supervisor calls (never writes)."""
 
     @classmethod
     async def open(cls, url: str) -> Audit:

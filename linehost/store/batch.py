@@ -76,6 +76,8 @@ class Batch:
         self.results: list[str] = []
         self.sent: list[tuple[list[int], datetime]] = []
         self.work_orders: dict[str, tuple[int, int]] = {}  # id -> (quantity, claimed)
+        self.closed_work_orders: dict[str, datetime] = {}  # id -> closed_at
+        self.work_order_changes: list[dict[str, Any]] = []  # opened (no claimed) / closed
         self.slots: defaultdict[str, int] = defaultdict(int)  # id -> slots taken (+) / freed (-)
         self.onboarding = OnboardingBook(now)
         self.revoked: set[str] = set()  # serials of loaded assignments whose DAC is revoked
@@ -84,11 +86,13 @@ class Batch:
         one_of = _one_of_for(conn)
         if wants.work_orders:
             t = work_orders
-            stmt = select(t.c.id, t.c.quantity, t.c.claimed).where(
+            stmt = select(t.c.id, t.c.quantity, t.c.claimed, t.c.closed_at).where(
                 one_of(t.c.id, wants.work_orders)
             )
             for row in await _fetch(conn, stmt):
                 self.work_orders[row.id] = (int(row.quantity), int(row.claimed))
+                if row.closed_at is not None:
+                    self.closed_work_orders[row.id] = row.closed_at
         await self.onboarding.load(conn, wants.onboarding_uids, wants.onboarding)
         if self.single_statement and conn.dialect.name == "postgresql":
             await pgflush.load(self, conn, wants)
@@ -170,6 +174,16 @@ class Batch:
     def audit(self, entity: str, entity_id: str, event: str, data: dict[str, Any]) -> None:
         self.events.append(AuditEvent(entity, entity_id, event, data))
 
+    def open_work_order(self, work_order: str, quantity: int) -> None:
+        """Insert a new work order at flush (the caller checked it is not there)."""
+        self.work_orders[work_order] = (quantity, 0)
+        self.work_order_changes.append({"id": work_order, "quantity": quantity})
+
+    def close_work_order(self, work_order: str, by: str) -> None:
+        """Close the work order at flush (a guarded UPDATE): it takes no more devices."""
+        self.closed_work_orders[work_order] = self.now
+        self.work_order_changes.append({"id": work_order, "closed_by": by})
+
     def claim_slot(self, work_order: str) -> None:
         """Take one slot of the work order (a guarded UPDATE at flush; unknown: unlimited)."""
         self.slots[work_order] += 1
@@ -220,25 +234,24 @@ class Batch:
                 "jig": row.jig,
                 "work_order": row.work_order,
                 "started_at": iso_utc(row.started_at),
+                "key_proof": row.key_proof,
             },
         )
         return row
 
     def end_attempt(self, row: AttemptRow, **values: Any) -> None:
         row.set(**values)
-        self.audit(
-            "attempt",
-            row.attempt_id,
-            "attempt_ended",
-            {
-                "uid": row.uid,
-                "outcome": row.outcome,
-                "detail": row.detail,
-                "device_code": row.device_code,
-                "dac_serial": row.dac_serial,
-                "ended_at": iso_utc(row.ended_at),
-            },
-        )
+        data = {
+            "uid": row.uid,
+            "outcome": row.outcome,
+            "detail": row.detail,
+            "device_code": row.device_code,
+            "dac_serial": row.dac_serial,
+            "ended_at": iso_utc(row.ended_at),
+        }
+        if row.attest_nonce is not None:  # the attestation evidence joins the audit chain
+            data |= {"attest_nonce": row.attest_nonce, "attest_signature": row.attest_signature}
+        self.audit("attempt", row.attempt_id, "attempt_ended", data)
         # The outbox keeps the contract attempt record as JSON; the relay makes the message.
         self.results.append(json.dumps(row.record(), separators=(",", ":"), ensure_ascii=False))
 
@@ -251,7 +264,7 @@ class Batch:
         pg = conn.dialect.name == "postgresql"
         if self.single_statement and pg and pgflush.fits(self):
             return await pgflush.flush(self, conn, head, topic=RESULTS_TOPIC)
-        await self.move_slots(conn)
+        await self.write_work_orders(conn)
         # Existing assignments first: they only ever leave the live set, which frees
         # the key / UID for a new assignment inserted below.
         await self.update_assignments(conn)
@@ -290,6 +303,12 @@ class Batch:
             )
         return head
 
+    async def write_work_orders(self, conn: AsyncConnection) -> None:
+        """Work orders opened, this batch's slot claims, work orders closed: in that order."""
+        await self._change_work_orders(conn, opened=True)  # before the claims on them
+        await self.move_slots(conn)
+        await self._change_work_orders(conn, opened=False)  # after this batch's claims
+
     async def update_assignments(self, conn: AsyncConnection) -> None:
         """UPDATE the changed columns of the assignments already stored."""
         await _update_changed(conn, assignments, assignments.c.id, self.assignments.values())
@@ -302,12 +321,35 @@ class Batch:
                 continue
             stmt = update(t).where(t.c.id == work_order).values(claimed=t.c.claimed + delta)
             if delta > 0:
-                stmt = stmt.where(t.c.claimed + delta <= t.c.quantity)
+                # A work order closed by another host since our read takes no claim either.
+                stmt = stmt.where(t.c.claimed + delta <= t.c.quantity, t.c.closed_at.is_(None))
             else:
                 stmt = stmt.where(t.c.claimed + delta >= 0)
             result = await conn.execute(stmt)
             if delta > 0 and result.rowcount != 1:
                 raise SlotRace(work_order)
+
+    async def _change_work_orders(self, conn: AsyncConnection, *, opened: bool) -> None:
+        """Insert the work orders opened (`opened`) or close the ones closed in this batch."""
+        t = work_orders
+        for change in self.work_order_changes:
+            if ("quantity" in change) is not opened:
+                continue
+            if opened:
+                await conn.execute(
+                    insert(t).values(
+                        id=change["id"], quantity=change["quantity"], claimed=0,
+                        created_at=self.now,
+                    )
+                )  # fmt: skip
+                continue
+            stmt = (
+                update(t)
+                .where(t.c.id == change["id"], t.c.closed_at.is_(None))
+                .values(closed_at=self.now, closed_by=change["closed_by"])
+            )
+            if (await conn.execute(stmt)).rowcount != 1:
+                raise SlotRace(change["id"])  # closed by another host since our read
 
     async def _append_audit(
         self, conn: AsyncConnection, head: ChainHead | None

@@ -10,6 +10,8 @@ from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 
 #: The detail of an attempt refused because its work order has no slot left (issue 8).
 WORK_ORDER_COMPLETE: Final = "work order complete"
+#: The detail of an attempt refused because a supervisor closed its work order.
+WORK_ORDER_CLOSED: Final = "work order closed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +84,26 @@ def decide_assign(
 
 
 def decide_quota(
-    decision: AssignDecision, work_order: str, quantity: int, claimed: int, freed: int
+    decision: AssignDecision,
+    work_order: str,
+    quantity: int,
+    claimed: int,
+    freed: int,
+    *,
+    closed: bool = False,
 ) -> AssignDecision:
     """`decision`, or a quota_full refusal when it would issue a DAC beyond the work order's
-    `quantity` (`claimed` slots taken so far, `freed` of them given back by its supersedes)."""
-    if decision.kind != "issue" or claimed - freed < quantity:
+    `quantity` (`claimed` slots taken so far, `freed` of them given back by its supersedes)
+    or for a work order that is `closed`."""
+    if decision.kind != "issue":
+        return decision
+    if closed:
+        return AssignDecision(
+            kind="quota_full",
+            outcome=Outcome.ISSUER_ERROR,
+            detail=f"{WORK_ORDER_CLOSED}: {work_order} takes no more devices",
+        )
+    if claimed - freed < quantity:
         return decision
     return AssignDecision(
         kind="quota_full",

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from linehost.records import iso_utc
 from linehost.store.models import assignments, attempts, jig_status, outbox, work_orders
 from linehost.store.reader import Reader, equal
 
@@ -33,6 +34,8 @@ class FloorReads(Reader):
             "work_order": work_order,
             "quantity": int(wo[0]["quantity"]) if wo else None,
             "claimed": int(wo[0]["claimed"]) if wo else None,
+            "closed_at": wo[0]["closed_at"] if wo else None,
+            "closed_by": wo[0]["closed_by"] if wo else None,
             "assignments": {row["status"]: int(row["n"]) for row in by_status},
             "attempts": {row["outcome"] or "running": int(row["n"]) for row in by_outcome},
         }
@@ -69,4 +72,5 @@ def summarise(progress: dict[str, Any] | None, work_order: str, quantity: int) -
         "post_step_failed": outcomes.get("post_step_failed", 0),
         "attempts": dict(sorted(outcomes.items())),
         "devices": dict(sorted(statuses.items())),
+        "closed_at": iso_utc(progress.get("closed_at")),
     }

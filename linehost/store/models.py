@@ -54,7 +54,7 @@ def _in_list(values: list[str]) -> str:
 
 OUTCOME_CHECK = f"outcome IS NULL OR outcome IN ({_in_list([o.value for o in Outcome])})"
 STATUS_CHECK = f"status IN ({_in_list([s.value for s in AssignmentStatus])})"
-ENTITY_CHECK = "entity IN ('attempt', 'assignment')"
+ENTITY_CHECK = "entity IN ('attempt', 'assignment', 'control')"
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -111,6 +111,8 @@ class Assignment(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
     bundle_entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    # How the device showed the key this DAC carries: "csr" (proof of possession) or "none".
+    key_proof: Mapped[str] = mapped_column(String(8), server_default=text("'csr'"))
 
     __table_args__ = (
         CheckConstraint(STATUS_CHECK, name="status"),
@@ -156,6 +158,10 @@ class Attempt(Base):
     started_at: Mapped[datetime] = mapped_column(UtcDateTime)
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     transcript: Mapped[str] = mapped_column(Text)
+    key_proof: Mapped[str] = mapped_column(String(8), server_default=text("'csr'"))
+    # The attestation extension (v1.1): the challenge N (hex) and the device's answer (base64).
+    attest_nonce: Mapped[str | None] = mapped_column(String(64))
+    attest_signature: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(OUTCOME_CHECK, name="outcome"),
@@ -317,6 +323,8 @@ class WorkOrder(Base):
     quantity: Mapped[int] = mapped_column(BigInteger)
     claimed: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    closed_at: Mapped[datetime | None] = mapped_column(UtcDateTime)  # no more devices after it
+    closed_by: Mapped[str | None] = mapped_column(String(128))  # who closed it (OPC UA user)
 
     __table_args__ = (
         CheckConstraint("quantity > 0", name="quantity"),

@@ -198,8 +198,9 @@ class AssignOp(Op[AssignResult]):
         )
         quantity, claimed = known
         return decide_quota(
-            decision, work_order, quantity, claimed + batch.slots[work_order], freed
-        )
+            decision, work_order, quantity, claimed + batch.slots[work_order], freed,
+            closed=work_order in batch.closed_work_orders,
+        )  # fmt: skip
 
     def _insert(self, batch: Batch, attempt: AttemptRow, extra: dict[str, Any]) -> AssignmentRow:
         """Record the candidate as a new `issued` assignment of this attempt."""
@@ -226,6 +227,7 @@ class AssignOp(Op[AssignResult]):
             confirmed_at=None,
             updated_at=batch.now,
             bundle_entry_id=dac.bundle_entry_id,
+            key_proof=req.key_proof,
         )
         batch.add_assignment(row)
         _bind(attempt, row)
@@ -243,6 +245,7 @@ class AssignOp(Op[AssignResult]):
             work_order=row.work_order,
             issued_at=iso_utc(row.issued_at),
             bundle_entry_id=row.bundle_entry_id,
+            key_proof=row.key_proof,
             **extra,
         )
         return row
@@ -312,6 +315,8 @@ class EndOp(Op[None]):
             dac_serial=dac_serial,
             ended_at=end.ended_at,
             transcript=end.transcript,
+            attest_nonce=end.attest_nonce,
+            attest_signature=end.attest_signature,
         )
         if assignment is not None:
             requested = end.assignment_status

@@ -18,9 +18,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
+from linehost.store.models import assignments, attempts, audit_log
 from linehost.store.rows import ASSIGNMENT_COLUMNS, ATTEMPT_COLUMNS, AssignmentRow, AttemptRow
 
 if TYPE_CHECKING:
@@ -28,29 +30,26 @@ if TYPE_CHECKING:
 
 #: Attempt columns an operation may change on an attempt that is already stored (EndOp,
 #: RecoverOp); a change outside them sends the batch to the generic flush.
-ATTEMPT_UPDATE: Final = ("outcome", "detail", "device_code", "dac_serial", "ended_at", "transcript")
+ATTEMPT_UPDATE: Final = (
+    "outcome", "detail", "device_code", "dac_serial", "ended_at", "transcript",
+    "attest_nonce", "attest_signature",
+)  # fmt: skip
 #: The same for assignments (status moves: Batch.set_status).
 ASSIGNMENT_UPDATE: Final = ("status", "updated_at", "confirmed_at")
 
-_ASSIGNMENT_INSERT: Final = (
-    ("uid", "text"), ("status", "text"), ("dac_serial", "text"), ("dac_sha256", "text"),
-    ("dac_pem", "text"), ("public_key_sha256", "text"), ("pai_sha256", "text"), ("vid", "text"),
-    ("pid", "text"), ("line", "text"), ("station", "text"), ("jig", "text"),
-    ("attempt_id", "text"), ("work_order", "text"), ("issued_at", "timestamptz"),
-    ("confirmed_at", "timestamptz"), ("updated_at", "timestamptz"), ("bundle_entry_id", "bigint"),
-)  # fmt: skip
-_ATTEMPT_INSERT: Final = (
-    ("attempt_id", "text"), ("line", "text"), ("station", "text"), ("jig", "text"),
-    ("uid", "text"), ("outcome", "text"), ("detail", "text"), ("device_code", "integer"),
-    ("dac_serial", "text"), ("assignment_id", "bigint"), ("work_order", "text"),
-    ("started_at", "timestamptz"), ("ended_at", "timestamptz"), ("transcript", "text"),
-)  # fmt: skip
-_ATTEMPT_UPDATE_TYPES: Final = ("text", "text", "integer", "text", "timestamptz", "text")
-_AUDIT_INSERT: Final = (
-    ("line", "text"), ("seq", "bigint"), ("at", "timestamptz"), ("entity", "text"),
-    ("entity_id", "text"), ("event", "text"), ("data", "text"), ("prev_hash", "text"),
-    ("row_hash", "text"),
-)  # fmt: skip
+_PG: Final = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _pg_type(column: Any) -> str:
+    """The column's PostgreSQL type, for an array cast (`$n::TYPE[]`)."""
+    return str(column.type.compile(dialect=_PG))
+
+
+# From the tables themselves: a column added to a model is written here too.
+_ASSIGNMENT_INSERT: Final = tuple((c.name, _pg_type(c)) for c in assignments.c if c.name != "id")
+_ATTEMPT_INSERT: Final = tuple((c.name, _pg_type(c)) for c in attempts.c)
+_ATTEMPT_UPDATE_TYPES: Final = tuple(_pg_type(attempts.c[name]) for name in ATTEMPT_UPDATE)
+_AUDIT_INSERT: Final = tuple((c.name, _pg_type(c)) for c in audit_log.c if c.name != "id")
 
 
 class _Params:
@@ -162,7 +161,7 @@ SELECT 2, {att_null}, {asg_out}, asg.revoked FROM asg
 
 
 _ATTEMPT_TYPES: Final = dict(_ATTEMPT_INSERT)
-_ASSIGNMENT_TYPES: Final = {"id": "bigint", **dict(_ASSIGNMENT_INSERT)}
+_ASSIGNMENT_TYPES: Final = {c.name: _pg_type(c) for c in assignments.c}
 LOAD_SQL: Final = _build_load()
 
 
@@ -248,7 +247,7 @@ async def flush(
     i += len(_AUDIT_INSERT)
     ob_line, ob_payload, ob_at, ob_topic, sent_id, sent_line, sent_at = columns[i : i + 7]
 
-    await batch.move_slots(conn)
+    await batch.write_work_orders(conn)
     if supersedes(batch):
         await batch.update_assignments(conn)  # first: frees the key / UID for the insert
     else:

@@ -33,6 +33,7 @@ class AssignmentRow:
     confirmed_at: datetime | None
     updated_at: datetime
     bundle_entry_id: int | None
+    key_proof: str = "csr"
     changes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -76,9 +77,12 @@ class AttemptRow:
     work_order: str | None
     started_at: datetime
     ended_at: datetime | None
+    key_proof: str = "csr"
     is_new: bool = False
     assignment: AssignmentRow | None = None  # an assignment inserted in this batch
     transcript: str = ""
+    attest_nonce: str | None = None
+    attest_signature: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -102,6 +106,7 @@ class AttemptRow:
             work_order=start.work_order,
             started_at=start.started_at,
             ended_at=None,
+            key_proof=start.key_proof,
             is_new=True,
         )
 
@@ -122,6 +127,9 @@ class AttemptRow:
                 "started_at": self.started_at,
                 "ended_at": self.ended_at,
                 "work_order": self.work_order,
+                "key_proof": self.key_proof,
+                "attest_nonce": self.attest_nonce,
+                "attest_signature": self.attest_signature,
             }
         )
 

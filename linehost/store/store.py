@@ -18,6 +18,7 @@ from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AssignRequest, AssignResult, AttemptEnd, AttemptStart, utcnow
 from linehost.store.audit import Audit
 from linehost.store.batch import RESULTS_TOPIC, ChainHead, load_head
+from linehost.store.controls import ControlEvent, ControlOp, WorkOrderOp
 from linehost.store.decisions import WORK_ORDER_COMPLETE, next_assignment_status
 from linehost.store.engine import WRITE_TRANSACTION, create_engine, translate_error
 from linehost.store.migrate import open_current, upgrade_to_head
@@ -166,6 +167,21 @@ class Store:
                 )
             return
         raise StoreError(f"work order {work_order}: could not be created")
+
+    async def record_control(self, event: ControlEvent) -> None:
+        """Append a supervisor's control call to the line's audit chain (durable on return)."""
+        await self._writer.submit(ControlOp(event))
+
+    async def control_work_order(
+        self, event: ControlEvent, *, open_quantity: int | None = None, close_by: str = ""
+    ) -> None:
+        """Open (`open_quantity`) or close the work order `event.target` with its audit row in
+        one transaction; WorkOrderRefused when it cannot be (nothing written then)."""
+        if open_quantity is not None:
+            op = WorkOrderOp("open", event.target, event, quantity=open_quantity)
+        else:
+            op = WorkOrderOp("close", event.target, event, by=close_by)
+        await self._writer.submit(op)
 
     async def assign(self, req: AssignRequest) -> AssignResult:
         """Decide and durably record which DAC (if any) this attempt's device gets.

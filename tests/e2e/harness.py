@@ -60,7 +60,7 @@ class SimRun:
         args = [
             *SIM,
             "--jigs", str(self.jigs),
-            "--mix", self.mix,
+            *(["--mix", self.mix] if self.mix else []),  # "" with --plan in `extra`
             "--dir", str(self.directory / "jigs"),
             "--record", str(self.record),
             "--paa", str(self.paa),

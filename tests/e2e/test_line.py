@@ -15,6 +15,9 @@ from tests.e2e.harness import HostRun, SimRun, jsonl, linehost, write_config
 #: What the spec prescribes for a device of each personality (its first attempt).
 PROVISIONED = {"good", "crlf", "noisy", "slow", "late_sync", "stays", "garbage", "lower_uid",
                "abort_ffff"}  # fmt: skip
+#: Attesting (v1.1) devices under the default `attest = "off"`: never challenged, provisioned
+#: like v1 (their outcomes when challenged: tests/e2e/test_attestation.py).
+ATTESTING = {"attest", "attest_wrong_key", "attest_wrong_dac", "attest_silent", "attest_error"}
 DEVICE_ERRORS = {
     "finish_001": 0x001,
     "finish_002": 0x002,
@@ -25,7 +28,7 @@ DEVICE_ERRORS = {
     "finish_unknown": 0x0ABC,
 }
 EXPECTED_OUTCOME = {
-    **dict.fromkeys(PROVISIONED, "provisioned"),
+    **dict.fromkeys(PROVISIONED | ATTESTING, "provisioned"),
     **dict.fromkeys(DEVICE_ERRORS, "device_error"),
     "bad_csr_signature": "csr_rejected",
     "p384": "csr_rejected",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,11 +20,13 @@ from linehost.errors import DacCollision, DatabaseUnavailable, IssuerUnavailable
 from linehost.line import provisioning
 from linehost.line.provisioning import Attempt, Deliver, Provisioner, Reject
 from linehost.line.workorder import WorkOrderGate
+from linehost.pki.attestation import BAD_SIGNATURE, sign_attestation
 from linehost.pki.devpki import init_dev
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
 from linehost.protocol.outcomes import JigState, Outcome
+from linehost.protocol.session import Attestation
 from linehost.records import (
     AssignRequest,
     AssignResult,
@@ -252,3 +255,170 @@ async def test_a_spent_quota_ends_the_attempt_with_its_own_detail(parts) -> None
     )
     assert flaky.asked == 1  # never retried
     assert waits == []
+
+
+# --- bare public keys (the ECC608 letter protocol, key_proof "none") --------------------------
+
+
+def public_key_pem(key: ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+async def key_proof_of(store: Store, serial: str) -> tuple[str | None, str | None]:
+    from sqlalchemy import text
+
+    async with store.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                text(
+                    "SELECT a.key_proof, t.key_proof FROM assignments a "
+                    "JOIN attempts t ON t.attempt_id = a.attempt_id WHERE a.dac_serial = :s"
+                ),
+                {"s": serial},
+            )
+        ).one()
+        return row[0], row[1]
+
+
+async def test_a_bare_key_gets_a_dac_for_that_key_recorded_key_proof_none(parts) -> None:
+    issuer, store = parts
+    root = "-----BEGIN PUBLIC KEY-----\nUEFB\n-----END PUBLIC KEY-----\n"
+    prov = Provisioner(issuer, store, root_key_pem=root)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = AttemptStart(
+        str(uuid.uuid4()), LINE, "st1", "j1", "0123ABCDEF01234567", utcnow(), key_proof="none"
+    )
+    a = Attempt(start, structlog.get_logger("test"))
+    decision = await prov.provision(a, public_key_pem(key), "none")
+    assert isinstance(decision, Deliver)
+    assert decision.root_key_pem == root
+    dac = x509.load_pem_x509_certificate(decision.dac_pem.encode())
+    assert dac.public_key() == key.public_key()
+    assert a.dac_serial is not None
+    assert await key_proof_of(store, a.dac_serial) == ("none", "none")
+    # A read-back that failed (a device error without a finish code) leaves the DAC unknown...
+    await prov.record(a, Outcome.DEVICE_ERROR, "readback mismatch", None, "", provisioned=False)
+    assert await assignment_status(store, a.dac_serial) == "unknown"
+    # ...and the same chip, back with the same key, gets the same DAC again.
+    again = Attempt(
+        AttemptStart(
+            str(uuid.uuid4()), LINE, "st1", "j2", "0123ABCDEF01234567", utcnow(), key_proof="none"
+        ),
+        structlog.get_logger("test"),
+    )
+    redelivered = await prov.provision(again, public_key_pem(key), "none")
+    assert isinstance(redelivered, Deliver)
+    assert redelivered.dac_pem == decision.dac_pem
+    # A v1 device's finish code still fails its DAC.
+    v1 = attempt("00112233AABBCCEE")
+    assert isinstance(await prov.provision(v1, csr_pem()), Deliver)
+    assert v1.dac_serial is not None
+    assert await key_proof_of(store, v1.dac_serial) == ("csr", "csr")
+    await prov.record(v1, Outcome.DEVICE_ERROR, "finish:003", 3, "", provisioned=False)
+    assert await assignment_status(store, v1.dac_serial) == "failed"
+
+
+@pytest.mark.parametrize(
+    ("pem", "detail"),
+    [
+        ("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n", "not a valid PEM"),
+        (None, "not EC P-256 (secp384r1)"),
+    ],
+)
+async def test_a_bare_key_keeps_the_csr_path_checks(parts, pem: str | None, detail: str) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    if pem is None:
+        pem = public_key_pem(ec.generate_private_key(ec.SECP384R1()))
+    decision = await prov.provision(attempt("0123ABCDEF01234568"), pem, "none")
+    assert isinstance(decision, Reject)
+    assert decision.outcome is Outcome.CSR_REJECTED
+    assert detail in decision.detail
+
+
+async def test_a_bare_key_of_another_uid_is_a_duplicate(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert isinstance(
+        await prov.provision(attempt("0123ABCDEF0123456A"), public_key_pem(key), "none"), Deliver
+    )
+    clone = await prov.provision(attempt("0123ABCDEF0123456B"), public_key_pem(key), "none")
+    assert isinstance(clone, Reject)
+    assert clone.outcome is Outcome.DUPLICATE_KEY
+
+
+async def _delivered(prov: Provisioner, key: ec.EllipticCurvePrivateKey) -> tuple[Attempt, bytes]:
+    a = attempt(uuid.uuid4().hex[:16].upper())
+    decision = await prov.provision(a, csr_pem(key))
+    assert isinstance(decision, Deliver)
+    der = x509.load_pem_x509_certificate(decision.dac_pem.encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    return a, der
+
+
+@pytest.mark.parametrize("attest", ["when_offered", "require"])
+async def test_a_good_attestation_confirms_the_dac_and_is_recorded(parts, attest) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store, attest=attest)
+    key = ec.generate_private_key(ec.SECP256R1())
+    a, der = await _delivered(prov, key)
+    nonce = bytes(range(32))
+    proof = Attestation(nonce, sign_attestation(key, nonce, der))
+    outcome, detail = prov.attestation_verdict(a, Outcome.PROVISIONED, "finish:000 ok", proof)
+    assert (outcome, detail) == (Outcome.PROVISIONED, "finish:000 ok; attestation verified")
+    end = await prov.record(a, outcome, detail, 0, "t", provisioned=True, attestation=proof)
+    assert end.attest_nonce == nonce.hex()
+    assert end.attest_signature is not None
+    assert base64.b64decode(end.attest_signature) == proof.signature
+    assert a.dac_serial is not None
+    assert await assignment_status(store, a.dac_serial) == "confirmed"
+
+
+@pytest.mark.parametrize(
+    ("answer", "detail"),
+    [
+        ("wrong_key", BAD_SIGNATURE),
+        ("wrong_dac", BAD_SIGNATURE),
+        ("none", "no ATTEST answer"),
+    ],
+)
+async def test_a_bad_attestation_fails_the_dac(parts, answer: str, detail: str) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store, attest="when_offered")
+    key = ec.generate_private_key(ec.SECP256R1())
+    a, der = await _delivered(prov, key)
+    nonce = b"\x07" * 32
+    signature: bytes | None = None
+    if answer == "wrong_key":
+        signature = sign_attestation(ec.generate_private_key(ec.SECP256R1()), nonce, der)
+    elif answer == "wrong_dac":
+        signature = sign_attestation(key, nonce, der[:-1] + bytes([der[-1] ^ 1]))
+    proof = Attestation(nonce, signature)
+    outcome, found = prov.attestation_verdict(a, Outcome.PROVISIONED, "finish:000", proof)
+    assert (outcome, found) == (Outcome.ATTESTATION_FAILED, detail)
+    await prov.record(a, outcome, found, 0, "t", provisioned=False, attestation=proof)
+    assert a.dac_serial is not None
+    assert await assignment_status(store, a.dac_serial) == "failed"
+
+
+async def test_require_never_confirms_without_an_attestation(parts) -> None:
+    issuer, store = parts
+    key = ec.generate_private_key(ec.SECP256R1())
+    required = Provisioner(issuer, store, attest="require")
+    a, _ = await _delivered(required, key)
+    outcome, detail = required.attestation_verdict(a, Outcome.PROVISIONED, "finish:000", None)
+    assert (outcome, detail) == (Outcome.ATTESTATION_FAILED, "no attestation (attest = require)")
+    offered = Provisioner(issuer, store, attest="when_offered")
+    verdict = offered.attestation_verdict(a, Outcome.PROVISIONED, "finish:000", None)
+    assert verdict == (Outcome.PROVISIONED, "finish:000")  # a v1 device, attestation optional
+    # other outcomes pass through untouched
+    assert required.attestation_verdict(a, Outcome.TIMEOUT, "result", None) == (
+        Outcome.TIMEOUT,
+        "result",
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,17 @@ from asyncua import Client, ua
 from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from sqlalchemy import select
 
 from linehost.config import OpcuaSection
+from linehost.line.controls import LineControls
+from linehost.line.hold import JigHolds
+from linehost.line.workorder import WorkOrderGate
 from linehost.opcua.server import OpcuaServer
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
 from linehost.store.audit import Audit
+from linehost.store.models import audit_log
 from linehost.store.store import Store
 from tests.mqtt.broker import free_port
 
@@ -33,24 +39,38 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
         await s.close()
 
 
+JIGS = [("st1", "j1"), ("st1", "j2")]
+
+
+@pytest.fixture
+def gate() -> WorkOrderGate:
+    return WorkOrderGate("WO-OPC-2", 50)
+
+
+@pytest.fixture
+def controls(store: Store, gate: WorkOrderGate) -> LineControls:
+    return LineControls(store, JigHolds(), jigs=JIGS, gate=gate)
+
+
 @pytest.fixture
 async def secured(
-    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, controls: LineControls, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[OpcuaServer, str]]:
     monkeypatch.setenv("LH_TEST_OPCUA_PW", "s3cret pass")
+    monkeypatch.setenv("LH_TEST_OPCUA_VIEWER", "look only")
     port = free_port()
     settings = OpcuaSection.model_validate(
         {
             "endpoint": f"opc.tcp://0.0.0.0:{port}/linehost/",
             "certificate_dir": str(tmp_path / "opcua-pki"),
-            "users": [{"name": "mes", "password_env": "LH_TEST_OPCUA_PW"}],
+            "users": [
+                {"name": "mes", "password_env": "LH_TEST_OPCUA_PW"},
+                {"name": "board", "password_env": "LH_TEST_OPCUA_VIEWER", "role": "viewer"},
+            ],
         }
     )
     assert settings.policy == "basic256sha256"
-    server = OpcuaServer(
-        settings, line="l1", jigs=[("st1", "j1"), ("st1", "j2")],
-        open_work_order=store.open_work_order,
-    )  # fmt: skip
+    server = OpcuaServer(settings, line="l1", jigs=JIGS, controls=controls)
     await server.start()
     try:
         yield server, f"opc.tcp://127.0.0.1:{port}/linehost/"
@@ -141,3 +161,66 @@ async def test_wrong_password_and_no_security_are_refused(
     with pytest.raises(Exception):  # noqa: B017, PT011  (asyncua raises several kinds here)
         async with plain:
             pass
+
+
+async def _controls_in_audit(store: Store) -> list[dict[str, Any]]:
+    t = audit_log
+    stmt = select(t.c.entity_id, t.c.event, t.c.data).where(t.c.entity == "control")
+    async with store.engine.connect() as conn:
+        rows = (await conn.execute(stmt.order_by(t.c.seq))).all()
+    return [{"target": r.entity_id, "event": r.event, **json.loads(r.data)} for r in rows]
+
+
+@pytest.mark.timeout(90)
+async def test_methods_hold_resume_close_and_every_call_is_audited_with_the_user(
+    secured: tuple[OpcuaServer, str],
+    tmp_path: Path,
+    store: Store,
+    controls: LineControls,
+    gate: WorkOrderGate,
+) -> None:
+    _, url = secured
+    j1 = controls.holds.of("st1", "j1")
+    async with await _client(url, tmp_path, "mes", "s3cret pass") as client:
+        idx = await client.get_namespace_index(NS)
+        line = await client.nodes.objects.get_child(f"{idx}:Line")
+        jig = await line.get_child([f"{idx}:Stations", f"{idx}:st1", f"{idx}:j1"])
+        assert await jig.call_method(f"{idx}:Hold") is True
+        assert j1.held
+        assert await jig.call_method(f"{idx}:Hold") is False  # held already
+        assert await jig.call_method(f"{idx}:Resume") is True
+        assert not j1.held
+        wo = await line.get_child(f"{idx}:WorkOrder")
+        ok = await wo.call_method(f"{idx}:Open", "WO-OPC-2", ua.Variant(50, ua.VariantType.UInt32))
+        assert ok is True
+        assert await wo.call_method(f"{idx}:Close", "WO-OPC-2") is True
+        assert gate.closed
+        with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):
+            await wo.call_method(f"{idx}:Close", "WO-OPC-2")  # closed already
+        with pytest.raises(ua.UaStatusCodeError, match="BadInvalidArgument"):
+            await wo.call_method(f"{idx}:Close", "")
+    async with await _client(url, tmp_path, "board", "look only") as viewer:
+        idx = await viewer.get_namespace_index(NS)
+        line = await viewer.nodes.objects.get_child(f"{idx}:Line")
+        jig = await line.get_child([f"{idx}:Stations", f"{idx}:st1", f"{idx}:j1"])
+        state = await jig.get_child(f"{idx}:State")
+        assert isinstance(await state.read_value(), str)  # a viewer reads
+        with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
+            await jig.call_method(f"{idx}:Hold")
+    assert not j1.held
+    rows = await _controls_in_audit(store)
+    assert [(r["event"], r["user"], r["result"]) for r in rows] == [
+        ("jig_held", "mes", "done"),
+        ("jig_held", "mes", "held already"),
+        ("jig_resumed", "mes", "done"),
+        ("work_order_opened", "mes", "done"),
+        ("work_order_closed", "mes", "done"),
+        ("control_refused", "mes", "refused"),
+        ("control_refused", "mes", "refused"),
+        ("control_refused", "board", "refused"),
+    ]
+    assert rows[5]["reason"] == "work order WO-OPC-2 is closed already"
+    assert rows[7]["refusal"] == "denied"
+    assert rows[7]["operation"] == "Jig.Hold"
+    assert {r["via"] for r in rows} == {"opcua"}
+    assert await store.audit().verify_audit_chain() == []

@@ -466,6 +466,12 @@ def test_every_outcome_in_the_vocabulary_is_reachable() -> None:
         conv = Conversation()
         conv.to_csr_ready()
         reached.add(ended(conv.session.reject(outcome, "x", 0)).outcome)
+    conv = Conversation(Timing(attest="when_offered"))  # v1.1: a challenge answered finish:001
+    conv.open()
+    conv.lines("Start_provisioning attest", "UID:0011223344", CSR_BEGIN, *CSR_BODY, CSR_END)
+    conv.session.deliver(DAC, PAI, conv.now)
+    conv.lines("finish:000")
+    reached.add(ended(conv.lines("finish:001")).outcome)
     assert reached == set(Outcome) - {Outcome.POST_STEP_FAILED}
 
 

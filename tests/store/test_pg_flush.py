@@ -8,6 +8,7 @@ of every table the writer touches, and the audit chain hash for hash, must come 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AttemptEnd
 from linehost.store import pgflush
 from linehost.store.batch import Batch
+from linehost.store.controls import ControlEvent
 from linehost.store.engine import create_engine
 from linehost.store.rows import AssignmentRow, AttemptRow
 from linehost.store.store import Store
@@ -31,7 +33,9 @@ TABLES = {
     "audit_log": "SELECT * FROM audit_log ORDER BY line, seq",
     "outbox": "SELECT * FROM outbox ORDER BY id",
     # work_orders.created_at is the wall clock: left out.
-    "work_orders": "SELECT id, quantity, claimed FROM work_orders ORDER BY id",
+    "work_orders": (
+        "SELECT id, quantity, claimed, closed_at, closed_by FROM work_orders ORDER BY id"
+    ),
 }
 
 
@@ -52,14 +56,19 @@ class Scenario:
         self.first = [make.request(uids[i], keys[i], jig=f"j{i}") for i in range(6)]
         self.first.append(make.request(uids[6], keys[6], work_order="WO-1"))
         self.ends = [
-            make.end(Outcome.PROVISIONED, status=AssignmentStatus.CONFIRMED, device_code=0,
-                     transcript="Init\nStart_provisioning"),
+            dataclasses.replace(
+                make.end(Outcome.PROVISIONED, status=AssignmentStatus.CONFIRMED, device_code=0,
+                         transcript="Init\nStart_provisioning"),
+                attest_nonce="ab" * 32, attest_signature="c2lnbmF0dXJl",
+            ),
             make.end(Outcome.PROVISIONED, status=AssignmentStatus.CONFIRMED, device_code=0),
             make.end(Outcome.DEVICE_ERROR, status=AssignmentStatus.FAILED, device_code=3,
                      detail="finish:003"),
             make.end(Outcome.TIMEOUT, detail="no finish"),
         ]  # fmt: skip
-        self.second = [make.request(jig="j7"), make.request(jig="j8")]
+        bare = dataclasses.replace(make.start(jig="j8"), key_proof="none")
+        bare_request = dataclasses.replace(make.request(start=bare), key_proof="none")
+        self.second = [make.request(jig="j7"), bare_request]
         # uid 3 timed out (unknown) and presents a new key: issue, superseding the old DAC.
         self.supersede = make.request(uids[3], make.key(), jig="j3")
         # uid 0 is confirmed; another uid with its key: duplicate key.
@@ -71,6 +80,8 @@ class Scenario:
         )
         self.early_end_start = make.start(jig="j9")  # ends without an assign (bad CSR)
         self.early_end = make.end(Outcome.CSR_REJECTED, detail="bad CSR")
+        self.late_end_start = make.start(jig="j10")
+        self.late_end = make.end(Outcome.TIMEOUT, detail="no UID")
         self.sent_at, self.recovered_at = make.tick(), make.tick()
 
     async def play(self, store: Store) -> None:
@@ -97,6 +108,16 @@ class Scenario:
             self.supersede.attempt,
             _with_id(self.end_supersede, results[0].assignment_id),
         )
+        # A supervisor opens and closes work orders: their rows and audit rows in the batch.
+        await store.control_work_order(
+            ControlEvent("work_order_opened", "WO-2", {"quantity": 5}), open_quantity=5
+        )
+        await asyncio.gather(
+            store.control_work_order(
+                ControlEvent("work_order_closed", "WO-2", {"by": "alice"}), close_by="alice"
+            ),
+            store.end_attempt(self.late_end_start, self.late_end),
+        )
         pending = await store.pending_results(100)
         assert len(pending) >= 5
         await asyncio.gather(
@@ -106,15 +127,7 @@ class Scenario:
 
 
 def _with_id(end: AttemptEnd, assignment_id: int | None) -> AttemptEnd:
-    return AttemptEnd(
-        outcome=end.outcome,
-        detail=end.detail,
-        ended_at=end.ended_at,
-        device_code=end.device_code,
-        assignment_id=assignment_id,
-        assignment_status=end.assignment_status,
-        transcript=end.transcript,
-    )
+    return dataclasses.replace(end, assignment_id=assignment_id)
 
 
 async def _run(url: str, scenario: Scenario, *, single: bool) -> tuple[dict[str, Any], int]:
@@ -163,6 +176,10 @@ async def test_single_statement_writes_what_the_generic_flush_writes(
     assert statuses.count("superseded") == 1
     assert statuses.count("failed") == 1
     assert any(r["sent_at"] is not None for r in generic["outbox"])
+    # The columns added by other issues travel too: key proof, attestation, closed orders.
+    assert any(r["key_proof"] == "none" for r in generic["assignments"])
+    assert any(r["attest_nonce"] == "ab" * 32 for r in generic["attempts"])
+    assert any(r["closed_by"] == "alice" for r in generic["work_orders"])
     for name in TABLES:
         assert single[name] == generic[name], name
     # Same rows, fewer round trips.

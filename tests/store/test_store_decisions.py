@@ -11,7 +11,15 @@ from linehost.protocol.outcomes import AssignmentStatus as S
 from linehost.protocol.outcomes import Outcome
 from linehost.records import iso_utc
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash
-from linehost.store.decisions import LiveAssignment, decide_assign, next_assignment_status
+from linehost.store.decisions import (
+    WORK_ORDER_CLOSED,
+    WORK_ORDER_COMPLETE,
+    AssignDecision,
+    LiveAssignment,
+    decide_assign,
+    decide_quota,
+    next_assignment_status,
+)
 
 UID = "AABBCCDD00112233"
 OTHER_UID = "1122334455667788"
@@ -154,3 +162,17 @@ def test_revoked_same_key_gets_a_new_dac_with_reprovision() -> None:
     d = decide_assign(UID, KEY, [revoked], allow_reprovision=True)
     assert d.kind == "issue"
     assert d.supersede == (revoked,)
+
+
+def test_quota_refuses_a_new_dac_beyond_the_quantity_or_on_a_closed_work_order() -> None:
+    issue = AssignDecision(kind="issue")
+    assert decide_quota(issue, "WO", 3, 2, 0) is issue
+    full = decide_quota(issue, "WO", 3, 3, 0)
+    assert (full.kind, full.outcome) == ("quota_full", Outcome.ISSUER_ERROR)
+    assert full.detail.startswith(WORK_ORDER_COMPLETE)
+    assert decide_quota(issue, "WO", 3, 3, 1) is issue  # a supersede frees its slot
+    closed = decide_quota(issue, "WO", 3, 0, 0, closed=True)
+    assert (closed.kind, closed.outcome) == ("quota_full", Outcome.ISSUER_ERROR)
+    assert closed.detail == f"{WORK_ORDER_CLOSED}: WO takes no more devices"
+    redeliver = AssignDecision(kind="redeliver")
+    assert decide_quota(redeliver, "WO", 3, 3, 0, closed=True) is redeliver  # its DAC again

@@ -26,6 +26,9 @@ RECORD_FIELDS = [
     "started_at",
     "ended_at",
     "work_order",
+    "key_proof",  # issue 17: "csr" (v1) or "none" (ECC608 letters)
+    "attest_nonce",
+    "attest_signature",
 ]
 
 

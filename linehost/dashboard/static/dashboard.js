@@ -7,7 +7,7 @@ const STATE_LABEL = {
   waiting_for_swap: "swap device", waiting_for_database: "waiting for database", stopped: "stopped",
   waiting_for_issuer: "waiting for issuer",
   pre_step: "pre-step", pre_step_failed: "pre-step failed", post_step: "post-step",
-  work_order_complete: "work order complete",
+  work_order_complete: "work order complete", held: "held",
 };
 const ALARM_LABEL = {
   jig_failing: "jig failing", jig_offline: "jig offline", host_offline: "host offline",

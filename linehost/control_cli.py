@@ -1,0 +1,39 @@
+"""`linehost workorder close`: a supervisor operation from the shell, audited like OPC UA ones."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+
+from linehost.config import load_config
+from linehost.errors import ConfigError
+from linehost.line.controls import Caller, LineControls
+from linehost.line.hold import JigHolds
+from linehost.store.store import Store
+
+VIA = "cli"
+
+
+def close_work_order(args: argparse.Namespace) -> int:
+    """Close the configured (or given) work order; every host stops provisioning against it."""
+    config = load_config(args.config)
+    work_order = args.id or (config.work_order.id if config.work_order else None)
+    if work_order is None:
+        raise ConfigError(f"{args.config}: no [work_order] section; give --id")
+    caller = Caller(VIA, getpass.getuser())
+
+    async def go() -> None:
+        store = await Store.open(
+            config.database.url, line=config.line.name, auto_migrate=config.database.auto_migrate
+        )
+        try:
+            # The running hosts see it in the database: at once for new claims, within their
+            # work_order_poll for what their jigs show.
+            await LineControls(store, JigHolds(), jigs=[]).close_work_order(caller, work_order)
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+    print(f"work order {work_order} closed by {caller.user}: no more devices against it")
+    return 0
