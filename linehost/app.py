@@ -179,15 +179,20 @@ async def run_line(
                     latency.count_database(store.writer.engine)
             await log_pki(config, issuer, cd_b64)
             timing = timing_of(config)
-            relay = open_relay(config, store)
-            edge_node = open_edge_node(config, store)
-            holds = JigHolds()
-            controls = LineControls(
-                store, holds, jigs=[(j.station, j.name) for j in config.jigs], gate=ops.gate
-            )
-            opcua = open_opcua(config, store, controls)
-            evidence = await start_evidence(config, store.engine)
             crl_keeper = await _start_crl_keeper(config, store, issuer, ops)
+            try:
+                relay = open_relay(config, store, crl_keeper)  # publishes the keeper's CRL
+                edge_node = open_edge_node(config, store)
+                holds = JigHolds()
+                controls = LineControls(
+                    store, holds, jigs=[(j.station, j.name) for j in config.jigs], gate=ops.gate
+                )
+                opcua = open_opcua(config, store, controls)
+                evidence = await start_evidence(config, store.engine)
+            except BaseException:
+                if crl_keeper is not None:
+                    await crl_keeper.aclose()
+                raise
             await ops.start(store)
             if opcua is not None:
                 await opcua.start()
@@ -275,8 +280,11 @@ async def _start_crl_keeper(
     )
 
 
-def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:
-    """The MQTT relay when `[mqtt]` is configured (secrets and TLS files are read here)."""
+def open_relay(
+    config: LineConfig, store: Store, crl_keeper: CrlKeeper | None = None
+) -> MqttRelay | None:
+    """The MQTT relay when `[mqtt]` is configured (secrets and TLS files are read here); it
+    publishes what `crl_keeper` signs."""
     if config.mqtt is None:
         return None
     from linehost.mqtt.progress import HostFacts
@@ -284,7 +292,8 @@ def open_relay(config: LineConfig, store: Store) -> MqttRelay | None:
     from linehost.store.audit import Audit
 
     wo = config.work_order
-    facts = HostFacts(Audit(store.engine), config.line.name, (wo.id, wo.quantity) if wo else None)
+    work_order = (wo.id, wo.quantity) if wo else None
+    facts = HostFacts(Audit(store.engine), config.line.name, work_order, crl_keeper)
     return MqttRelay(config.mqtt, store, line=config.line.name, jigs=len(config.jigs), facts=facts)
 
 

@@ -349,6 +349,9 @@ class DashboardAlarmsSection(_Section):
     host_offline_after: float = Field(60.0, ge=0)
     outbox_limit: int = Field(100, ge=1)  # results waiting: an alarm at once
     outbox_window: float = Field(300.0, gt=0)  # a depth that only grew over this long: an alarm
+    # A host's CRL this close to its nextUpdate without a fresher one: keep it below the hosts'
+    # [pki] crl_refresh_margin (they re-sign then), or every refresh cycle raises it briefly.
+    crl_margin: float = Field(3 * 86400.0, ge=0)
     publish: bool = True  # publish on {p}/{line}/alarms (one publishing dashboard per prefix)
 
 

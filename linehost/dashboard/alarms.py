@@ -1,8 +1,9 @@
 """Alarms of a plant, evaluated from the messages seen and a clock (pure: no I/O, no timers).
 
 Kinds: `jig_failing` (N attempts in a row failed on one jig), `jig_offline` (longer than T),
-`host_offline` (longer than T), `outbox_growing` (results piling up on a host). The dashboard feeds
-messages in, calls `evaluate(now)` now and then, and publishes the lines whose set changed.
+`host_offline` (longer than T), `outbox_growing` (results piling up on a host), `crl_next_update`
+(the host's CRL within a margin of its nextUpdate, or past it). The dashboard feeds messages in,
+calls `evaluate(now)` now and then, and publishes the lines whose set changed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ JIG_FAILING: Final = "jig_failing"
 JIG_OFFLINE: Final = "jig_offline"
 HOST_OFFLINE: Final = "host_offline"
 OUTBOX_GROWING: Final = "outbox_growing"
+CRL_NEXT_UPDATE: Final = "crl_next_update"
 HOST: Final = "host"  # the subject of host-wide alarms
 
 
@@ -30,6 +32,7 @@ class AlarmRules:
     host_offline_after: float = 60.0
     outbox_limit: int = 100
     outbox_window: float = 300.0
+    crl_margin: float = 3 * 86400.0  # a CRL's nextUpdate closer than this (and not replaced)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,7 @@ class _Line:
     outbox: deque[tuple[float, int]] = field(default_factory=deque)  # (at, depth), oldest first
     raised: dict[tuple[str, str], Alarm] = field(default_factory=dict)
     adopted: dict[tuple[str, str], float] = field(default_factory=dict)  # key -> since
+    crl: tuple[float, int | None] | None = None  # the host's CRL: (nextUpdate, its number)
     published: bool = False
 
 
@@ -126,6 +130,16 @@ class AlarmBook:
         # keep one sample older than the window: it is the depth in effect at its start
         while len(samples) > 2 and samples[1][0] <= now - self.rules.outbox_window:
             samples.popleft()
+
+    def crl(self, line: str, payload: dict[str, Any] | None) -> None:
+        """A `host/crl` message; None when it was cleared (the host keeps no CRL any more)."""
+        view = self._line(line)
+        next_update = None if payload is None else _timestamp(payload.get("next_update"))
+        if next_update is None:
+            view.crl = None
+            return
+        number = payload.get("crl_number") if payload is not None else None
+        view.crl = (next_update, number if isinstance(number, int) else None)
 
     def adopt(self, line: str, payload: dict[str, Any]) -> None:
         """A retained `alarms` message seen before this book published the line: carry on."""
@@ -196,6 +210,14 @@ class AlarmBook:
         growing = self._outbox_growing(view.outbox, now)
         if growing is not None:
             found.append(Alarm(OUTBOX_GROWING, line, HOST, now, growing))
+        if view.crl is not None and view.crl[0] - now <= rules.crl_margin:
+            next_update, number = view.crl
+            # Stable wording (no countdown): a changed detail would republish every evaluation.
+            crl = "CRL" if number is None else f"CRL {number}"
+            when = _iso(next_update)[:19] + "Z"
+            passed = " has passed" if now >= next_update else ", no fresher CRL yet"
+            detail = f"{crl} nextUpdate {when}{passed}"
+            found.append(Alarm(CRL_NEXT_UPDATE, line, HOST, next_update - rules.crl_margin, detail))
         return found
 
     def _outbox_growing(self, samples: deque[tuple[float, int]], now: float) -> str | None:

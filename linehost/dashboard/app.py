@@ -67,6 +67,7 @@ class Dashboard:
                 host_offline_after=rules.host_offline_after,
                 outbox_limit=rules.outbox_limit,
                 outbox_window=rules.outbox_window,
+                crl_margin=rules.crl_margin,
             )
         )
         self._publish_alarms = rules.publish
@@ -169,9 +170,11 @@ class Dashboard:
         if topic is None or not isinstance(message.payload, bytes | bytearray):
             return
         if not message.payload:
-            events = self.board.forget_jig(topic) if topic.kind == "jig" else []
-            if events:
+            events = self.board.forget(topic)
+            if events and topic.kind == "jig":
                 self.alarms.jig_removed(topic.line, f"{topic.station}/{topic.jig}")
+            if topic.kind == "crl":
+                self.alarms.crl(topic.line, None)
         else:
             payload = decode(message.payload)
             if payload is None:
@@ -191,6 +194,8 @@ class Dashboard:
             self.alarms.result(topic.line, payload)
         elif topic.kind == "outbox" and isinstance(payload.get("depth"), int):
             self.alarms.outbox(topic.line, payload["depth"], now)
+        elif topic.kind == "crl":
+            self.alarms.crl(topic.line, payload)
         elif topic.kind == "alarms":
             self.alarms.adopt(topic.line, payload)
 

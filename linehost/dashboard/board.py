@@ -1,5 +1,5 @@
 """What the dashboard knows: every line's host status, jig tiles, last hour of results, work
-order, outbox depth, alarms, and a shift of per-minute yield and throughput."""
+order, outbox depth, the host's CRL, alarms, and a shift of per-minute yield and throughput."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class LineView:
     attempt_ids: set[str] = field(default_factory=set)
     work_order: dict[str, Any] | None = None
     outbox: dict[str, Any] | None = None
+    crl: dict[str, Any] | None = None  # the host's `host/crl` message
     alarms: list[dict[str, Any]] = field(default_factory=list)
     history: dict[float, list[int]] = field(default_factory=dict)  # bucket -> [attempts, ok]
 
@@ -95,6 +96,9 @@ class Board:
         if topic.kind == "outbox":
             line.outbox = payload
             return [("outbox", {"line": line.name, "outbox": payload})]
+        if topic.kind == "crl":
+            line.crl = payload
+            return [("crl", {"line": line.name, "crl": payload})]
         if topic.kind == "results":
             return self._result(line, payload)
         return []  # alarms: the dashboard evaluates its own (see AlarmBook.adopt)
@@ -117,9 +121,17 @@ class Board:
             lines[name] = [[b, n, ok] for b, (n, ok) in sorted(line.history.items())]
         return {"bucket": BUCKET, "shift": SHIFT, "lines": lines}
 
-    def forget_jig(self, topic: ParsedTopic) -> list[Event]:
-        """A retained state was cleared (empty payload): the jig left the config."""
+    def forget(self, topic: ParsedTopic) -> list[Event]:
+        """A retained message was cleared (empty payload): a jig left the config, or the host
+        keeps no CRL any more."""
         line = self.lines.get(topic.line)
+        if topic.kind == "crl":
+            if line is None or line.crl is None:
+                return []
+            line.crl = None
+            return [("crl", {"line": line.name, "crl": None})]
+        if topic.kind != "jig":
+            return []
         key = f"{topic.station}/{topic.jig}"
         if line is None or line.jigs.pop(key, None) is None:
             return []
@@ -142,6 +154,7 @@ class Board:
                     "stats": line.stats(now),
                     "work_order": line.work_order,
                     "outbox": line.outbox,
+                    "crl": line.crl,
                     "alarms": line.alarms,
                 }
                 for name, line in sorted(self.lines.items())

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from linehost.records import iso_utc
+
+if TYPE_CHECKING:
+    from linehost.pki.crl_keeper import CrlState
 
 #: The Will, and what a clean shutdown publishes itself.
 HOST_OFFLINE: Final = b'{"online":false}'
@@ -23,6 +26,22 @@ def host_online(version: str, started_at: datetime, line: str, jigs: int) -> byt
         {"online": True, "version": version, "started_at": iso_utc(started_at), "line": line,
          "jigs": jigs}
     )  # fmt: skip
+
+
+def host_crl(state: CrlState, line: str, now: datetime) -> bytes:
+    """The retained `host/crl` payload: the CRL the host keeps, and its seconds left at `now`."""
+    return encode(
+        {
+            "pai_skid": state.pai_skid,
+            "crl_number": state.number,
+            "this_update": iso_utc(state.this_update),
+            "next_update": iso_utc(state.next_update),
+            "seconds_left": round((state.next_update - now).total_seconds(), 3),
+            "revoked": state.revoked,
+            "line": line,
+            "at": iso_utc(now),
+        }
+    )
 
 
 def decode(payload: bytes | bytearray | str) -> dict[str, Any] | None:

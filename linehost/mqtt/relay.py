@@ -1,5 +1,5 @@
-"""MqttRelay: host status, every jig's state, the results outbox, work-order progress and
-outbox depth, published to the broker.
+"""MqttRelay: host status, every jig's state, the results outbox, work-order progress, outbox
+depth and the host's CRL, published to the broker.
 
 Provisioning never waits on MQTT: runners only touch a dict and set an event (`jig_changed`);
 results reach the broker from the outbox table, so a broker outage or a host restart only delays
@@ -21,13 +21,14 @@ from linehost import __version__
 from linehost.config import MqttSection
 from linehost.errors import LinehostError, StoreError
 from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
-from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_online
+from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_crl, host_online
 from linehost.mqtt.publish import PublishFailed, publish_all
 from linehost.mqtt.topics import LineTopics
 from linehost.records import JigStatus, iso_utc, utcnow
 
 if TYPE_CHECKING:
     from linehost.mqtt.progress import LineFacts
+    from linehost.pki.crl_keeper import CrlState
 
 RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined, marked in one statement
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the relay at once
@@ -68,6 +69,7 @@ class MqttRelay:
         self._outbox = outbox
         self._facts = facts
         self._facts_sent: dict[str, Any] = {}
+        self._crl_sent: CrlState | bool | None = False  # False: nothing yet on this connection
         self._online = host_online(version, utcnow(), line, jigs)
         self._states: dict[JigKey, JigStatus] = {}
         self._done: dict[JigKey, int] = {}
@@ -257,6 +259,7 @@ class MqttRelay:
         if self._facts is None:
             return
         self._facts_sent.clear()  # a new connection gets everything once
+        self._crl_sent = False
         while True:
             closing = self._closing.is_set()
             if closing:
@@ -275,9 +278,19 @@ class MqttRelay:
                 payload = {**figures, "line": self.topics.line, "at": iso_utc(utcnow())}
                 await client.publish(topic, encode(payload), qos=1, retain=True)
                 self._facts_sent[topic] = figures
+            await self._publish_crl(client, self._facts.crl())
             if closing:
                 return
             await _nap(self._closing, FACTS_EVERY)
+
+    async def _publish_crl(self, client: aiomqtt.Client, state: CrlState | None) -> None:
+        """A newly signed CRL, retained; without one, clear what an earlier run left retained
+        (a dashboard would otherwise alarm on a CRL this host no longer keeps)."""
+        if state == self._crl_sent:
+            return  # published (or cleared) on this connection already
+        payload = b"" if state is None else host_crl(state, self.topics.line, utcnow())
+        await client.publish(self.topics.host_crl, payload, qos=1, retain=True)
+        self._crl_sent = state
 
 
 async def _watch(client: aiomqtt.Client) -> None:

@@ -1,5 +1,5 @@
 """The topic tree of contracts.md (host status, jig state, results) and its additions (work
-order, outbox depth, alarms), per line."""
+order, outbox depth, the host's CRL, alarms), per line."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ JIG_STATE: Final = "state"
 RESULTS: Final = "results"
 WORK_ORDER: Final = "workorder"
 OUTBOX: Final = "host/outbox"
+HOST_CRL: Final = "host/crl"
 ALARMS: Final = "alarms"
 
-TopicKind = Literal["host", "jig", "results", "workorder", "outbox", "alarms"]
+TopicKind = Literal["host", "jig", "results", "workorder", "outbox", "crl", "alarms"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,11 @@ class LineTopics:
         return f"{self.prefix}/{self.line}/{OUTBOX}"
 
     @property
+    def host_crl(self) -> str:
+        """Retained, QoS 1: the CRL the host keeps (`[pki] crl_dir`), published by the host."""
+        return f"{self.prefix}/{self.line}/{HOST_CRL}"
+
+    @property
     def alarms(self) -> str:
         """Retained, QoS 1: the line's active alarms (published by a dashboard)."""
         return f"{self.prefix}/{self.line}/{ALARMS}"
@@ -63,11 +69,13 @@ def subscriptions(prefix: str, line: str = "+") -> list[str]:
 
 
 def plant_subscriptions(prefix: str) -> list[str]:
-    """Filters a plant dashboard needs: every line's contract topics, work order, outbox, alarms."""
+    """Filters a plant dashboard needs: every line's contract topics, work order, outbox, CRL,
+    alarms."""
     return [
         *subscriptions(prefix),
         f"{prefix}/+/{WORK_ORDER}",
         f"{prefix}/+/{OUTBOX}",
+        f"{prefix}/+/{HOST_CRL}",
         f"{prefix}/+/{ALARMS}",
     ]
 
@@ -92,6 +100,8 @@ def parse_topic(prefix: str, topic: str) -> ParsedTopic | None:
         return ParsedTopic("host", parts[0])
     if len(parts) == 3 and parts[1:] == OUTBOX.split("/"):
         return ParsedTopic("outbox", parts[0])
+    if len(parts) == 3 and parts[1:] == HOST_CRL.split("/"):
+        return ParsedTopic("crl", parts[0])
     if len(parts) == 2 and parts[1] == RESULTS:
         return ParsedTopic("results", parts[0])
     if len(parts) == 2 and parts[1] == WORK_ORDER:

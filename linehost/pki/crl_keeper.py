@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
@@ -30,6 +31,17 @@ _log = structlog.get_logger("linehost.pki")
 
 #: Seconds between looks at the revocation ledger (patchable in tests).
 POLL_INTERVAL: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CrlState:
+    """The CRL a keeper last signed: what the host publishes on `{p}/{line}/host/crl`."""
+
+    pai_skid: str  # the PAI's subject key identifier, hex (names the CRL file too)
+    number: int
+    this_update: datetime
+    next_update: datetime
+    revoked: int
 
 
 class CrlKeeper:
@@ -57,6 +69,7 @@ class CrlKeeper:
         self._clock = clock
         self._mark: tuple[int, int] | None = None
         self._next_update: datetime | None = None
+        self.state: CrlState | None = None  # the last CRL signed (None before the first)
         self._task: asyncio.Task[None] | None = None
         self._owns_signer = owns_signer
 
@@ -79,6 +92,13 @@ class CrlKeeper:
             tmp.write_bytes(crl_bytes(signed.crl, pem=False))
             tmp.replace(self.path)
             self._mark, self._next_update = mark, signed.next_update
+            self.state = CrlState(
+                pai_skid=_skid(self._pai),
+                number=signed.number,
+                this_update=signed.this_update,
+                next_update=signed.next_update,
+                revoked=signed.entries,
+            )
             _log.info(
                 "crl_signed",
                 path=str(self.path),
@@ -119,10 +139,14 @@ class CrlKeeper:
 
 def crl_file_stem(pai: IssuingPai) -> str:
     """The file name (without suffix) of a PAI's CRL: `pai-<SKID hex>`."""
+    return f"pai-{_skid(pai)}"
+
+
+def _skid(pai: IssuingPai) -> str:
     from cryptography import x509
 
     skid = pai.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return f"pai-{skid.key_identifier.hex().upper()}"
+    return skid.key_identifier.hex().upper()
 
 
 async def start_crl_keeper(

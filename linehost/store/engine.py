@@ -10,6 +10,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
     DBAPIError,
+    IntegrityError,
     InterfaceError,
     NoSuchModuleError,
     OperationalError,
@@ -98,7 +99,11 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, DatabaseUnavailable):
         return True
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError)
+        if exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError):
+            return True
+        # SQLAlchemy 2.1 wraps asyncpg's connect errors too: look at the server's answer.
+        inner = exc.orig.__cause__ if exc.orig is not None else None
+        return inner is not None and _refused_by_server(inner)
     if _refused_by_server(exc):
         return True
     return isinstance(exc, OSError | asyncio.TimeoutError | ConnectionError)
@@ -107,7 +112,8 @@ def is_unavailable(exc: BaseException) -> bool:
 def _refused_by_server(exc: BaseException) -> bool:
     """A PostgreSQL server that is restarting, shutting down or refusing this database.
 
-    asyncpg raises these while connecting, and SQLAlchemy passes them on unwrapped.
+    asyncpg raises these while connecting; SQLAlchemy 2.0 passes them on unwrapped, 2.1 wraps
+    them in a DBAPIError (is_unavailable looks inside).
     """
     state = getattr(exc, "sqlstate", None)
     if not isinstance(state, str):
@@ -126,6 +132,19 @@ def translate_error(exc: BaseException, engine: AsyncEngine | URL | None = None)
     if is_unavailable(exc):
         return DatabaseUnavailable(f"database{where} unavailable: {_first_line(exc)}")
     return StoreError(f"database{where} error: {_first_line(exc)}")
+
+
+def violation_text(exc: IntegrityError) -> str:
+    """What an IntegrityError says about the rule it broke, lower case: the driver's message,
+    plus for asyncpg the constraint name and PostgreSQL's DETAIL (`Key (col)=(...)`), which
+    SQLAlchemy 2.1 no longer folds into the message. SQLite names `table.column` itself."""
+    driver = exc.orig.__cause__ if exc.orig is not None else None
+    parts = [str(exc.orig)]
+    for attr in ("constraint_name", "detail"):
+        value = getattr(driver, attr, None)
+        if isinstance(value, str):
+            parts.append(value)
+    return " ".join(parts).lower()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -20,7 +20,7 @@ from linehost.errors import LinehostError, StoreError
 from linehost.records import REVOCATION_REASONS, iso_utc
 from linehost.store.batch import ChainHead, load_head
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
-from linehost.store.engine import WRITE_TRANSACTION, translate_error
+from linehost.store.engine import WRITE_TRANSACTION, translate_error, violation_text
 from linehost.store.models import (
     assignments,
     attempts,
@@ -142,7 +142,7 @@ class RevocationLedger(Reader):
                         await self._revoke_in(conn, chosen, reason, by, now)
                 return len(chosen)
             except IntegrityError as exc:
-                text = str(exc.orig).lower()
+                text = violation_text(exc)
                 if "revocations" in text:
                     raise RevocationError(
                         "a selected DAC was revoked meanwhile; nothing was changed"

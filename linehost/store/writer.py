@@ -16,7 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from linehost.errors import DacCollision, LinehostError, OnboardingCollision, StoreError
 from linehost.records import utcnow
 from linehost.store.batch import Batch, ChainHead, SlotRace, Wants, load_head
-from linehost.store.engine import WRITE_TRANSACTION, is_unavailable, translate_error
+from linehost.store.engine import (
+    WRITE_TRANSACTION,
+    is_unavailable,
+    translate_error,
+    violation_text,
+)
 from linehost.store.operations import Op
 
 #: Operations per group commit: every jig of a 1,000-jig line has at most one queued, so each
@@ -206,12 +211,12 @@ class GroupWriter:
 
 def _violated(exc: IntegrityError) -> str | None:
     """Which of our uniqueness rules an IntegrityError broke: dac, key, uid, chain or None."""
-    text = str(exc.orig).lower()
+    text = violation_text(exc)
     if "onboarding" in text:
         return "onboarding"
     if "dac_serial" in text or "dac_sha256" in text:
         return "dac"
-    if "public_key_sha256" in text:
+    if "public_key_sha256" in text or "ux_assignments_live_public_key" in text:
         return "key"
     if "ux_assignments_live_uid" in text or "assignments.uid" in text:
         return "uid"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from linehost.dashboard.alarms import (
+    CRL_NEXT_UPDATE,
     HOST_OFFLINE,
     JIG_FAILING,
     JIG_OFFLINE,
@@ -137,3 +138,61 @@ def test_malformed_inputs_are_ignored() -> None:
     book.adopt("l1", {"active": ["nonsense", {"kind": 1}]})
     book.adopt("l2", {"active": "nope"})
     assert book.evaluate(T0) == [("l1", []), ("l2", [])]
+
+
+DAY = 86400.0
+
+
+def crl(number: int, next_update: float) -> dict[str, object]:
+    """A `host/crl` message as the host publishes it."""
+    return {"pai_skid": "AB12", "crl_number": number, "this_update": iso(next_update - 30 * DAY),
+            "next_update": iso(next_update), "seconds_left": 0, "revoked": 0, "line": "l1",
+            "at": iso(T0)}  # fmt: skip
+
+
+def test_a_crl_within_the_margin_raises_and_a_fresh_one_clears() -> None:
+    book = AlarmBook(AlarmRules(crl_margin=2 * DAY))
+    book.crl("l1", crl(7, T0 + 10 * DAY))
+    assert book.evaluate(T0) == [("l1", [])]
+    assert book.evaluate(T0 + 8 * DAY - 1) == []  # 2 days and a second left: not yet
+    ((line, active),) = book.evaluate(T0 + 8 * DAY)
+    assert (line, [(a.kind, a.subject, a.since) for a in active]) == (
+        "l1", [(CRL_NEXT_UPDATE, "host", T0 + 8 * DAY)]
+    )  # fmt: skip
+    assert active[0].detail == "CRL 7 nextUpdate 2026-12-02T12:00:00Z, no fresher CRL yet"
+    assert book.evaluate(T0 + 9 * DAY) == []  # the same alarm: nothing to publish again
+    ((_, active),) = book.evaluate(T0 + 10 * DAY)
+    assert active[0].detail == "CRL 7 nextUpdate 2026-12-02T12:00:00Z has passed"
+    assert active[0].since == T0 + 8 * DAY  # still the alarm raised two days ago
+    book.crl("l1", crl(8, T0 + 40 * DAY))  # the host signed a fresh CRL
+    assert book.evaluate(T0 + 10 * DAY + 1) == [("l1", [])]
+    assert kinds(book) == []
+
+
+def test_a_fresh_crl_still_within_the_margin_keeps_the_alarm() -> None:
+    book = AlarmBook(AlarmRules(crl_margin=5 * DAY))
+    book.crl("l1", crl(1, T0 + 1 * DAY))  # first seen already close: raised at once
+    book.evaluate(T0)
+    assert [(a.kind, a.since) for a in book.active("l1")] == [(CRL_NEXT_UPDATE, T0 - 4 * DAY)]
+    book.crl("l1", crl(2, T0 + 3 * DAY))  # fresher, but the validity is shorter than the margin
+    ((_, active),) = book.evaluate(T0 + 1)
+    assert (active[0].since, active[0].detail) == (
+        T0 - 4 * DAY, "CRL 2 nextUpdate 2026-11-25T12:00:00Z, no fresher CRL yet"
+    )  # fmt: skip
+
+
+def test_a_cleared_crl_topic_clears_the_alarm_and_malformed_ones_count_as_none() -> None:
+    book = AlarmBook(AlarmRules(crl_margin=DAY))
+    book.crl("l1", crl(3, T0))
+    book.evaluate(T0)
+    assert kinds(book) == [(CRL_NEXT_UPDATE, "host")]
+    book.crl("l1", None)  # the host keeps no CRL any more: its retained message was cleared
+    book.evaluate(T0 + 1)
+    assert kinds(book) == []
+    book.crl("l1", {"next_update": "soon", "crl_number": 4})
+    book.crl("l2", {"next_update": iso(T0), "crl_number": "x"})
+    book.evaluate(T0 + 2)
+    assert kinds(book) == []
+    assert [(a.kind, a.detail) for a in book.active("l2")] == [
+        (CRL_NEXT_UPDATE, "CRL nextUpdate 2026-11-22T12:00:00Z has passed")
+    ]

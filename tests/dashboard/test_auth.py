@@ -66,6 +66,9 @@ def test_dashboard_settings_are_checked() -> None:
         DashboardSection(token_env="X", token_file=Path("t"))
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         DashboardSection.model_validate({"alarms": {"jig_failures": 0}})
+    with pytest.raises(ValidationError, match="greater than or equal to 0"):
+        DashboardSection.model_validate({"alarms": {"crl_margin": -1}})
+    assert DashboardSection().alarms.crl_margin == 3 * 86400  # below crl_refresh_margin's 7 days
     with pytest.raises(ConfigError, match="LH_TEST_UNSET is not set"):
         DashboardSection(token_env="LH_TEST_UNSET").token()
     with pytest.raises(ConfigError, match="cannot read"):

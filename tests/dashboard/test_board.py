@@ -66,7 +66,7 @@ def test_jig_and_host_events() -> None:
             "state": "provisioning", "uid": "AB", "station": "st1", "jig": "j1"}})
     ]  # fmt: skip
     assert board.apply(host, {"online": False})[0][1]["status"] == {"online": False}
-    assert board.forget_jig(jig) == [("jig_removed", {"line": "l1", "key": "st1/j1"})]
+    assert board.forget(jig) == [("jig_removed", {"line": "l1", "key": "st1/j1"})]
     assert board.snapshot()["lines"]["l1"]["jigs"] == {}
 
 

@@ -13,7 +13,13 @@ import yaml
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from linehost.dashboard.alarms import HOST_OFFLINE, JIG_FAILING, JIG_OFFLINE, OUTBOX_GROWING
+from linehost.dashboard.alarms import (
+    CRL_NEXT_UPDATE,
+    HOST_OFFLINE,
+    JIG_FAILING,
+    JIG_OFFLINE,
+    OUTBOX_GROWING,
+)
 from linehost.evidence.publish import checkpoint_topic
 from linehost.mqtt.topics import LineTopics, subscriptions
 from linehost.protocol.outcomes import JigState, Outcome
@@ -49,6 +55,7 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "results": topics.results,
         "workOrder": topics.work_order,
         "outbox": topics.outbox,
+        "hostCrl": topics.host_crl,
         "alarms": topics.alarms,
         "auditCheckpoint": checkpoint_topic("{prefix}", "{line}"),
     }
@@ -62,6 +69,7 @@ def test_document_is_asyncapi_3_with_every_topic(doc: dict[str, Any]) -> None:
         "results": (1, False),
         "workOrder": (1, True),
         "outbox": (1, True),
+        "hostCrl": (1, True),
         "alarms": (1, True),
         "auditCheckpoint": (1, True),
     }
@@ -73,7 +81,7 @@ def test_enums_match_the_code(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
     assert set(schemas["Outcome"]["enum"]) == {o.value for o in Outcome}
     assert set(schemas["JigStateName"]["enum"]) == {s.value for s in JigState}
-    kinds = {JIG_FAILING, JIG_OFFLINE, HOST_OFFLINE, OUTBOX_GROWING}
+    kinds = {JIG_FAILING, JIG_OFFLINE, HOST_OFFLINE, OUTBOX_GROWING, CRL_NEXT_UPDATE}
     assert set(schemas["Alarm"]["properties"]["kind"]["enum"]) == kinds
 
 

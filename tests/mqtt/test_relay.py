@@ -6,7 +6,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from linehost.config import MqttSection
 from linehost.mqtt import relay as relay_module
 from linehost.mqtt.relay import MqttRelay
 from linehost.mqtt.topics import subscriptions
+from linehost.pki.crl_keeper import CrlState
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
 from tests.mqtt.broker import PrivateBroker
@@ -201,6 +202,7 @@ class ScriptedFacts:
         self.depth = 0
         self.done = 0
         self.reads = 0
+        self.crl_state: CrlState | None = None
 
     async def outbox_depth(self) -> int:
         self.reads += 1
@@ -209,6 +211,9 @@ class ScriptedFacts:
     async def work_order(self) -> dict[str, object] | None:
         return {"work_order": "WO-1", "quantity": 10, "done": self.done,
                 "remaining": 10 - self.done}  # fmt: skip
+
+    def crl(self) -> CrlState | None:
+        return self.crl_state
 
 
 async def test_work_order_and_outbox_depth_are_published_retained_when_they_change(
@@ -243,3 +248,56 @@ async def test_work_order_and_outbox_depth_are_published_retained_when_they_chan
     finally:
         late.stop()
     assert all(m.retain for m in late.snapshot())
+
+
+async def test_the_crl_is_published_retained_when_signed_and_a_stale_one_cleared(
+    broker_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "FACTS_EVERY", 0.05)
+    topic = f"{prefix}/l1/host/crl"
+    await asyncio.to_thread(publish_retained, broker_url, topic, b'{"crl_number":9}')
+    facts = ScriptedFacts()  # a host without crl_dir: an earlier run's retained CRL is cleared
+    relay = MqttRelay(settings(broker_url, prefix), MemoryOutbox(), line="l1", jigs=1,
+                      facts=facts)  # fmt: skip
+    sub = Subscriber(broker_url, [topic], f"t-{secrets.token_hex(4)}").start()
+    try:
+        relay.start()
+        await relay.wait_connected()
+        await asyncio.to_thread(sub.wait_for, lambda ms: len(ms) >= 2, 5, "the clearing")
+        await asyncio.sleep(0.3)  # read several times: cleared once
+        signed = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
+        facts.crl_state = CrlState("AB12", 3, signed, signed + timedelta(days=30), 1)
+        await asyncio.to_thread(sub.wait_for, lambda ms: len(ms) >= 3, 5, "the CRL")
+        await asyncio.sleep(0.3)  # the same CRL read again: not published again
+        facts.crl_state = CrlState("AB12", 4, signed, signed + timedelta(days=30), 2)
+        await asyncio.to_thread(sub.wait_for, lambda ms: len(ms) >= 4, 5, "the next CRL")
+    finally:
+        await relay.close()
+        sub.stop()
+    got = sub.snapshot()
+    assert [m.payload for m in got[:2]] == [b'{"crl_number":9}', b""]
+    first, second = (m.json() for m in got[2:])
+    assert len(got) == 4
+    assert {k: v for k, v in first.items() if k not in ("seconds_left", "at")} == {
+        "pai_skid": "AB12", "crl_number": 3, "this_update": "2026-12-07T01:00:00.000000Z",
+        "next_update": "2027-01-06T01:00:00.000000Z", "revoked": 1, "line": "l1",
+    }  # fmt: skip
+    at = datetime.fromisoformat(first["at"])
+    assert first["seconds_left"] == pytest.approx(
+        (signed + timedelta(days=30) - at).total_seconds()
+    )
+    assert (second["crl_number"], second["revoked"]) == (4, 2)
+    late = Subscriber(broker_url, [topic], f"t-{secrets.token_hex(4)}").start()
+    try:
+        await asyncio.to_thread(late.wait_for, lambda ms: len(ms) == 1, 5, "the retained CRL")
+    finally:
+        late.stop()
+    assert late.snapshot()[0].json()["crl_number"] == 4
+
+
+def publish_retained(url: str, topic: str, payload: bytes) -> None:
+    """What an earlier run of the host left on the broker."""
+    import paho.mqtt.publish as publish
+
+    publish.single(topic, payload, qos=1, retain=True, hostname="127.0.0.1",
+                   port=int(url.rsplit(":", 1)[1]))  # fmt: skip

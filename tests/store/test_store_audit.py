@@ -35,6 +35,7 @@ EXPORT_FIELDS = [
     "work_order",
     "revoked_at",  # issue 13: added, contract fields kept
     "revocation_reason",
+    "key_proof",  # issue 17: "csr" (v1) or "none" (ECC608 letters)
 ]
 
 

@@ -11,7 +11,7 @@ const STATE_LABEL = {
 };
 const ALARM_LABEL = {
   jig_failing: "jig failing", jig_offline: "jig offline", host_offline: "host offline",
-  outbox_growing: "outbox growing",
+  outbox_growing: "outbox growing", crl_next_update: "CRL nextUpdate near",
 };
 const WORST_SHOWN = 3;
 const HISTORY_EVERY = 5000; // ms between two fetches of the shift chart's data
@@ -46,7 +46,9 @@ function lineSection(name) {
     fig.append(el("b", "", "–"), document.createTextNode(" " + label));
     head.append(fig);
   }
-  head.append(el("div", "failures"));
+  const crl = el("span", "figure crl");
+  crl.hidden = true;
+  head.append(crl, el("div", "failures"));
   section.append(head, el("div", "stations"));
   const all = [...document.querySelectorAll("section.line")];
   const after = all.find((s) => s.dataset.line > name);
@@ -102,6 +104,17 @@ function renderWorkOrder(name, wo) {
 function renderOutbox(name, outbox) {
   const cell = plantRow(name).querySelector(".outbox");
   cell.textContent = outbox && Number.isInteger(outbox.depth) ? outbox.depth.toLocaleString() : "–";
+}
+
+function renderCrl(name, crl) {
+  // the CRL the line's host keeps ([pki] crl_dir); hidden when it keeps none
+  const fig = lineSection(name).querySelector(".figure.crl");
+  fig.hidden = !crl;
+  if (!crl) return;
+  fig.dataset.crlNumber = crl.crl_number;
+  fig.dataset.nextUpdate = crl.next_update;
+  fig.replaceChildren(el("b", "", `CRL ${crl.crl_number}`),
+                      document.createTextNode(" next update " + new Date(crl.next_update).toLocaleString()));
 }
 
 function renderWorst(name) {
@@ -332,6 +345,7 @@ function apply(name, data) {
   else if (name === "stats") renderStats(data);
   else if (name === "workorder") renderWorkOrder(data.line, data.work_order);
   else if (name === "outbox") renderOutbox(data.line, data.outbox);
+  else if (name === "crl") renderCrl(data.line, data.crl);
   else if (name === "alarms") renderAlarms(data.line, data.active);
 }
 
@@ -347,6 +361,7 @@ function connect() {
       renderStats(line.stats);
       renderWorkOrder(name, line.work_order);
       renderOutbox(name, line.outbox);
+      renderCrl(name, line.crl);
       renderAlarms(name, line.alarms);
     }
     drawChart();
