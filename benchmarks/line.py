@@ -181,13 +181,14 @@ class Simulator:
         baud: int | None,
         mix: str = "good",
         protocol: str = "v1",
+        seed: int = 1,
     ) -> None:
         self.record = work / "devices.jsonl"
         self.args = [
             sys.executable, "-m", "linehost.sim",
             "--jigs", str(jigs), "--devices", str(per_jig), "--mix", mix,
             "--dir", str(work / "jigs"), "--record", str(self.record),
-            "--swap-seconds", "0", "--seed", "1", "--linger", "600", "--protocol", protocol,
+            "--swap-seconds", "0", "--seed", str(seed), "--linger", "600", "--protocol", protocol,
         ]  # fmt: skip
         if baud is not None:
             self.args += ["--baud", str(baud)]
@@ -278,6 +279,7 @@ def write_config(
     protocol: str = "v1",
     letter_gap: float = 0.2,
     attest: bool = False,
+    line: str = "bench",
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
@@ -307,7 +309,7 @@ def write_config(
             "checkpoint_every = 1000\ncheckpoint_interval = 10\n"
         )
     path.write_text(
-        f'[line]\nname = "bench"\nshutdown_grace = 5\n'
+        f'[line]\nname = "{line}"\nshutdown_grace = 5\n'
         f'[database]\nurl = "{url}"\n'
         f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
         f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n{pop}'
@@ -447,6 +449,10 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
                 "finish_to_commit": percentiles(probe["finish_to_commit"]),
             },
             "cpu_ms_per_device": round((cpu1 - cpu0) * 1000 / devices, 3) if devices else None,
+            "statements_per_device": round(probe.get("statements", 0) / devices, 2)
+            if devices
+            else None,
+            "commits_per_device": round(probe.get("commits", 0) / devices, 3) if devices else None,
             "rss_mb": round(hwm, 1),
             "rss_now_mb": round(rss, 1),
             "database": args.database,

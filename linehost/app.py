@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import functools
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 import structlog
@@ -36,6 +36,8 @@ from linehost.store.store import Store
 from linehost.transport.serial import ensure_fd_limit
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
     from linehost.mqtt.progress import CrlSource
     from linehost.mqtt.relay import MqttRelay
     from linehost.opcua.server import OpcuaServer
@@ -189,6 +191,7 @@ async def run_line(
     config: LineConfig,
     stop: asyncio.Event,
     observer: AttemptObserver | None = None,
+    count_database: Callable[[AsyncEngine], None] | None = None,
 ) -> list[JigRunner]:
     """Run every jig of the line until `stop` is set; return the runners (for their counts).
 
@@ -205,6 +208,10 @@ async def run_line(
     try:
         check_pais(config)
         async with open_line_store(config) as store:
+            if count_database is not None:  # benchmarks: round trips per device
+                count_database(store.engine)
+                if store.writer.engine is not store.engine:
+                    count_database(store.writer.engine)
             await log_pki(config, issuer, cd)
             timing = timing_of(config)
             crl_keeper = await _start_crl_keeper(config, store, issuer, ops)

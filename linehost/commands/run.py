@@ -41,7 +41,8 @@ def run_line_command(options: RunOptions) -> int:
         install_stop_signals(stop)
         probe = probe_from_env(os.environ)  # benchmarks only: LINEHOST_LATENCY_FILE
         try:
-            await run_line(config, stop, observer=probe)
+            counting = probe.count_database if probe is not None else None
+            await run_line(config, stop, observer=probe, count_database=counting)
         finally:
             if probe is not None:
                 probe.dump()

@@ -9,7 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.observers import Observer
 from linehost.records import AttemptStart
@@ -22,12 +25,26 @@ MAX_SAMPLES: Final = 1_000_000
 class LatencyProbe(Observer):
     """Two series: CSR received -> first DAC byte written; finish received -> attempt committed."""
 
-    __slots__ = ("csr_to_dac", "finish_to_commit", "path")
+    __slots__ = ("commits", "csr_to_dac", "finish_to_commit", "path", "statements")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.csr_to_dac: list[float] = []
         self.finish_to_commit: list[float] = []
+        self.statements = 0  # SQL statements sent (an executemany counts once), BEGIN/COMMIT not
+        self.commits = 0
+
+    def count_database(self, engine: AsyncEngine) -> None:
+        """Count the statements and commits of `engine` (benchmarks: round trips per device)."""
+
+        def on_execute(*_args: Any) -> None:
+            self.statements += 1
+
+        def on_commit(*_args: Any) -> None:
+            self.commits += 1
+
+        event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
+        event.listen(engine.sync_engine, "commit", on_commit)
 
     def dac_written(self, start: AttemptStart, seconds: float) -> None:
         """The DAC of a CSR went to the port `seconds` after the CSR was read."""
@@ -41,7 +58,12 @@ class LatencyProbe(Observer):
 
     def dump(self) -> None:
         """Write the samples as JSON (atomically)."""
-        data = {"csr_to_dac": self.csr_to_dac, "finish_to_commit": self.finish_to_commit}
+        data = {
+            "csr_to_dac": self.csr_to_dac,
+            "finish_to_commit": self.finish_to_commit,
+            "statements": self.statements,
+            "commits": self.commits,
+        }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         tmp.replace(self.path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
@@ -29,6 +29,7 @@ from linehost.mqtt.link import (
     reconnect_backoff,
 )
 from linehost.mqtt.payloads import HOST_OFFLINE, encode, host_crl, host_online
+from linehost.mqtt.publish import PublishFailed, publish_all
 from linehost.mqtt.topics import LineTopics
 from linehost.observers import Observer
 from linehost.records import JigStatus, iso_utc, utcnow
@@ -198,14 +199,12 @@ class MqttRelay(Observer):
                 keys = list(self._dirty)
                 self._dirty.clear()
                 try:
-                    await _all_acked(
-                        client.publish(
-                            self.topics.jig_state(*key),
-                            encode(self._states[key].payload()),
-                            qos=1,
-                            retain=True,
-                        )
-                        for key in keys
+                    await publish_all(
+                        client,
+                        [
+                            (self.topics.jig_state(*key), encode(self._states[key].payload()), True)
+                            for key in keys
+                        ],
                     )
                 except BaseException:
                     self._dirty.update(keys)
@@ -245,11 +244,12 @@ class MqttRelay(Observer):
 
     async def _publish_results(self, client: aiomqtt.Client, rows: list[tuple[int, str]]) -> None:
         topic = self.topics.results
-        outcomes = await asyncio.gather(
-            *(client.publish(topic, payload.encode(), qos=1) for _, payload in rows),
-            return_exceptions=True,
-        )
-        acked = [row_id for (row_id, _), err in zip(rows, outcomes, strict=True) if err is None]
+        failure: PublishFailed | None = None
+        try:
+            done = await publish_all(client, [(topic, p.encode(), False) for _, p in rows])
+        except PublishFailed as exc:
+            failure, done = exc, exc.acked
+        acked = [rows[i][0] for i in done]
         if acked:
             try:
                 await self._outbox.mark_results_sent(acked, utcnow())
@@ -258,9 +258,8 @@ class MqttRelay(Observer):
                 _log.warning("results_not_marked", count=len(acked), detail=str(exc))
             self.results_published += len(acked)
             _log.debug("results_published", count=len(acked), last_id=acked[-1])
-        for err in outcomes:
-            if isinstance(err, BaseException):
-                raise err
+        if failure is not None:
+            raise failure
 
     # --- work order and outbox depth -------------------------------------------------------
 
@@ -306,14 +305,6 @@ async def _watch(client: aiomqtt.Client) -> None:
     """Raise MqttError when the connection drops (aiomqtt reports it to message readers)."""
     async for _ in client.messages:
         pass
-
-
-async def _all_acked(publishes: Iterable[Awaitable[None]]) -> None:
-    """Await every publish (sent pipelined); raise the first failure after all settled."""
-    outcomes = await asyncio.gather(*publishes, return_exceptions=True)
-    for err in outcomes:
-        if isinstance(err, BaseException):
-            raise err
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 from linehost.records import AttemptStart, OnboardingRequest, iso_utc
+from linehost.store import pgflush
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
 from linehost.store.models import (
     assignments,
@@ -58,9 +59,12 @@ class AuditEvent:
 class Batch:
     """The rows one transaction touches, their changes, and what it appends."""
 
-    def __init__(self, line: str, now: datetime) -> None:
+    def __init__(self, line: str, now: datetime, *, single_statement: bool = False) -> None:
+        """A batch of `line` dated `now`; `single_statement` (PostgreSQL): read with one
+        statement and write with one (pgflush) where the batch allows."""
         self.line = line
         self.now = now
+        self.single_statement = single_statement
         self.attempts: dict[str, AttemptRow] = {}
         self.new_attempts: list[AttemptRow] = []
         self.running: list[AttemptRow] = []
@@ -90,6 +94,9 @@ class Batch:
                 if row.closed_at is not None:
                     self.closed_work_orders[row.id] = row.closed_at
         await self.onboarding.load(conn, wants.onboarding_uids, wants.onboarding)
+        if self.single_statement and conn.dialect.name == "postgresql":
+            await pgflush.load(self, conn, wants)
+            return
         assignment_ids = set(wants.assignment_ids)
         if wants.attempt_ids or wants.running_line is not None:
             clauses: list[ColumnElement[bool]] = []
@@ -102,11 +109,9 @@ class Batch:
             cols = [attempts.c[k] for k in ATTEMPT_COLUMNS]
             for row in await _fetch(conn, select(*cols).where(or_(*clauses))):
                 attempt = AttemptRow.from_db(row)
-                self.attempts[attempt.attempt_id] = attempt
+                self.found_attempt(attempt, wants.running_line)
                 if attempt.assignment_id is not None:
                     assignment_ids.add(attempt.assignment_id)
-                if attempt.outcome is None and attempt.line == wants.running_line:
-                    self.running.append(attempt)
             self.running.sort(key=lambda a: (a.started_at, a.attempt_id))
         if not (assignment_ids or wants.keys or wants.uids):
             return
@@ -132,9 +137,19 @@ class Batch:
             .with_for_update(of=assignments)
         )
         for row in await _fetch(conn, stmt):
-            self._index(AssignmentRow.from_db(row))
-            if row.revoked:
-                self.revoked.add(row.dac_serial)
+            self.found_assignment(AssignmentRow.from_db(row), revoked=row.revoked)
+
+    def found_attempt(self, attempt: AttemptRow, running_line: str | None) -> None:
+        """Take a stored attempt the load found."""
+        self.attempts[attempt.attempt_id] = attempt
+        if attempt.outcome is None and attempt.line == running_line:
+            self.running.append(attempt)
+
+    def found_assignment(self, row: AssignmentRow, *, revoked: bool) -> None:
+        """Take a stored (and locked) assignment the load found."""
+        self._index(row)
+        if revoked:
+            self.revoked.add(row.dac_serial)
 
     def _index(self, row: AssignmentRow) -> None:
         if row.id is not None:
@@ -241,13 +256,18 @@ class Batch:
         self.results.append(json.dumps(row.record(), separators=(",", ":"), ensure_ascii=False))
 
     async def flush(self, conn: AsyncConnection, head: ChainHead | None) -> ChainHead | None:
-        """Write every change; returns the new chain head."""
-        await self._change_work_orders(conn, opened=True)  # before the claims on them
-        await self._move_slots(conn)
-        await self._change_work_orders(conn, opened=False)  # after this batch's claims
+        """Write every change; returns the new chain head.
+
+        On PostgreSQL (`single_statement`) one data-modifying statement carries the writes
+        (pgflush); SQLite, and the batches pgflush does not take, use one statement per table.
+        """
+        pg = conn.dialect.name == "postgresql"
+        if self.single_statement and pg and pgflush.fits(self):
+            return await pgflush.flush(self, conn, head, topic=RESULTS_TOPIC)
+        await self.write_work_orders(conn)
         # Existing assignments first: they only ever leave the live set, which frees
         # the key / UID for a new assignment inserted below.
-        await _update_changed(conn, assignments, assignments.c.id, self.assignments.values())
+        await self.update_assignments(conn)
         if self.new_assignments:
             # Ids come back in any order (one multi-row INSERT): match them by the unique serial.
             stmt = insert(assignments).returning(assignments.c.id, assignments.c.dac_serial)
@@ -283,7 +303,17 @@ class Batch:
             )
         return head
 
-    async def _move_slots(self, conn: AsyncConnection) -> None:
+    async def write_work_orders(self, conn: AsyncConnection) -> None:
+        """Work orders opened, this batch's slot claims, work orders closed: in that order."""
+        await self._change_work_orders(conn, opened=True)  # before the claims on them
+        await self.move_slots(conn)
+        await self._change_work_orders(conn, opened=False)  # after this batch's claims
+
+    async def update_assignments(self, conn: AsyncConnection) -> None:
+        """UPDATE the changed columns of the assignments already stored."""
+        await _update_changed(conn, assignments, assignments.c.id, self.assignments.values())
+
+    async def move_slots(self, conn: AsyncConnection) -> None:
         """Apply the work-order slot changes; a claim is guarded and must hit its row."""
         t = work_orders
         for work_order, delta in sorted(self.slots.items()):
@@ -324,8 +354,15 @@ class Batch:
     async def _append_audit(
         self, conn: AsyncConnection, head: ChainHead | None
     ) -> ChainHead | None:
+        rows, head = self.audit_rows(head)
+        if rows:
+            await conn.execute(insert(audit_log), rows)
+        return head
+
+    def audit_rows(self, head: ChainHead | None) -> tuple[list[dict[str, Any]], ChainHead | None]:
+        """The audit rows of this batch's events, chained on from `head`, and the new head."""
         if not self.events:
-            return head
+            return [], head
         seq, prev = head if head is not None else (0, GENESIS_HASH)
         at = iso_utc(self.now)
         assert at is not None
@@ -357,8 +394,7 @@ class Batch:
                 }
             )
             prev = digest
-        await conn.execute(insert(audit_log), rows)
-        return seq, prev
+        return rows, (seq, prev)
 
 
 def _one_of_for(conn: AsyncConnection) -> Callable[[Any, Iterable[Any]], ColumnElement[bool]]:

@@ -215,6 +215,10 @@ class OnboardingBook:
         if window is not None:
             window.push(row.discriminator)
 
+    def has_new(self) -> bool:
+        """True when the batch inserts onboarding rows."""
+        return bool(self._new)
+
     async def flush(self, conn: AsyncConnection) -> None:
         """Insert the new rows (after their assignments, whose ids they carry)."""
         if not self._new:

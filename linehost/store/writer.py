@@ -24,7 +24,9 @@ from linehost.store.engine import (
 )
 from linehost.store.operations import Op
 
-MAX_BATCH: Final = 256  # operations per group commit
+#: Operations per group commit: every jig of a 1,000-jig line has at most one queued, so each
+#: waits at most for the group commit in flight and its own (issue 18).
+MAX_BATCH: Final = 1024
 SINGLE_OP_TRIES: Final = 3  # after a failed batch, tries per operation on its own
 
 _log = structlog.get_logger("linehost.store")
@@ -45,12 +47,15 @@ class GroupWriter:
         head: ChainHead | None,
         clock: Callable[[], datetime] = utcnow,
         commit_hook: CommitHook | None = None,
+        single_statement: bool = True,
     ) -> None:
-        """Write for `line`, whose chain ends at `head`; `clock` dates each batch."""
+        """Write for `line`, whose chain ends at `head`; `clock` dates each batch;
+        `single_statement` (PostgreSQL): a batch's writes as one statement (pgflush)."""
         self.line = line
         self.engine = engine
         self.clock = clock
         self.commit_hook = commit_hook
+        self.single_statement = single_statement
         self.reconnects = 0  # batches run again on a new connection after a dead one
         self._head = head
         self._head_stale = False
@@ -182,7 +187,7 @@ class GroupWriter:
             await self._commit(ops)
 
     async def _commit(self, ops: list[Op[Any]]) -> None:
-        batch = Batch(self.line, self.clock())
+        batch = Batch(self.line, self.clock(), single_statement=self.single_statement)
         wants = Wants()
         for op in ops:
             op.want(wants)
