@@ -16,7 +16,7 @@ indexes need the old assignment to leave the live set first.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -296,7 +296,8 @@ async def flush(
             sent_line.append(batch.line)
             sent_at.append(at)
     result = await conn.exec_driver_sql(GROUP_COMMIT_SQL, tuple(columns))
-    by_serial = {row[1]: row[0] for row in result.all()}  # (id, dac_serial)
+    rows = cast("list[tuple[int, str]]", result.all())  # (id, dac_serial) per new assignment
+    by_serial = {serial: new_id for new_id, serial in rows}
     for new in batch.new_assignments:
         new.id = by_serial[new.dac_serial]
     return head
