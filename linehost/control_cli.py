@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import getpass
+from dataclasses import dataclass
+from pathlib import Path
 
 from linehost.config import load_config
 from linehost.errors import ConfigError
@@ -15,7 +16,15 @@ from linehost.store.store import Store
 VIA = "cli"
 
 
-def close_work_order(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class WorkOrderClose:
+    """`workorder close` as parsed: the config, and the work order if not its [work_order]."""
+
+    config: Path
+    id: str | None = None
+
+
+def close_work_order(args: WorkOrderClose) -> int:
     """Close the configured (or given) work order; every host stops provisioning against it."""
     config = load_config(args.config)
     work_order = args.id or (config.work_order.id if config.work_order else None)

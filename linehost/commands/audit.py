@@ -52,12 +52,37 @@ def register(subparsers: Subparsers) -> None:
         "verify", help="check the database against itself and the PKI; exit 0 only if all holds"
     )
     verify.set_defaults(handler=_verify)
-    from linehost.evidence.cli import add_parsers, add_verify_arguments
-
-    add_verify_arguments(verify)
-    add_parsers(audit_sub)
+    _checkpoint_args(verify)
+    _evidence_parsers(audit_sub)
     bundles = audit_sub.add_parser("bundles", help="pre-issued DAC pools: remaining per bundle")
     bundles.set_defaults(handler=_bundles)
+
+
+def _evidence_parsers(audit_sub: Subparsers) -> None:
+    """Add keygen, prove and check-proof (implemented in linehost.evidence.cli)."""
+    from linehost.evidence.checkpoint import ECDSA_P256, ED25519
+
+    keygen = audit_sub.add_parser("keygen", help="make the audit checkpoint key pair")
+    keygen.add_argument("--out", type=Path, required=True, help="folder for audit.key, audit.pub")
+    keygen.add_argument("--algorithm", choices=[ED25519, ECDSA_P256], default=ED25519)
+    keygen.set_defaults(handler=_keygen, needs_config=False)
+    prove = audit_sub.add_parser("prove", help="inclusion proof of a device's records")
+    which = prove.add_mutually_exclusive_group(required=True)
+    which.add_argument("--uid", default=None)
+    which.add_argument("--serial", default=None, help="DAC serial (hex)")
+    prove.add_argument("--out", type=Path, required=True)
+    prove.set_defaults(handler=_prove)
+    check = audit_sub.add_parser("check-proof", help="check an inclusion proof offline")
+    check.add_argument("proof", type=Path)
+    check.add_argument("--audit-pubkey", type=Path, required=True)
+    check.set_defaults(handler=_check_proof, needs_config=False)
+
+
+def _checkpoint_args(verify: argparse.ArgumentParser) -> None:
+    """`verify --checkpoints DIR --audit-pubkey FILE`."""
+    verify.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
+                        help="also check against the signed checkpoint files in DIR")  # fmt: skip
+    verify.add_argument("--audit-pubkey", type=Path, default=None, metavar="FILE")
 
 
 def _record_args(parser: argparse.ArgumentParser) -> None:
@@ -126,4 +151,22 @@ def _verify(args: argparse.Namespace) -> int:
 def _bundles(args: argparse.Namespace) -> int:
     from linehost.pki.cli import show_bundles
 
-    return show_bundles(args)
+    return show_bundles(args.config)
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from linehost.evidence.cli import KeygenOptions, keygen_command
+
+    return keygen_command(KeygenOptions(args.out, args.algorithm))
+
+
+def _prove(args: argparse.Namespace) -> int:
+    from linehost.evidence.cli import ProofRequest, prove_command
+
+    return prove_command(ProofRequest(args.config, args.out, args.uid, args.serial))
+
+
+def _check_proof(args: argparse.Namespace) -> int:
+    from linehost.evidence.cli import ProofCheck, check_proof_command
+
+    return check_proof_command(ProofCheck(args.proof, args.audit_pubkey))

@@ -24,6 +24,6 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from linehost.onboarding.cli import reprint_label
+    from linehost.onboarding.cli import LabelRequest, reprint_label
 
-    return reprint_label(args)
+    return reprint_label(LabelRequest(args.config, args.uid, args.out))

@@ -116,9 +116,9 @@ def _vid_pid(text: str, name: str) -> str:
 
 
 def _import_bundle(args: argparse.Namespace) -> int:
-    from linehost.pki.cli import import_bundle
+    from linehost.pki.cli import BundleImport, import_bundle
 
-    return import_bundle(args)
+    return import_bundle(BundleImport(args.config, args.source, args.bundle))
 
 
 def register_lifecycle(pki_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

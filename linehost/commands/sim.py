@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from linehost.commands import Subparsers
+    from linehost.sim.cli import SimOptions
 
 
 def register(subparsers: Subparsers) -> None:
@@ -19,7 +20,29 @@ def register(subparsers: Subparsers) -> None:
     sim.set_defaults(handler=_sim)
 
 
-def _sim(args: argparse.Namespace) -> int:
-    from linehost.sim.cli import run_from_args
+def sim_options(args: argparse.Namespace) -> SimOptions:
+    """The options `linehost.sim.cli.add_arguments` parsed (also for `python -m linehost.sim`)."""
+    from linehost.sim.cli import SimOptions
 
-    return asyncio.run(run_from_args(args))
+    return SimOptions(
+        jigs=args.jigs,
+        devices=args.devices,
+        personality=args.personality,
+        mix=args.mix,
+        dir=args.dir,
+        record=args.record,
+        paa=args.paa,
+        swap_seconds=args.swap_seconds,
+        seed=args.seed,
+        baud=args.baud,
+        reseat_seconds=args.reseat_seconds,
+        linger=args.linger,
+        protocol=args.protocol,
+        plans=args.plan,
+    )
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from linehost.sim.cli import run_simulator
+
+    return asyncio.run(run_simulator(sim_options(args)))

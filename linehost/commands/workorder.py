@@ -37,6 +37,6 @@ def _workorder_status(args: argparse.Namespace) -> int:
 
 
 def _workorder_close(args: argparse.Namespace) -> int:
-    from linehost.control_cli import close_work_order
+    from linehost.control_cli import WorkOrderClose, close_work_order
 
-    return close_work_order(args)
+    return close_work_order(WorkOrderClose(args.config, args.id))

@@ -1,18 +1,18 @@
-"""`linehost audit keygen | prove | check-proof` and `verify --checkpoints`: the handlers."""
+"""`linehost audit keygen | prove | check-proof` and `verify --checkpoints`: the handlers
+(their arguments are in linehost.commands.audit)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from linehost.config import load_config
 from linehost.errors import ConfigError
 from linehost.evidence.checkpoint import (
-    ECDSA_P256,
     ED25519,
     generate_key_pair,
     key_id_of,
@@ -23,32 +23,33 @@ from linehost.evidence.proof import build_proof, check_proof
 from linehost.evidence.verify import CheckpointReport, verify_against_checkpoints
 
 
-def add_parsers(audit_sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add keygen, prove and check-proof under `linehost audit`."""
-    keygen = audit_sub.add_parser("keygen", help="make the audit checkpoint key pair")
-    keygen.add_argument("--out", type=Path, required=True, help="folder for audit.key, audit.pub")
-    keygen.add_argument("--algorithm", choices=[ED25519, ECDSA_P256], default=ED25519)
-    keygen.set_defaults(handler=keygen_command, needs_config=False)
-    prove = audit_sub.add_parser("prove", help="inclusion proof of a device's records")
-    which = prove.add_mutually_exclusive_group(required=True)
-    which.add_argument("--uid", default=None)
-    which.add_argument("--serial", default=None, help="DAC serial (hex)")
-    prove.add_argument("--out", type=Path, required=True)
-    prove.set_defaults(handler=prove_command)
-    check = audit_sub.add_parser("check-proof", help="check an inclusion proof offline")
-    check.add_argument("proof", type=Path)
-    check.add_argument("--audit-pubkey", type=Path, required=True)
-    check.set_defaults(handler=check_proof_command, needs_config=False)
+@dataclass(frozen=True, slots=True)
+class KeygenOptions:
+    """`audit keygen` as parsed: where the key pair goes, and its algorithm."""
+
+    out: Path  # folder for audit.key, audit.pub
+    algorithm: str = ED25519  # or ECDSA_P256
 
 
-def add_verify_arguments(verify: argparse.ArgumentParser) -> None:
-    """`verify --checkpoints DIR --audit-pubkey FILE`."""
-    verify.add_argument("--checkpoints", type=Path, default=None, metavar="DIR",
-                        help="also check against the signed checkpoint files in DIR")  # fmt: skip
-    verify.add_argument("--audit-pubkey", type=Path, default=None, metavar="FILE")
+@dataclass(frozen=True, slots=True)
+class ProofRequest:
+    """`audit prove` as parsed: the device (by UID or DAC serial) and the proof file to write."""
+
+    config: Path
+    out: Path
+    uid: str | None = None
+    serial: str | None = None  # hex
 
 
-def keygen_command(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class ProofCheck:
+    """`audit check-proof` as parsed: the proof file and the auditor's public key."""
+
+    proof: Path
+    audit_pubkey: Path
+
+
+def keygen_command(args: KeygenOptions) -> int:
     """Write the key pair, print the public key and its id for auditors."""
     key_path, pub_path, public = generate_key_pair(args.out, args.algorithm)
     print(public_pem(public), end="")
@@ -61,7 +62,7 @@ def keygen_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def prove_command(args: argparse.Namespace) -> int:
+def prove_command(args: ProofRequest) -> int:
     """Write the inclusion proof of `--uid` / `--serial` to `--out`."""
     from linehost.store.audit import Audit
 
@@ -90,7 +91,7 @@ def prove_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_proof_command(args: argparse.Namespace) -> int:
+def check_proof_command(args: ProofCheck) -> int:
     """Check a proof with the audit public key alone; exit 1 with one line per problem."""
     public = load_public_key(args.audit_pubkey)
     try:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+from dataclasses import dataclass
 from pathlib import Path
 
 from linehost.config import load_config
@@ -18,7 +18,16 @@ class UnknownDevice(LinehostError):
     """No onboarding data is recorded for the device."""
 
 
-def reprint_label(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class LabelRequest:
+    """`linehost label` as parsed: the config, the device, and an extra folder for the files."""
+
+    config: Path
+    uid: str
+    out: Path | None = None  # also write the PNG/ZPL files here
+
+
+def reprint_label(args: LabelRequest) -> int:
     """Print (and/or write) the label of one device again; exit 1 when it has no data."""
     config = load_config(args.config)
     if config.onboarding is None:

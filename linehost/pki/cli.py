@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 from linehost.config import load_config
 from linehost.pki.bundle import ImportReport, format_counts
@@ -21,7 +22,16 @@ EXIT_OK = 0
 EXIT_REJECTS = 1  # the import ran; some entries were rejected (listed on stdout)
 
 
-def import_bundle(args: argparse.Namespace) -> int:
+@dataclass(frozen=True, slots=True)
+class BundleImport:
+    """`pki import-bundle` as parsed: the config, the source, and the bundle's name if given."""
+
+    config: Path
+    source: Path  # a directory of <UID>*.pem, or a uid,dac CSV
+    bundle: str | None = None  # default: the source's name
+
+
+def import_bundle(args: BundleImport) -> int:
     """Validate and load a bundle; print progress on stderr and one line per reject."""
     config = load_config(args.config)
     pki = config.pki
@@ -101,9 +111,9 @@ class _ImportMeters:
             self._storing.finish()
 
 
-def show_bundles(args: argparse.Namespace) -> int:
+def show_bundles(config_path: Path) -> int:
     """Remaining entries per bundle."""
-    config = load_config(args.config)
+    config = load_config(config_path)
 
     async def go() -> list[str]:
         pool = await BundlePool.open(config.database.url)

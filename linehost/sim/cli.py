@@ -101,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True, slots=True)
 class SimOptions:
-    """`linehost sim` as parsed (see `add_arguments` for what each option means)."""
+    """`linehost sim` as parsed (see `add_arguments` for what each option means; the mapping
+    from argparse is `linehost.commands.sim.sim_options`)."""
 
     jigs: int = 1
     devices: int | None = None  # per jig; None: endless, until SIGINT
@@ -117,31 +118,6 @@ class SimOptions:
     linger: float = DEFAULT_LINGER
     protocol: str = "v1"  # the jig protocol the simulated firmware speaks
     plans: list[list[str]] | None = None  # exactly these devices, one list per jig
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SimOptions:
-        """The options `add_arguments` parsed."""
-        return cls(
-            jigs=args.jigs,
-            devices=args.devices,
-            personality=args.personality,
-            mix=args.mix,
-            dir=args.dir,
-            record=args.record,
-            paa=args.paa,
-            swap_seconds=args.swap_seconds,
-            seed=args.seed,
-            baud=args.baud,
-            reseat_seconds=args.reseat_seconds,
-            linger=args.linger,
-            protocol=args.protocol,
-            plans=args.plan,
-        )
-
-
-async def run_from_args(args: argparse.Namespace) -> int:
-    """`run_simulator` with the options `add_arguments` parsed."""
-    return await run_simulator(SimOptions.from_args(args))
 
 
 async def run_simulator(options: SimOptions) -> int:

@@ -21,9 +21,10 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from linehost.commands.sim import sim_options
 from linehost.protocol.device import FINISH_PARAMETER_ERROR, Delivery
 from linehost.sim import firmware, harness
-from linehost.sim.cli import add_arguments, run_from_args
+from linehost.sim.cli import add_arguments, run_simulator
 
 PRESET = [sys.executable, "-m", "tests.e2e.preset_sim"]
 
@@ -111,7 +112,7 @@ def main() -> int:
     args = parser.parse_args()
     expect = args.expect_cd.read_bytes() if args.expect_cd is not None else None
     _install(args.identities, args.cd_record, expect)
-    return asyncio.run(run_from_args(args))
+    return asyncio.run(run_simulator(sim_options(args)))
 
 
 if __name__ == "__main__":

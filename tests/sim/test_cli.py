@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from linehost.sim.cli import add_arguments, run_from_args
+from linehost.commands.sim import sim_options
+from linehost.sim.cli import add_arguments, run_simulator
 from tests.waiting import eventually
 
 from .helpers import Ca, MiniHost
@@ -67,7 +68,7 @@ def test_bad_arguments_exit_2_with_one_line(
     assert "Traceback" not in err
 
 
-async def test_run_from_args_in_process(
+async def test_run_simulator_in_process(
     tmp_path: Path, pai: Ca, capsys: pytest.CaptureFixture[str]
 ) -> None:
     ports = tmp_path / "ports"
@@ -76,7 +77,7 @@ async def test_run_from_args_in_process(
         "--jigs", "2", "--devices", "1", "--dir", str(ports), "--record", str(record),
         "--swap-seconds", "0", "--linger", "0.1", "--mix", "good,crlf", "--seed", "3",
     )  # fmt: skip
-    task = asyncio.create_task(run_from_args(args))
+    task = asyncio.create_task(run_simulator(sim_options(args)))
     await eventually(lambda: (ports / "ports.json").exists() or task.done(), what="ports.json")
     assert not task.done(), task
     manifest = json.loads((ports / "ports.json").read_text())
