@@ -64,6 +64,14 @@ class Preparation:
         if self.steps.pre is not None:
             self.state = PreStep.DUE
 
+    def swap_due(self, state: JigState) -> bool:
+        """The jig shows `state`; True when that made the pre step due: a prepared device that
+        finished is still in the jig (waiting for the swap), the one after it needs its step."""
+        if state is JigState.WAITING_FOR_SWAP and self.state is PreStep.DONE:
+            self.due()
+            return True
+        return False
+
     def prepared(self, result: StepResult) -> None:
         """The pre step succeeded: keep its output for the attempt's transcript."""
         self.state = PreStep.DONE

@@ -225,16 +225,10 @@ class JigRunner:
                 # The device keeps its DAC (confirmed below); only the step failed.
                 outcome, detail = Outcome.POST_STEP_FAILED, post.summary()
                 log.warning("post_step_failed", detail=detail)
-        text = "\n".join(transcript)
         end = await self._provisioner.record(
-            attempt,
-            outcome,
-            detail,
-            ended.device_code,
-            text,
-            provisioned=provisioned,
-            attestation=ended.attestation,
-        )
+            attempt, outcome, detail, ended.device_code, "\n".join(transcript),
+            provisioned=provisioned, attestation=ended.attestation,
+        )  # fmt: skip
         if provisioned:
             self._observer.result_committed(attempt.start, self._since_read())
         self._observer.attempt_ended(attempt.start, end)
@@ -301,8 +295,6 @@ class JigRunner:
         self._display.work_order_changed(self._session.state)
 
     def _publish(self, state: JigState, uid: str | None = None) -> None:
-        if state is JigState.WAITING_FOR_SWAP and self._prep.state is PreStep.DONE:
-            # A finished device is still in the jig: the one after it needs its pre step.
-            self._prep.due()
+        if self._prep.swap_due(state):
             self._hold_new_devices()
         self._display.show(state, uid)

@@ -65,6 +65,17 @@ def test_a_pre_step_is_due_then_done_then_due_for_the_next_device() -> None:
     assert prep.state is PreStep.DUE
 
 
+def test_a_prepared_device_waiting_for_its_swap_makes_the_next_pre_step_due() -> None:
+    prep = preparation(JigSteps(pre=PRE, probe="P1"))
+    prep.prepared(ok())
+    assert not prep.swap_due(JigState.PROVISIONING)  # still the prepared device's attempt
+    assert prep.state is PreStep.DONE
+    assert prep.swap_due(JigState.WAITING_FOR_SWAP)
+    assert prep.state is PreStep.DUE
+    assert not prep.swap_due(JigState.WAITING_FOR_SWAP)  # due already: nothing changed
+    assert not preparation(None).swap_due(JigState.WAITING_FOR_SWAP)  # no pre step at all
+
+
 def test_step_values_name_the_jig_and_the_device() -> None:
     prep = preparation(JigSteps(pre=PRE, probe="P1"))
     values = prep.values("AABB", "SN-1")
