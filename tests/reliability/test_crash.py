@@ -16,6 +16,7 @@ import sqlite3
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -129,12 +130,18 @@ def test_sigkill_at_random_moments_keeps_the_records_true(tmp_path: Path, dev_pk
     for a in assignments:
         if a["status"] == "confirmed":
             confirmed[a["uid"]].append(a)
+    unheard = []
     for device in stored:
         mine = confirmed[device["uid"]]
+        if not mine:
+            unheard.append(_never_heard(device, assignments, attempts))
+            continue
         assert len(mine) == 1, (device, mine)
         assert mine[0]["dac_serial"] == device["stored_dac_serial"]
         assert mine[0]["dac_sha256"] == device["stored_dac_sha256"]
-    assert set(confirmed) == {d["uid"] for d in stored}
+    # Re-delivery confirms nearly all of them; the rest are the truthful exception above.
+    assert len(unheard) <= len(stored) // 20, unheard
+    assert set(confirmed) <= {d["uid"] for d in stored}
 
     # No DAC reached a device without a committed assignment.
     known = {a["dac_serial"] for a in assignments}
@@ -164,3 +171,21 @@ def test_sigkill_at_random_moments_keeps_the_records_true(tmp_path: Path, dev_pk
             timeout=30,
             what="every attempt on MQTT results",
         )
+
+
+def _never_heard(
+    device: dict[str, Any], assignments: list[dict[str, Any]], attempts: list[dict[str, Any]]
+) -> str:
+    """A device that stored its DAC while no host lived to hear its finish:000, and left the
+    jig before a restarted host reached it (its sync rounds went to hosts killed in start-up):
+    no host can confirm it, so its assignment must stay `unknown` with exactly the DAC the
+    device holds, and every attempt on it must have died with its host."""
+    uid = device["uid"]
+    mine = [a for a in assignments if a["uid"] == uid]
+    assert [(a["status"], a["dac_serial"]) for a in mine] == [
+        ("unknown", device["stored_dac_serial"])
+    ], (device, mine)
+    tried = [a for a in attempts if a["uid"] == uid]
+    assert tried, device
+    assert {a["detail"] for a in tried} == {"host stopped during attempt"}, (device, tried)
+    return uid
