@@ -228,6 +228,8 @@ async def run_line(
                 )
                 opcua = open_opcua(config, store, controls)
                 evidence = await start_evidence(config, store.engine)
+                if evidence is not None:  # this host's commits go to the tree without a read
+                    store.writer.add_commit_listener(evidence.checkpointer.rows_committed)
             except BaseException:
                 if crl_keeper is not None:
                     await crl_keeper.aclose()

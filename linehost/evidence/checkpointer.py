@@ -1,9 +1,13 @@
 """Checkpointer: follows one line's committed audit rows, extends the Merkle tree, signs
 checkpoints and keeps them in the database, in a directory and on MQTT.
 
-It reads what the store writer committed and never writes audit rows itself, so provisioning
-never waits for it. It signs only a chain that verifies: a row that does not link or whose hash
-does not recompute stops checkpointing (logged `audit_chain_broken`).
+It follows what the store writer committed and never writes audit rows itself, so provisioning
+never waits for it. The rows this process's writer committed come in memory (`rows_committed`,
+the writer's commit listener): reading them back and re-parsing them was most of its cost. Every
+poll still reads the database after the newest row it has, which brings the rows other
+processes wrote (a CLI revocation, another host of the line) and fills any gap in the feed.
+It signs only a chain that verifies, either way: a row that does not link or whose hash does
+not recompute stops checkpointing (logged `audit_chain_broken`).
 """
 
 from __future__ import annotations
@@ -12,10 +16,11 @@ import asyncio
 import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import structlog
 from sqlalchemy import insert
@@ -31,7 +36,7 @@ from linehost.evidence.checkpoint import (
     verify_checkpoint,
 )
 from linehost.evidence.merkle import CompactTree, consistency_proof_from, leaf_hash
-from linehost.evidence.rows import iter_rows, stored_checkpoints
+from linehost.evidence.rows import AuditRow, iter_rows, stored_checkpoints
 from linehost.records import iso_utc, utcnow
 from linehost.store.chain import GENESIS_HASH
 from linehost.store.engine import translate_error
@@ -39,6 +44,7 @@ from linehost.store.models import audit_checkpoints
 
 POLL_INTERVAL: Final = 0.5  # seconds between looks for newly committed audit rows
 READ_LIMIT: Final = 20_000  # rows per read, so one look never holds the loop for long
+FEED_LIMIT: Final = 100_000  # rows held from the writer; beyond, the database read catches up
 STORE_RETRY: Final = 2.0  # seconds before trying again while the database is away
 
 _log = structlog.get_logger("linehost.evidence")
@@ -82,6 +88,7 @@ class Checkpointer:
         self._last_size = 0
         self._last_time = 0.0
         self._broken: str | None = None
+        self._fed: deque[AuditRow] = deque()  # committed by this process, not yet in the tree
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -117,25 +124,58 @@ class Checkpointer:
         finally:
             await self._key.aclose()
 
+    def rows_committed(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """The store writer's commit listener: audit rows it just committed, in seq order."""
+        if self._broken is not None:
+            return
+        if len(self._fed) + len(rows) > FEED_LIMIT:
+            self._fed.clear()  # far behind: the database read fills the gap
+            return
+        self._fed.extend(AuditRow.from_db(row) for row in rows if row["line"] == self.line)
+
     async def catch_up(self) -> int:
         """Add every newly committed row of the line to the tree; return how many."""
-        added = 0
+        added = self._take_fed()
         while self._broken is None:
             got = 0
             async for row in iter_rows(self._engine, self.line, self._tree.size, READ_LIMIT):
-                if row.seq != self._tree.size + 1 or not row.chain_ok(self._head):
-                    self._broken = f"row id={row.id} (seq {row.seq}) does not continue the chain"
-                    _log.error("audit_chain_broken", line=self.line, detail=self._broken)
+                if not self._add(row):
                     break
-                leaf = leaf_hash(row.leaf_text().encode())
-                self._tree.append(leaf)
-                self._new_leaves.append(leaf)
-                self._head = row.row_hash
                 got += 1
             added += got
             if got < READ_LIMIT:
                 break
+        return added + self._take_fed()
+
+    def _take_fed(self) -> int:
+        """Add the fed rows that continue the tree; stop at a gap (the read fills it)."""
+        added = 0
+        fed = self._fed
+        while fed and self._broken is None:
+            row = fed[0]
+            if row.seq > self._tree.size + 1:
+                break
+            fed.popleft()
+            if row.seq <= self._tree.size:
+                continue  # the database read brought it first
+            if not self._add(row):
+                break
+            added += 1
         return added
+
+    def _add(self, row: AuditRow) -> bool:
+        """Append `row` to the tree when it continues the chain; else mark the chain broken."""
+        if row.seq != self._tree.size + 1 or not row.chain_ok(self._head):
+            where = f"row id={row.id} (seq {row.seq})" if row.id else f"row seq {row.seq}"
+            self._broken = f"{where} does not continue the chain"
+            self._fed.clear()
+            _log.error("audit_chain_broken", line=self.line, detail=self._broken)
+            return False
+        leaf = leaf_hash(row.leaf_text().encode())
+        self._tree.append(leaf)
+        self._new_leaves.append(leaf)
+        self._head = row.row_hash
+        return True
 
     async def checkpoint(self) -> Checkpoint | None:
         """Sign the tree as it stands (None when nothing is new or the chain is broken)."""

@@ -73,6 +73,7 @@ class Batch:
         self._by_key: defaultdict[str, list[AssignmentRow]] = defaultdict(list)
         self._by_uid: defaultdict[str, list[AssignmentRow]] = defaultdict(list)
         self.events: list[AuditEvent] = []
+        self.audit_written: list[dict[str, Any]] = []  # the audit rows flush wrote
         self.results: list[str] = []
         self.sent: list[tuple[list[int], datetime]] = []
         self.work_orders: dict[str, tuple[int, int]] = {}  # id -> (quantity, claimed)
@@ -394,6 +395,7 @@ class Batch:
                 }
             )
             prev = digest
+        self.audit_written = rows
         return rows, (seq, prev)
 
 

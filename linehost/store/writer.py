@@ -5,7 +5,7 @@ hash chain."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
@@ -34,6 +34,9 @@ _log = structlog.get_logger("linehost.store")
 T = TypeVar("T")
 #: Runs after each COMMIT, before the writer trusts it (fault tests: a link lost after COMMIT).
 CommitHook = Callable[[], Awaitable[None]]
+#: Told the audit rows of each group commit once it is trusted (the checkpointer's feed, so it
+#: need not read back what this process wrote). Must not block: it runs in the writer's task.
+CommitListener = Callable[[Sequence[Mapping[str, Any]]], None]
 
 
 class GroupWriter:
@@ -59,9 +62,14 @@ class GroupWriter:
         self.reconnects = 0  # batches run again on a new connection after a dead one
         self._head = head
         self._head_stale = False
+        self._listeners: list[CommitListener] = []
         self._queue: asyncio.Queue[Op[Any] | None] = asyncio.Queue()
         self._accepting = True  # new operations are taken
         self._task = asyncio.create_task(self._write_loop(), name=f"store-writer-{line}")
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Call `listener` with the audit rows of every group commit from now on."""
+        self._listeners.append(listener)
 
     async def submit(self, op: Op[T]) -> T:
         """Queue `op` and wait for its answer, given after its batch committed."""
@@ -207,6 +215,9 @@ class GroupWriter:
             await self.commit_hook()
         self._head = head
         self._head_stale = False
+        if batch.audit_written:
+            for listener in self._listeners:
+                listener(batch.audit_written)
 
 
 def _violated(exc: IntegrityError) -> str | None:

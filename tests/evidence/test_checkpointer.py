@@ -3,8 +3,10 @@ an edited chain, never overwrite a file; the audit key sources; the `[audit]` se
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -23,7 +25,7 @@ from linehost.evidence.checkpoint import (
     verify_checkpoint,
 )
 from linehost.evidence.checkpointer import Checkpointer
-from linehost.evidence.rows import stored_checkpoints
+from linehost.evidence.rows import AuditRow, stored_checkpoints
 from linehost.evidence.verify import verify_against_checkpoints
 from linehost.protocol.outcomes import Outcome
 from linehost.store.engine import create_engine
@@ -148,3 +150,80 @@ def test_keygen_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(PkiError, match="exists already"):
         generate_key_pair(tmp_path / "other")
     assert not (tmp_path / "other" / "audit.key").exists()  # nothing half-written
+
+
+@pytest.mark.timeout(120)
+async def test_this_hosts_commits_come_by_the_feed_and_others_by_the_database(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer hands its committed rows to the checkpointer (no read back); rows another
+    process wrote, before or between, come by the database read; the signed root is the one
+    `audit verify` recomputes from the rows. A fed row that does not link is refused."""
+    import linehost.evidence.checkpointer as module
+    from linehost.store.controls import ControlEvent
+    from linehost.store.store import Store
+
+    read: list[int] = []  # seq of every row the checkpointer read from the database
+    real_iter_rows = module.iter_rows
+
+    async def counting_iter_rows(*args: Any, **kwargs: Any) -> AsyncIterator[AuditRow]:
+        async for row in real_iter_rows(*args, **kwargs):
+            read.append(row.seq)
+            yield row
+
+    monkeypatch.setattr(module, "iter_rows", counting_iter_rows)
+    pki = dev_pki(tmp_path / "pki")
+    key_path, pub_path, _ = generate_key_pair(tmp_path / "key")
+    directory = tmp_path / "cp"
+    directory.mkdir()
+    engine = create_engine(db_url)
+    await provision(db_url, pki, "l1", [("st1", "j1", OK)])  # another process, earlier
+    store = await Store.open(db_url, line="l1")
+    try:
+        # Not started: no background poll races the reads counted here.
+        checkpointer = Checkpointer(engine, "l1", open_audit_key(str(key_path)), directory,
+                                    every=10**6, interval=3600)  # fmt: skip
+        store.writer.add_commit_listener(checkpointer.rows_committed)
+        before = await checkpointer.catch_up()
+        assert before == len(read) > 0  # the earlier rows: read
+
+        def hold(n: int) -> ControlEvent:
+            return ControlEvent("jig_held", f"st1/j{n}", {"by": "tester", "reason": f"r{n}"})
+
+        for n in range(5):
+            await store.record_control(hold(n))
+        read.clear()
+        assert await checkpointer.catch_up() == 5
+        assert read == []  # this host's rows came by the feed
+        first = await checkpointer.checkpoint()
+        assert first is not None
+        assert first.tree_size == before + 5
+
+        # Another process writes between two of ours: the feed has a gap the read fills.
+        await store.record_control(hold(10))
+        await provision(db_url, pki, "l1", [("st1", "j2", OK)])
+        await store.record_control(hold(11))
+        read.clear()
+        await checkpointer.catch_up()
+        async with engine.connect() as conn:
+            total = (await conn.execute(text("SELECT count(*) FROM audit_log"))).scalar_one()
+        assert checkpointer.tree_size == total
+        assert read
+        assert min(read) == before + 7
+        await checkpointer.checkpoint()
+        report = await verify_against_checkpoints(engine, directory, load_public_key(pub_path))
+        assert report.problems == []
+        assert report.lines == {"l1": total}
+
+        # A fed row that does not continue the chain stops checkpointing.
+        await store.record_control(hold(12))
+        forged = {"line": "l1", "seq": total + 2, "at": datetime.now(UTC), "entity": "control",
+                  "entity_id": "st1/j1", "event": "jig_held", "data": "{}",
+                  "prev_hash": "0" * 64, "row_hash": "1" * 64}  # fmt: skip
+        checkpointer.rows_committed([forged])  # as if the writer had told it
+        await checkpointer.catch_up()
+        assert checkpointer.tree_size == total + 1
+        assert await checkpointer.checkpoint() is None
+    finally:
+        await store.close()
+        await engine.dispose()
