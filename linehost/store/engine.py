@@ -53,12 +53,17 @@ def database_url(url: str) -> URL:
     return parsed
 
 
-def create_engine(url: str, *, ping: bool = True) -> AsyncEngine:
+def create_engine(url: str, *, ping: bool = True, writer: bool = False) -> AsyncEngine:
     """An engine for `url` set up for durability (SQLite) or resilience (PostgreSQL).
 
     `ping` (PostgreSQL): test each pooled connection before use, so a reader never meets one
     the server dropped. The store's writer turns it off: a round trip per group commit is
     dear, and it runs a batch again itself when its connection turns out dead.
+
+    `writer` (PostgreSQL): the store writer's connections, whose statements are all lookups
+    by key through an index. Their plans are prepared once and kept; one made while a table
+    was small (a new line database, before autovacuum's first ANALYZE) scans the whole table
+    and keeps doing so as it grows. `enable_seqscan = off` keeps them on their indexes.
     """
     parsed = database_url(url)
     try:
@@ -78,6 +83,7 @@ def create_engine(url: str, *, ping: bool = True) -> AsyncEngine:
                     # statement of its own to prepare. Keep them all (bytes each) rather than
                     # prepare again, which costs a round trip and server CPU.
                     "prepared_statement_cache_size": PG_PREPARED_STATEMENTS,
+                    **({"server_settings": {"enable_seqscan": "off"}} if writer else {}),
                 },
             )
     except (ArgumentError, NoSuchModuleError) as exc:

@@ -93,7 +93,7 @@ class Store:
             engine,
             line=line,
             head=head,
-            write_engine=create_engine(url, ping=False),
+            write_engine=create_engine(url, ping=False, writer=True),
             clock=clock,
             commit_hook=commit_hook,
         )

@@ -268,3 +268,52 @@ async def test_the_single_read_keeps_to_the_indexes(two_urls: tuple[str, str]) -
     }, text_plan
     for i in on_assignments:  # each with its own condition: no whole-index scan
         assert "Index Cond" in plan[i + 1], text_plan
+
+
+@pytest.mark.postgres
+async def test_the_writer_keeps_to_the_indexes_while_the_tables_are_new(
+    two_urls: tuple[str, str],
+) -> None:
+    """A new line database has no statistics: the writer's statements, prepared once, would
+    keep plans made on near-empty tables and scan them whole at every group commit as they
+    grow (seen in the line benchmark). Its connections keep to the indexes instead."""
+    make = Factory()
+    store = await Store.open(two_urls[0], line=LINE)
+    stats = create_engine(two_urls[0])
+    try:
+        async with store.writer.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("SHOW enable_seqscan")).scalar() == "off"
+        async with store.engine.connect() as conn:  # the readers plan as usual
+            assert (await conn.exec_driver_sql("SHOW enable_seqscan")).scalar() == "on"
+        for _ in range(20):  # group commits of 10 devices each: assigned, then ended
+            requests = [make.request(jig=f"j{i}") for i in range(10)]
+            results = await asyncio.gather(*(store.assign(r) for r in requests))
+            ends = [
+                make.end(assignment_id=r.assignment_id, status=AssignmentStatus.CONFIRMED)
+                for r in results
+            ]
+            await asyncio.gather(
+                *(store.end_attempt(q.attempt, e) for q, e in zip(requests, ends, strict=True))
+            )
+        await store.close()  # its backends report their statistics as they end
+
+        async def scans() -> dict[str, tuple[int, int]]:
+            async with stats.connect() as conn:
+                rows = await conn.exec_driver_sql(
+                    "SELECT relname, seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                    "WHERE relname IN ('assignments', 'attempts')"
+                )
+                return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+        found: dict[str, tuple[int, int]] = {}
+        for _ in range(100):
+            found = await scans()
+            if len(found) == 2 and all(idx > 100 for _, idx in found.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert all(idx > 100 for _, idx in found.values()), found  # the writes were counted
+        # A few scans from opening the store (migrations, the chain head), none per commit.
+        assert all(seq < 10 for seq, _ in found.values()), found
+    finally:
+        await store.close()
+        await stats.dispose()
