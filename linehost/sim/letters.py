@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.protocol.device import FLOW_TIMEOUT, Delivery
-from linehost.protocol.letters import CMD_KEY, CMD_READY, CMD_SERIAL
+from linehost.protocol.letters_wire import CMD_KEY, CMD_READY, CMD_SERIAL
 from linehost.protocol.letters_device import (
     Chunks,
     Command,
