@@ -13,7 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.protocol.device import FLOW_TIMEOUT, Delivery
-from linehost.protocol.letters_wire import CMD_KEY, CMD_READY, CMD_SERIAL
 from linehost.protocol.letters_device import (
     Chunks,
     Command,
@@ -23,6 +22,7 @@ from linehost.protocol.letters_device import (
     Stored,
     chunked,
 )
+from linehost.protocol.letters_wire import CMD_KEY, CMD_READY, CMD_SERIAL
 from linehost.sim.firmware import (
     Action,
     CheckResult,
