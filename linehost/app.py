@@ -22,6 +22,7 @@ from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
 from linehost.line.workorder import WorkOrder, checked_work_order
+from linehost.mqtt.payloads import result_payload
 from linehost.observers import AttemptObserver, fan_out
 from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
@@ -124,7 +125,10 @@ def check_pais(config: LineConfig) -> None:
 async def open_line_store(config: LineConfig) -> AsyncIterator[Store]:
     """The store for this line, migrated when allowed, interrupted attempts recorded."""
     store = await Store.open(
-        config.database.url, line=config.line.name, auto_migrate=config.database.auto_migrate
+        config.database.url,
+        line=config.line.name,
+        auto_migrate=config.database.auto_migrate,
+        result_payload=result_payload,
     )
     try:
         recovered = await store.recover_interrupted(utcnow())

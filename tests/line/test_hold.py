@@ -16,6 +16,7 @@ from linehost.line.hold import JigHolds
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.observers import Observer
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
@@ -54,7 +55,11 @@ class States(Observer):
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'hold.db'}", line="hold-line")
+    s = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'hold.db'}",
+        line="hold-line",
+        result_payload=result_payload,
+    )
     yield s
     await s.close()
 

@@ -20,6 +20,7 @@ from linehost.errors import DacCollision, DatabaseUnavailable, IssuerUnavailable
 from linehost.line import provisioning
 from linehost.line.provisioning import Attempt, Deliver, Provisioner, Reject
 from linehost.line.workorder import WorkOrderGate
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.attestation import BAD_SIGNATURE, sign_attestation
 from linehost.pki.devpki import init_dev
 from linehost.pki.issuer import Issuer
@@ -57,7 +58,9 @@ def attempt(uid: str, waits: list[JigState | None] | None = None) -> Attempt:
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[LocalIssuer, Store]]:
     pki = init_dev(tmp_path / "pki")
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", line=LINE)
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", line=LINE, result_payload=result_payload
+    )
     issuer = LocalIssuer.load(
         pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
     )

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from linehost.errors import StoreError
 from linehost.line.workorder import WorkOrderGate, progress_complete
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.audit import Audit
 from linehost.store.floor import summarise
@@ -28,7 +29,7 @@ def make() -> Factory:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(db_url, line=LINE)
+    s = await Store.open(db_url, line=LINE, result_payload=result_payload)
     try:
         yield s
     finally:
@@ -124,7 +125,10 @@ async def test_attempts_without_work_order_are_not_counted(store: Store, make: F
 async def test_concurrent_hosts_on_one_work_order_stop_at_quantity(db_url: str, hosts: int) -> None:
     """Several stores (hosts) on one database race for the last slots: exactly `quantity`."""
     quantity, per_host = 13, 10
-    stores = [await Store.open(db_url, line=f"line-{i}") for i in range(hosts)]
+    stores = [
+        await Store.open(db_url, line=f"line-{i}", result_payload=result_payload)
+        for i in range(hosts)
+    ]
     try:
         for s in stores:
             await s.open_work_order(WO, quantity)

@@ -19,6 +19,7 @@ import pytest
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
@@ -67,7 +68,11 @@ class Line:
 async def line(tmp_path: Path) -> AsyncIterator[Line]:
     (tmp_path / "jigs").mkdir()
     pki = init_dev(tmp_path / "pki")
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'faults.db'}", line="fault-line")
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'faults.db'}",
+        line="fault-line",
+        result_payload=result_payload,
+    )
     issuer = LocalIssuer.load(
         pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
     )
