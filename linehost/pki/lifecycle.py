@@ -45,7 +45,7 @@ from linehost.store.revocations import RevocationError, RevocationLedger, Revoca
 
 if TYPE_CHECKING:
     from linehost.config import LineConfig, PkiSection
-    from linehost.config.sections import PaiKeys
+    from linehost.config.pki import PaiKeys
 
 _UID = re.compile(r"[0-9A-F]{8,64}")
 _HEX = re.compile(r"[0-9A-F]+")

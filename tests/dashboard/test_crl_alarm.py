@@ -16,7 +16,7 @@ import yaml
 
 from linehost.app import run_line
 from linehost.config import DashboardSection, MqttSection, load_config
-from linehost.config.sections import DashboardAlarmsSection
+from linehost.config.outputs import DashboardAlarmsSection
 from linehost.dashboard.alarms import CRL_NEXT_UPDATE
 from linehost.dashboard.app import Dashboard
 from linehost.pki.devpki import init_dev
