@@ -34,7 +34,8 @@ def test_result_payload_is_the_attempt_record_as_compact_json() -> None:
     text = result_payload(rec)
     assert json.loads(text) == rec
     assert list(json.loads(text)) == list(rec)  # field order kept
-    assert ", " not in text and ": " not in text
+    assert ", " not in text
+    assert ": " not in text
     assert text.startswith('{"attempt_id":"a-1","uid":"AABBCCDD",')
     assert '"started_at":"2026-12-07T04:30:00' in text
 
