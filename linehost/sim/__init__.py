@@ -1,5 +1,6 @@
 """Simulated provisioning firmware on pseudo-terminals: the same device for tests, demo and sim."""
 
+from linehost.sim.devices import DeviceFactory, DeviceRecord
 from linehost.sim.firmware import (
     CheckResult,
     DeviceIdentity,
@@ -7,16 +8,8 @@ from linehost.sim.firmware import (
     SimulatedDevice,
     check_delivery,
 )
-from linehost.sim.harness import (
-    DEFAULT_SWAP_SECONDS,
-    DeviceFactory,
-    DeviceRecord,
-    LineThread,
-    SimulatedJig,
-    SimulatedLine,
-    load_paa,
-    plan_personalities,
-)
+from linehost.sim.harness import LineThread, SimulatedLine, load_paa, plan_personalities
+from linehost.sim.jig import DEFAULT_SWAP_SECONDS, SimulatedJig
 from linehost.sim.personalities import Personality, get_personality, personality_names, register
 
 __all__ = [

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.commands.sim import sim_options
 from linehost.protocol.device import FINISH_PARAMETER_ERROR, Delivery
-from linehost.sim import firmware, harness
+from linehost.sim import devices, firmware
 from linehost.sim.cli import add_arguments, run_simulator
 
 PRESET = [sys.executable, "-m", "tests.e2e.preset_sim"]
@@ -99,7 +99,7 @@ def _install(identities: Path, cd_record: Path, expect_cd: bytes | None) -> None
             return firmware.CheckResult(FINISH_PARAMETER_ERROR, "CD missing or not the expected")
         return original(public_key_der, delivery, paa)
 
-    harness.IdentityPool = PresetPool  # type: ignore[misc]
+    devices.IdentityPool = PresetPool  # type: ignore[misc]
     firmware.check_delivery = check_delivery  # type: ignore[assignment]
 
 

@@ -24,7 +24,9 @@ from linehost.pki.signer import FileKeySigner
 from linehost.protocol.host import Timing
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
-from linehost.sim.harness import DeviceFactory, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from linehost.store.models import attempts
 from linehost.store.store import Store

@@ -25,7 +25,9 @@ from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
 from linehost.protocol.host import Timing
 from linehost.protocol.outcomes import JigState
-from linehost.sim.harness import DeviceFactory, DeviceRecord, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory, DeviceRecord
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from linehost.store.store import Store
 from tests.waiting import eventually
