@@ -13,12 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.protocol.device import FLOW_TIMEOUT
-from linehost.sim.firmware import (
-    DeviceIdentity,
-    IdentityPool,
-    SimulatedDevice,
-    random_uid,
-)
+from linehost.sim.firmware import SimulatedDevice
+from linehost.sim.identity import DeviceIdentity, IdentityPool, random_uid
 from linehost.sim.letters import LetterDevice
 from linehost.sim.personalities import Personality
 

@@ -14,13 +14,7 @@ from typing import Any, Final, Self
 
 from linehost.protocol.device import FINISH_PREFIX, format_finish
 from linehost.sim.devices import DeviceFactory, DeviceRecord, SimDevice
-from linehost.sim.firmware import (
-    Action,
-    Leave,
-    Reseat,
-    Unplug,
-    Write,
-)
+from linehost.sim.firmware import Action, Leave, Reseat, Unplug, Write
 from linehost.sim.personalities import Personality
 from linehost.sim.pty import PtyPort
 

@@ -23,16 +23,9 @@ from linehost.protocol.letters_device import (
     chunked,
 )
 from linehost.protocol.letters_wire import CMD_KEY, CMD_READY, CMD_SERIAL
-from linehost.sim.firmware import (
-    Action,
-    CheckResult,
-    DeviceIdentity,
-    DeviceLog,
-    Leave,
-    Unplug,
-    Write,
-    check_delivery,
-)
+from linehost.sim.checks import CheckResult, check_delivery
+from linehost.sim.firmware import Action, DeviceLog, Leave, Unplug, Write
+from linehost.sim.identity import DeviceIdentity
 from linehost.sim.personalities import Personality
 
 #: ESP-IDF style log lines (the only kind the letter host recognises amid answers).
