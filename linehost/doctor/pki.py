@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 def check_pai(pki: PkiSection) -> tuple[Check, x509.Certificate | None]:
     """The PAI certificate loads, conforms to the Matter profile and carries the VID/PID."""
     from linehost.pki.local import load_certificate
-    from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, describe
+    from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
     from linehost.pki.profile import check_pai as profile_check_pai
+    from linehost.pki.profile import describe
 
     try:
         pai = load_certificate(pki.pai_cert, "PAI")
