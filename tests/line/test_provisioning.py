@@ -110,6 +110,18 @@ async def test_a_bad_csr_is_refused_and_a_duplicate_key_too(parts) -> None:
     assert other.recorded  # the store ended it: record() writes nothing more
 
 
+async def test_without_work_order_or_onboarding_nothing_is_gated_or_drawn(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    assert prov.work_order is None
+    assert not prov.work_order_complete
+    a = attempt("0000000000000009")
+    done = await prov.provision(a, csr_pem())
+    assert isinstance(done, Deliver)
+    assert done.factory_data == ()
+    assert a.onboarding is None
+
+
 async def test_a_full_work_order_is_a_typed_refusal_that_closes_the_gate(parts) -> None:
     issuer, store = parts
     await store.open_work_order("WO-1", 1)

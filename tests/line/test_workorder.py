@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from linehost.errors import StoreError
-from linehost.line.workorder import WorkOrderGate, progress_complete
+from linehost.line.workorder import NO_WORK_ORDER, WorkOrderGate, progress_complete
 from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.audit import Audit
@@ -163,6 +163,15 @@ def test_gate_tells_jigs_once_per_change() -> None:
     gate.set_complete(False)
     assert calls == [True, False]
     assert gate.refusal.startswith(WORK_ORDER_COMPLETE)
+
+
+def test_a_line_without_work_order_is_never_complete() -> None:
+    calls: list[bool] = []
+    NO_WORK_ORDER.subscribe(lambda: calls.append(True))
+    NO_WORK_ORDER.set_complete(True, closed=True)
+    assert not NO_WORK_ORDER.complete
+    assert NO_WORK_ORDER.id is None
+    assert calls == []
 
 
 def test_work_order_vid_pid_override_the_pki_section(tmp_path: Any) -> None:
