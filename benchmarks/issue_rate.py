@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from linehost.pki.csr import parse_csr
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import NO_EXPIRY, LocalIssuer
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
 from linehost.pki.signer import FileKeySigner, Signer
 from linehost.records import CsrInfo
 

@@ -485,7 +485,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
 
 def conversation_bytes(dac_pem_bytes: float) -> float:
     """Bytes of one conversation on the wire, both directions (no CD, no factory data)."""
-    from linehost.sim.firmware import IdentityPool
+    from linehost.sim.identity import IdentityPool
 
     pai = (Path(os.environ["BENCH_PKI"]) / "pai.pem").read_text().strip() + "\n"
     csr = IdentityPool().make("0011223344556677").csr_pem

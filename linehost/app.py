@@ -18,10 +18,11 @@ from linehost.evidence.service import start_evidence
 from linehost.line.controls import LineControls
 from linehost.line.hold import JigHolds
 from linehost.line.operations import LineOperations, jig_steps, with_work_order
-from linehost.line.provisioning import Provisioner
+from linehost.line.provisioning import NO_ONBOARDING, Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
-from linehost.line.workorder import WorkOrder, checked_work_order
+from linehost.line.workorder import NO_WORK_ORDER, WorkOrder, checked_work_order
+from linehost.mqtt.payloads import result_payload
 from linehost.observers import AttemptObserver, fan_out
 from linehost.onboarding.service import Onboarding
 from linehost.pki.bundle import BundleIssuer, format_counts
@@ -124,7 +125,10 @@ def check_pais(config: LineConfig) -> None:
 async def open_line_store(config: LineConfig) -> AsyncIterator[Store]:
     """The store for this line, migrated when allowed, interrupted attempts recorded."""
     store = await Store.open(
-        config.database.url, line=config.line.name, auto_migrate=config.database.auto_migrate
+        config.database.url,
+        line=config.line.name,
+        auto_migrate=config.database.auto_migrate,
+        result_payload=result_payload,
     )
     try:
         recovered = await store.recover_interrupted(utcnow())
@@ -242,10 +246,10 @@ async def run_line(
                 issuer,
                 store,
                 allow_reprovision=config.pki.allow_reprovision,
-                onboarding=onboarding,
+                onboarding=onboarding if onboarding is not None else NO_ONBOARDING,
                 cd_b64=cd.b64 if cd is not None else None,
                 cd_sha256=cd.sha256 if cd is not None else None,
-                gate=ops.gate,
+                gate=ops.gate if ops.gate is not None else NO_WORK_ORDER,
                 root_key_pem=root_key_pem(config),
                 attest=config.protocol.attest,
             )

@@ -11,6 +11,7 @@ from linehost.config import load_config
 from linehost.errors import ConfigError
 from linehost.line.controls import Caller, LineControls
 from linehost.line.hold import JigHolds
+from linehost.mqtt.payloads import result_payload
 from linehost.store.store import Store
 
 VIA = "cli"
@@ -34,7 +35,10 @@ def close_work_order(args: WorkOrderClose) -> int:
 
     async def go() -> None:
         store = await Store.open(
-            config.database.url, line=config.line.name, auto_migrate=config.database.auto_migrate
+            config.database.url,
+            line=config.line.name,
+            auto_migrate=config.database.auto_migrate,
+            result_payload=result_payload,
         )
         try:
             # The running hosts see it in the database: at once for new claims, within their

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from linehost.pki.devpki import DevPki, init_dev
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
 from tests.waiting import eventually_blocking
 
 MQTT_URL = os.environ.get("LINEHOST_TEST_MQTT", "mqtt://127.0.0.1:1883")

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from linehost.doctor import CHECK_TIMEOUT, MIN_FREE_MB, Limits, diagnose, format_table, ready
+from linehost.doctor import diagnose
+from linehost.doctor.report import CHECK_TIMEOUT, MIN_FREE_MB, Limits, format_table, ready
 
 EXIT_READY = 0
 EXIT_NOT_READY = 1

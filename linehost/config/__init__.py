@@ -1,27 +1,24 @@
 """The station configuration: typed models, TOML loading, errors naming file, key and problem.
 
 `types` holds the value types (paths resolved by their type, secret references, VID/PID),
-`sections` the models of each table, `loading` the file reading and error reporting.
+`sections`, `pki` and `outputs` the models of each table, `loading` the file reading and
+error reporting.
 """
 
 from linehost.config.loading import ConfigProblems, load_config, parse_config, read_toml, validate
+from linehost.config.outputs import DashboardSection, MqttSection, OpcuaSection, SparkplugSection
+from linehost.config.pki import EstSection, PkiSection
 from linehost.config.placeholders import STEP_PLACEHOLDERS as STEP_FIELDS
 from linehost.config.sections import (
     AuditSection,
-    DashboardSection,
     DatabaseSection,
-    EstSection,
     JigSection,
     LabelsSection,
     LineConfig,
     LineSection,
     MetricsSection,
-    MqttSection,
     OnboardingSection,
-    OpcuaSection,
-    PkiSection,
     ProtocolSection,
-    SparkplugSection,
     StepsSection,
     StepTimeout,
     WorkOrderSection,

@@ -1,16 +1,18 @@
-"""The sections of a station config file, as typed models."""
+"""The sections of a station config file, as typed models: the line, its database, protocol,
+jigs, steps, work order and records; `pki.py` holds `[pki]`, `outputs.py` the broker, plant and
+dashboard sections."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from linehost.config.placeholders import CN_PLACEHOLDERS, SERIAL_PLACEHOLDERS
+from linehost.config.outputs import DashboardSection, MqttSection, OpcuaSection, SparkplugSection
+from linehost.config.pki import PkiSection
+from linehost.config.placeholders import SERIAL_PLACEHOLDERS
 from linehost.config.types import (
     ConfigPath,
     DatabaseUrl,
@@ -19,221 +21,29 @@ from linehost.config.types import (
     Name,
     PortLocation,
     SecretRef,
+    Section,
     StepArgv,
     VidPid,
-    braced,
     check_placeholders,
     one_secret_source,
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LineSection(_Section):
+class LineSection(Section):
     """`[line]`: the production line this host drives."""
 
     name: Name
     shutdown_grace: Annotated[float, Field(ge=0, le=600)] = 10.0
 
 
-class DatabaseSection(_Section):
+class DatabaseSection(Section):
     """`[database]`: SQLite (embedded) or PostgreSQL."""
 
     url: DatabaseUrl = Field(default="sqlite+aiosqlite:///linehost.db", validate_default=True)
     auto_migrate: bool = True
 
 
-class EstSection(_Section):
-    """`[pki.est]`: the site signing gateway a line asks for DACs (`issuer = "est"`)."""
-
-    url: str  # https://gateway:8443 (the /.well-known/est/... paths are added)
-    client_cert: ConfigPath  # this line's TLS client certificate (`linehost gateway client add`)
-    client_key: ConfigPath
-    server_ca: ConfigPath  # the CA that signed the gateway's TLS certificate
-    connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
-    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0  # one whole request
-    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16  # requests in flight at once
-
-    @field_validator("url")
-    @classmethod
-    def _https(cls, value: str) -> str:
-        if not value.startswith("https://"):
-            raise ValueError("must start with https:// (the gateway speaks EST over TLS only)")
-        return value.rstrip("/")
-
-
-class PreviousPaiSection(_Section):
-    """`[[pki.previous_pais]]`: a PAI rolled over from: no new DACs, still verified, revoked
-    and given its CRL (a key, or a delegated CRL signer, only to sign that CRL)."""
-
-    pai_cert: ConfigPath
-    pai_key: KeyLocation | None = None  # a PEM path or a pkcs11: URI (same module and PIN)
-    pai_key_passphrase_env: str | None = None
-    pai_key_passphrase_file: ConfigPath | None = None
-    crl_signer_cert: ConfigPath | None = None
-    crl_signer_key: KeyLocation | None = None
-    crl_signer_key_passphrase_env: str | None = None
-    crl_signer_key_passphrase_file: ConfigPath | None = None
-
-    @model_validator(mode="after")
-    def _pairs(self) -> PreviousPaiSection:
-        one_secret_source(self.keys().passphrase)
-        one_secret_source(self.keys().crl_signer_passphrase)
-        if (self.crl_signer_cert is None) != (self.crl_signer_key is None):
-            raise ValueError("crl_signer_cert and crl_signer_key go together")
-        return self
-
-    def keys(self) -> PaiKeys:
-        """This PAI's certificate and key sources."""
-        return PaiKeys(
-            active=False,
-            pai_cert=self.pai_cert,
-            pai_key=self.pai_key,
-            passphrase=SecretRef(
-                "pki.previous_pais.pai_key_passphrase",
-                self.pai_key_passphrase_env,
-                self.pai_key_passphrase_file,
-            ),
-            crl_signer_cert=self.crl_signer_cert,
-            crl_signer_key=self.crl_signer_key,
-            crl_signer_passphrase=SecretRef(
-                "pki.previous_pais.crl_signer_key_passphrase",
-                self.crl_signer_key_passphrase_env,
-                self.crl_signer_key_passphrase_file,
-            ),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PaiKeys:
-    """One PAI of `[pki]` (the active one or a previous one) and where its keys are."""
-
-    active: bool
-    pai_cert: Path
-    pai_key: str | None
-    passphrase: SecretRef
-    crl_signer_cert: Path | None
-    crl_signer_key: str | None
-    crl_signer_passphrase: SecretRef
-
-
-class PkiSection(_Section):
-    """`[pki]`: where DACs come from and how they look."""
-
-    issuer: Literal["local", "bundle", "est"] = "local"
-    est: EstSection | None = None  # for issuer = "est"
-    pai_cert: ConfigPath
-    pai_key: KeyLocation | None = None  # a PEM path or a pkcs11: URI; not for issuer = "bundle"
-    paa_cert: ConfigPath | None = None
-    pai_key_passphrase_env: str | None = None
-    pai_key_passphrase_file: ConfigPath | None = None
-    pkcs11_module: str | None = None  # path of the PKCS#11 module (.so) for a pkcs11: pai_key
-    pkcs11_pin_env: str | None = None  # the token PIN: from this environment variable...
-    pkcs11_pin_file: ConfigPath | None = None  # ...or from this file; never from the TOML
-    cd_file: ConfigPath | None = None  # Certification Declaration (DER CMS SignedData), as CD:
-    not_after: datetime | None = None  # DAC notAfter; default 99991231235959Z (no expiry)
-    backdate: Annotated[timedelta, Field(ge=timedelta(0), le=timedelta(days=366))] = timedelta(0)
-    vid: VidPid
-    pid: VidPid
-    cn_template: str = "{uid}"
-    allow_reprovision: bool = False
-    # DACs for bare public keys (jigs with protocol = "ecc608-letters"): no proof of possession.
-    allow_without_pop: bool = False
-    # Revocation (issue 13): who signs the CRL, how long it holds, where `run` keeps it.
-    crl_signer_cert: ConfigPath | None = None  # a delegated CRL signer the PAI issued
-    crl_signer_key: KeyLocation | None = None  # its key: a PEM path or a pkcs11: URI
-    crl_signer_key_passphrase_env: str | None = None
-    crl_signer_key_passphrase_file: ConfigPath | None = None
-    crl_next_update: Annotated[timedelta, Field(gt=timedelta(0), le=timedelta(days=3660))] = (
-        timedelta(days=30)
-    )
-    crl_dir: ConfigPath | None = None  # `linehost run` keeps each PAI's current CRL here
-    crl_refresh_margin: Annotated[timedelta, Field(ge=timedelta(0))] = timedelta(days=7)
-    # PAI rollover (issue 13 item 5): `pai_cert` is the active PAI, these came before it.
-    previous_pais: list[PreviousPaiSection] = Field(default_factory=list)
-    pai_expiry_warning: Annotated[timedelta, Field(ge=timedelta(0))] = timedelta(days=30)
-    # Certification Declarations a work order names are checked against these signers.
-    cd_signer_certs: list[ConfigPath] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _key_source(self) -> PkiSection:
-        if self.issuer == "local" and not self.pai_key:
-            raise ValueError("pai_key is required when issuer = 'local'")
-        if self.issuer == "est" and self.est is None:
-            raise ValueError("issuer = 'est' needs a [pki.est] table (url, client_cert, ...)")
-        one_secret_source(self.passphrase_secret)
-        one_secret_source(self.pin_secret)
-        one_secret_source(self.crl_signer_passphrase_secret)
-        if (self.crl_signer_cert is None) != (self.crl_signer_key is None):
-            raise ValueError("crl_signer_cert and crl_signer_key go together")
-        if self.crl_refresh_margin >= self.crl_next_update:
-            raise ValueError("crl_refresh_margin must be shorter than crl_next_update")
-        if self.issuer == "local" and self.pai_key and self.pai_key.startswith("pkcs11:"):
-            if not self.pkcs11_module:
-                raise ValueError("a pkcs11: pai_key needs pkcs11_module (the module path)")
-            if not (self.pkcs11_pin_env or self.pkcs11_pin_file):
-                raise ValueError("a pkcs11: pai_key needs pkcs11_pin_env or pkcs11_pin_file")
-        certs = [self.pai_cert, *(p.pai_cert for p in self.previous_pais)]
-        if len(set(certs)) != len(certs):
-            raise ValueError("previous_pais: a PAI certificate is named twice")
-        return self
-
-    def pais(self) -> list[PaiKeys]:
-        """Every PAI of the line: the active one (`pai_cert`) first, then the previous ones."""
-        active = PaiKeys(
-            active=True,
-            pai_cert=self.pai_cert,
-            pai_key=self.pai_key,
-            passphrase=self.passphrase_secret,
-            crl_signer_cert=self.crl_signer_cert,
-            crl_signer_key=self.crl_signer_key,
-            crl_signer_passphrase=self.crl_signer_passphrase_secret,
-        )
-        return [active, *(p.keys() for p in self.previous_pais)]
-
-    @field_validator("cn_template")
-    @classmethod
-    def _template(cls, value: str) -> str:
-        try:
-            value.format(**dict.fromkeys(CN_PLACEHOLDERS, "00"))
-        except (KeyError, IndexError, ValueError, AttributeError) as exc:
-            raise ValueError(f"may use only {braced(CN_PLACEHOLDERS)} ({exc})") from None
-        return value
-
-    @property
-    def passphrase_secret(self) -> SecretRef:
-        """Where the PAI key passphrase comes from."""
-        return SecretRef(
-            "pki.pai_key_passphrase", self.pai_key_passphrase_env, self.pai_key_passphrase_file
-        )
-
-    @property
-    def crl_signer_passphrase_secret(self) -> SecretRef:
-        """Where the delegated CRL signer's key passphrase comes from."""
-        return SecretRef(
-            "pki.crl_signer_key_passphrase",
-            self.crl_signer_key_passphrase_env,
-            self.crl_signer_key_passphrase_file,
-        )
-
-    @property
-    def pin_secret(self) -> SecretRef:
-        """Where the PKCS#11 user PIN comes from."""
-        return SecretRef("pki.pkcs11_pin", self.pkcs11_pin_env, self.pkcs11_pin_file)
-
-    def passphrase(self) -> bytes | None:
-        """The PAI key passphrase from the environment or a file, never from the TOML."""
-        raw = self.passphrase_secret.read()
-        return None if raw is None else raw.strip()
-
-    def pin(self) -> str | None:
-        """The PKCS#11 user PIN from the environment or a file, never from the TOML."""
-        return self.pin_secret.read_text()
-
-
-class ProtocolSection(_Section):
+class ProtocolSection(Section):
     """`[protocol]`: jig protocol timing in seconds, and the attestation extension (v1.1)."""
 
     sync_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -246,233 +56,10 @@ class ProtocolSection(_Section):
     attest: Literal["off", "when_offered", "require"] = "off"
 
 
-_MQTT_URL = re.compile(
-    r"(?P<scheme>mqtts?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/?#@\[\]]+)(?::(?P<port>\d{1,5}))?/?"
-)
-
-
-class MqttSection(_Section):
-    """`[mqtt]`: the broker the line publishes status and results to (optional)."""
-
-    url: str
-    topic_prefix: str = "linehost"
-    username: str | None = None
-    password_file: ConfigPath | None = None
-    password_env: str | None = None
-    ca_file: ConfigPath | None = None
-    client_cert: ConfigPath | None = None
-    client_key: ConfigPath | None = None
-    client_id: str | None = None  # default: stable per line host, see linehost.mqtt.link
-    protocol: Literal["auto", "5", "3.1.1"] = "auto"  # auto: v5, else 3.1.1 if refused
-    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30
-    drain_timeout: Annotated[float, Field(ge=0, le=600)] = 5.0
-    # Seconds between two publishes of one jig's state: changes in between are coalesced
-    # (the latest wins). A dashboard needs no more than 10 updates/s per jig; 0 = every change.
-    state_interval: Annotated[float, Field(ge=0, le=10)] = 0.1
-
-    @field_validator("url")
-    @classmethod
-    def _broker_url(cls, value: str) -> str:
-        match = _MQTT_URL.fullmatch(value)
-        if not match:
-            raise ValueError("must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-        if match["port"] is not None and not 0 < int(match["port"]) < 65536:
-            raise ValueError("port must be 1..65535")
-        return value
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, value: str) -> str:
-        parts = value.split("/")
-        if not value or any(not part or part.strip() != part for part in parts):
-            raise ValueError("must be non-empty topic levels separated by '/', no empty level")
-        if any(c in value for c in "+#\0"):
-            raise ValueError("must not contain the MQTT wildcards '+' or '#'")
-        return value
-
-    @model_validator(mode="after")
-    def _credentials(self) -> MqttSection:
-        one_secret_source(self.password_secret)
-        if (self.password_file or self.password_env) and self.username is None:
-            raise ValueError("a password needs a username")
-        if self.client_key is not None and self.client_cert is None:
-            raise ValueError("client_key needs client_cert")
-        tls_only = (self.ca_file, self.client_cert)
-        if not self.url.startswith("mqtts://") and any(v is not None for v in tls_only):
-            raise ValueError("ca_file and client_cert need an mqtts:// url")
-        return self
-
-    @property
-    def tls(self) -> bool:
-        """True for mqtts://."""
-        return self.url.startswith("mqtts://")
-
-    @property
-    def host(self) -> str:
-        """The broker host name or address (IPv6 without brackets)."""
-        match = _MQTT_URL.fullmatch(self.url)
-        assert match is not None
-        return match["host"].strip("[]")
-
-    @property
-    def port(self) -> int:
-        """The broker port (1883 for mqtt://, 8883 for mqtts:// unless given)."""
-        match = _MQTT_URL.fullmatch(self.url)
-        assert match is not None
-        return int(match["port"]) if match["port"] else (8883 if self.tls else 1883)
-
-    @property
-    def password_secret(self) -> SecretRef:
-        """Where the broker password comes from."""
-        return SecretRef("mqtt.password", self.password_env, self.password_file)
-
-    def password(self) -> str | None:
-        """The broker password from the environment or a file, never from the TOML."""
-        return self.password_secret.read_text()
-
-
-class SparkplugSection(_Section):
-    """`[sparkplug]`: the line host as a Sparkplug B 3.0 edge node, each jig a device."""
-
-    url: str | None = None  # default: the [mqtt] broker (and its credentials and TLS files)
-    group_id: Name = "linehost"
-    edge_node_id: Name | None = None  # default: the line name
-    primary_host_id: Name | None = None  # births wait for spBv1.0/STATE/<id> online
-
-    @field_validator("url")
-    @classmethod
-    def _broker_url(cls, value: str | None) -> str | None:
-        if value is not None and not _MQTT_URL.fullmatch(value):
-            raise ValueError("must look like mqtt://HOST[:PORT] or mqtts://HOST[:PORT]")
-        return value
-
-    def broker(self, mqtt: MqttSection | None) -> MqttSection:
-        """The broker settings the edge node connects with (its own client id)."""
-        if mqtt is None:
-            assert self.url is not None  # LineConfig checks
-            return MqttSection(url=self.url, client_id=None)
-        update: dict[str, object] = {"client_id": None}
-        if self.url is not None:
-            update["url"] = self.url
-        return mqtt.model_copy(update=update)
-
-
-_OPCUA_URL = re.compile(
-    r"opc\.tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+):(?P<port>\d{1,5})(/.*)?"
-)
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-
-
-class OpcuaUserSection(_Section):
-    """`[[opcua.users]]`: one user name and where its password comes from."""
-
-    name: Annotated[str, Field(min_length=1, max_length=64)]
-    password_env: str | None = None
-    password_file: ConfigPath | None = None
-    # operator: may call the methods (hold/resume jigs, open/close work orders); viewer: read only
-    role: Literal["operator", "viewer"] = "operator"
-
-    @model_validator(mode="after")
-    def _secret(self) -> OpcuaUserSection:
-        one_secret_source(self.password_secret)
-        if not self.password_secret.given:
-            raise ValueError("needs password_env or password_file")
-        return self
-
-    @property
-    def password_secret(self) -> SecretRef:
-        """Where the user's password comes from."""
-        return SecretRef("opcua.users.password", self.password_env, self.password_file)
-
-
-class OpcuaSection(_Section):
-    """`[opcua]`: the OPC UA server (Line -> Stations -> Jigs, the work order)."""
-
-    endpoint: str = "opc.tcp://127.0.0.1:4840/linehost/"
-    # auto: None on a loopback endpoint, Basic256Sha256 Sign&Encrypt otherwise.
-    security: Literal["auto", "none", "basic256sha256"] = "auto"
-    certificate_dir: ConfigPath = Field(default=Path("opcua-pki"), validate_default=True)
-    users: list[OpcuaUserSection] = Field(default_factory=list)
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        match = _OPCUA_URL.fullmatch(value)
-        if not match or not 0 < int(match["port"]) < 65536:
-            raise ValueError("must look like opc.tcp://HOST:PORT[/PATH]")
-        return value
-
-    @property
-    def host(self) -> str:
-        """The endpoint's host (IPv6 without brackets)."""
-        match = _OPCUA_URL.fullmatch(self.endpoint)
-        assert match is not None
-        return match["host"].strip("[]")
-
-    @property
-    def policy(self) -> Literal["none", "basic256sha256"]:
-        """The security policy in force."""
-        if self.security != "auto":
-            return self.security
-        return "none" if self.host in _LOOPBACK else "basic256sha256"
-
-
-class DashboardAlarmsSection(_Section):
-    """`[dashboard.alarms]`: when the dashboard raises an alarm (seconds for durations)."""
-
-    jig_failures: int = Field(3, ge=1)  # attempts in a row that failed on one jig
-    jig_offline_after: float = Field(300.0, ge=0)
-    host_offline_after: float = Field(60.0, ge=0)
-    outbox_limit: int = Field(100, ge=1)  # results waiting: an alarm at once
-    outbox_window: float = Field(300.0, gt=0)  # a depth that only grew over this long: an alarm
-    # A host's CRL this close to its nextUpdate without a fresher one: keep it below the hosts'
-    # [pki] crl_refresh_margin (they re-sign then), or every refresh cycle raises it briefly.
-    crl_margin: float = Field(3 * 86400.0, ge=0)
-    publish: bool = True  # publish on {p}/{line}/alarms (one publishing dashboard per prefix)
-
-
-class DashboardSection(_Section):
-    """`[dashboard]`: where `linehost dashboard` serves the plant page, who may see it, alarms."""
-
-    listen: Listen = "127.0.0.1:8080"
-    username: str | None = None  # HTTP basic auth, with password_file or password_env
-    password_file: ConfigPath | None = None
-    password_env: str | None = None
-    token_file: ConfigPath | None = None  # or a bearer token (Authorization: Bearer ...)
-    token_env: str | None = None
-    alarms: DashboardAlarmsSection = DashboardAlarmsSection()
-
-    @model_validator(mode="after")
-    def _auth(self) -> DashboardSection:
-        one_secret_source(self.password_secret)
-        one_secret_source(self.token_secret)
-        if self.password_secret.given != (self.username is not None):
-            raise ValueError("basic auth needs both username and password_file/password_env")
-        return self
-
-    @property
-    def password_secret(self) -> SecretRef:
-        """Where the basic-auth password comes from."""
-        return SecretRef("dashboard.password", self.password_env, self.password_file)
-
-    @property
-    def token_secret(self) -> SecretRef:
-        """Where the bearer token comes from."""
-        return SecretRef("dashboard.token", self.token_env, self.token_file)
-
-    def password(self) -> str | None:
-        """The basic-auth password from the environment or a file, never from the TOML."""
-        return self.password_secret.read_text()
-
-    def token(self) -> str | None:
-        """The bearer token from the environment or a file, never from the TOML."""
-        return self.token_secret.read_text()
-
-
 StepTimeout = Annotated[float, Field(gt=0, le=3600)]
 
 
-class StepsSection(_Section):
+class StepsSection(Section):
     """`[steps]` / `[stations.NAME]`: commands run around each device (argument lists)."""
 
     pre_command: StepArgv | None = None  # before syncing a new device
@@ -482,7 +69,7 @@ class StepsSection(_Section):
     pre_retry: Annotated[float, Field(gt=0, le=3600)] = 5.0  # first back-off after a failure
 
 
-class JigSection(_Section):
+class JigSection(Section):
     """`[[jigs]]`: one programming jig and its serial port."""
 
     name: Name
@@ -497,7 +84,7 @@ class JigSection(_Section):
     post_timeout: StepTimeout | None = None
 
 
-class WorkOrderSection(_Section):
+class WorkOrderSection(Section):
     """`[work_order]`: the batch this line produces; counted in the database across hosts."""
 
     id: Name
@@ -508,7 +95,7 @@ class WorkOrderSection(_Section):
     firmware_version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
 
 
-class MetricsSection(_Section):
+class MetricsSection(Section):
     """`[metrics]`: the Prometheus endpoint of `linehost run`."""
 
     listen: Listen = "127.0.0.1:9464"
@@ -518,7 +105,7 @@ class MetricsSection(_Section):
 _PRINTABLE = re.compile(r"[ -~]*")
 
 
-class OnboardingSection(_Section):
+class OnboardingSection(Section):
     """`[onboarding]`: Matter commissioning data allocated per device (off without the section)."""
 
     enabled: bool = True
@@ -568,7 +155,7 @@ class OnboardingSection(_Section):
         return SecretRef("onboarding.passcode_key", self.passcode_key_env, self.passcode_key_file)
 
 
-class LabelsSection(_Section):
+class LabelsSection(Section):
     """`[labels]`: where device labels go: a Zebra printer (raw TCP) and/or a folder."""
 
     printer: str | None = None  # HOST or HOST:PORT (default port 9100), ZPL over raw TCP
@@ -599,7 +186,7 @@ class LabelsSection(_Section):
         return self.printer, 9100
 
 
-class AuditSection(_Section):
+class AuditSection(Section):
     """`[audit]`: signed checkpoints of the audit log, kept outside the database (issue 14)."""
 
     key: KeyLocation  # PEM path (Ed25519 or P-256, optionally encrypted) or a pkcs11: URI (P-256)
@@ -643,7 +230,7 @@ class AuditSection(_Section):
         return self.pin_secret.read_text()
 
 
-class LineConfig(_Section):
+class LineConfig(Section):
     """A whole station configuration file."""
 
     line: LineSection

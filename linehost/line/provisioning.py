@@ -27,10 +27,9 @@ from linehost.errors import (
     QuotaExhausted,
     StoreError,
 )
-from linehost.line.workorder import WorkOrderGate
+from linehost.line.workorder import NO_WORK_ORDER, NoWorkOrder, WorkOrderGate
 from linehost.observers import DB_ASSIGN, DB_END_ATTEMPT, NO_OBSERVER, AttemptObserver
 from linehost.onboarding.sealing import SealError
-from linehost.onboarding.service import Onboarding
 from linehost.pki.attestation import verify_attestation
 from linehost.pki.csr import parse_csr, parse_public_key
 from linehost.pki.issuer import Issuer
@@ -45,6 +44,7 @@ from linehost.records import (
     IssuedDac,
     KeyProof,
     OnboardingRecord,
+    OnboardingRequest,
     utcnow,
 )
 
@@ -63,6 +63,40 @@ class AttemptStore(Protocol):
     async def assign(self, req: AssignRequest) -> AssignResult: ...
 
     async def end_attempt(self, start: AttemptStart, end: AttemptEnd) -> None: ...
+
+
+class Commissioning(Protocol):
+    """What a provisioner needs of onboarding (`onboarding.service.Onboarding`)."""
+
+    async def draw(self, uid: str, vid: str, pid: str) -> OnboardingRequest | None:
+        """Fresh commissioning data for one device (None: the line has none)."""
+        ...
+
+    def factory_data(self, record: OnboardingRecord) -> tuple[tuple[str, str], ...]:
+        """The factory-data fields a device receives with its DAC."""
+        ...
+
+    def print_label_soon(self, record: OnboardingRecord, log: Any = None) -> None:
+        """Print the device's label in the background."""
+        ...
+
+
+class NoOnboarding:
+    """A line without `[onboarding]`: nothing is drawn, so no record comes back to deliver."""
+
+    async def draw(self, uid: str, vid: str, pid: str) -> None:
+        """No commissioning data."""
+        return None
+
+    def factory_data(self, record: OnboardingRecord) -> tuple[tuple[str, str], ...]:
+        """No factory data."""
+        return ()
+
+    def print_label_soon(self, record: OnboardingRecord, log: Any = None) -> None:
+        """No label."""
+
+
+NO_ONBOARDING: Final = NoOnboarding()
 
 
 def database_backoff() -> Backoff:
@@ -125,10 +159,10 @@ class Provisioner:
         store: AttemptStore,
         *,
         allow_reprovision: bool = False,
-        onboarding: Onboarding | None = None,
+        onboarding: Commissioning = NO_ONBOARDING,
         cd_b64: str | None = None,
         cd_sha256: str | None = None,
-        gate: WorkOrderGate | None = None,
+        gate: WorkOrderGate | NoWorkOrder = NO_WORK_ORDER,
         clock: Callable[[], float] = time.monotonic,
         root_key_pem: str | None = None,
         attest: AttestMode = "off",
@@ -147,17 +181,16 @@ class Provisioner:
     @property
     def work_order(self) -> str | None:
         """The work order every attempt of this line belongs to."""
-        return self.gate.id if self.gate is not None else None
+        return self.gate.id
 
     def on_work_order(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever the work order becomes complete or open again."""
-        if self.gate is not None:
-            self.gate.subscribe(listener)
+        self.gate.subscribe(listener)
 
     @property
     def work_order_complete(self) -> bool:
         """True while the work order has no slot left (nothing will be provisioned)."""
-        return self.gate is not None and self.gate.complete
+        return self.gate.complete
 
     async def provision(
         self, attempt: Attempt, key_pem: str, key_proof: KeyProof = "csr"
@@ -175,7 +208,7 @@ class Provisioner:
             return Reject(Outcome.CSR_REJECTED, str(exc))
         log.debug("csr_received", key=csr.public_key_sha256[:16])
         gate = self.gate
-        if gate is not None and gate.complete:
+        if gate.complete:
             log.warning("work_order_complete", work_order=gate.id)
             return Reject(Outcome.ISSUER_ERROR, gate.refusal)
         observer = attempt.observer
@@ -190,9 +223,7 @@ class Provisioner:
             except IssuerError as exc:
                 log.error("issuer_failed", detail=str(exc))
                 return Reject(Outcome.ISSUER_ERROR, str(exc))
-            wanted = None
-            if self._onboarding is not None:
-                wanted = await self._onboarding.draw(uid, candidate.vid, candidate.pid)
+            wanted = await self._onboarding.draw(uid, candidate.vid, candidate.pid)
             request = AssignRequest(
                 attempt=attempt.start,
                 public_key_sha256=csr.public_key_sha256,
@@ -223,7 +254,7 @@ class Provisioner:
         if result.kind == "rejected" or result.kind == "quota_full":
             attempt.recorded = True
             assert result.outcome is not None
-            if gate is not None and result.kind == "quota_full":
+            if result.kind == "quota_full":
                 gate.set_complete(True)
             log.warning("assignment_rejected", outcome=result.outcome.value, detail=result.detail)
             return Reject(result.outcome, result.detail)
@@ -236,7 +267,7 @@ class Provisioner:
             dac_serial=result.dac_serial,
         )
         factory_data: tuple[tuple[str, str], ...] = ()
-        if self._onboarding is not None and result.onboarding is not None:
+        if result.onboarding is not None:
             attempt.onboarding = result.onboarding
             try:
                 factory_data = self._onboarding.factory_data(result.onboarding)
@@ -336,7 +367,7 @@ class Provisioner:
                 attempt.recorded = True
             except StoreError as exc:
                 log.error("attempt_not_recorded", detail=str(exc))
-        if provisioned and attempt.onboarding is not None and self._onboarding is not None:
+        if provisioned and attempt.onboarding is not None:
             self._onboarding.print_label_soon(attempt.onboarding, log)
         return end
 

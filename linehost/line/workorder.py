@@ -111,6 +111,24 @@ class WorkOrderGate:
         return f"{WORK_ORDER_COMPLETE}: {self.id} has all {self.quantity} devices"
 
 
+class NoWorkOrder:
+    """The gate of a line without a work order: never complete, nothing to refuse or tell."""
+
+    id: None = None
+    complete: Final = False
+    refusal: Final = ""
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Nothing ever changes."""
+
+    def set_complete(self, complete: bool, *, closed: bool = False) -> None:
+        """No slot to run out of (a quota needs a work order)."""
+
+
+#: The gate of every line without `[work_order]`.
+NO_WORK_ORDER: Final = NoWorkOrder()
+
+
 def progress_complete(progress: dict[str, Any]) -> bool:
     """No slot left: every device of the quantity has a live (issued/confirmed) DAC."""
     quantity, claimed = progress.get("quantity"), progress.get("claimed")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
@@ -15,9 +16,22 @@ if TYPE_CHECKING:
 HOST_OFFLINE: Final = b'{"online":false}'
 
 
-def encode(payload: dict[str, Any]) -> bytes:
+def encode(payload: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return _json(payload).encode()
+
+
+def result_payload(record: Mapping[str, Any]) -> str:
+    """The `results` message of one ended attempt: its contract attempt record as compact JSON.
+
+    The store writes it to the outbox in the attempt's own transaction (`Store(result_payload=)`);
+    the relay and the Sparkplug node publish it from there as it is.
+    """
+    return _json(record)
+
+
+def _json(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
 def host_online(version: str, started_at: datetime, line: str, jigs: int) -> bytes:

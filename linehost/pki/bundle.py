@@ -23,8 +23,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.errors import IssuerError, LinehostError, PkiError
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
 from linehost.pki.pai import IssuingPai, PaiIssuer, load_pai, subject_attribute
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
+from linehost.pki.profile import check_dac, describe
 from linehost.protocol.outcomes import LIVE_STATUSES
 from linehost.records import (
     BundleCount,

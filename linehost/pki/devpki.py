@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from linehost.errors import PkiError
 from linehost.pki.cd import sign_test_cd
 from linehost.pki.local import NO_EXPIRY
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
 
 README_TEXT = """\
 linehost development PKI -- DEVELOPMENT ONLY, NEVER FOR PRODUCTION.

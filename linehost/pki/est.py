@@ -38,7 +38,8 @@ from linehost.pki.est_wire import (
     encode_pkcs10,
 )
 from linehost.pki.local import load_certificate
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.profile import check_dac, describe
 from linehost.records import CsrInfo, IssuedDac
 
 if TYPE_CHECKING:

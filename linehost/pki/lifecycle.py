@@ -29,6 +29,7 @@ from linehost.pki.crl import (
     crl_bytes,
     revocation_set_entry,
 )
+from linehost.pki.matter import OID_MATTER_PID
 from linehost.pki.pai import (
     IssuingPai,
     key_identifier,
@@ -36,7 +37,6 @@ from linehost.pki.pai import (
     load_pai,
     subject_attribute,
 )
-from linehost.pki.profile import OID_MATTER_PID
 from linehost.pki.signer import open_signer
 from linehost.records import REVOCATION_REASONS
 from linehost.store.engine import create_engine
@@ -45,7 +45,7 @@ from linehost.store.revocations import RevocationError, RevocationLedger, Revoca
 
 if TYPE_CHECKING:
     from linehost.config import LineConfig, PkiSection
-    from linehost.config.sections import PaiKeys
+    from linehost.config.pki import PaiKeys
 
 _UID = re.compile(r"[0-9A-F]{8,64}")
 _HEX = re.compile(r"[0-9A-F]+")

@@ -23,9 +23,10 @@ from linehost.pki.dac_template import (
     DacTemplate,
     matches_builder,
 )
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
 from linehost.pki.pai import IssuingPai, PaiIssuer, load_pai
 from linehost.pki.pai import load_certificate as load_certificate  # its former home
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac, describe
+from linehost.pki.profile import check_dac, describe
 from linehost.pki.signer import (
     FileKeySigner,
     Signer,

@@ -11,7 +11,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.errors import PkiError
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_chain_or_raise
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.profile import check_chain_or_raise
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,22 +9,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from linehost.errors import PkiError
-from linehost.pki import der
-from linehost.vidpid import is_certificate_vid_pid
-
-#: Matter DN attributes (Matter core spec 6.1.1): vendor id and product id.
-OID_MATTER_VID = x509.ObjectIdentifier("1.3.6.1.4.1.37244.2.1")
-OID_MATTER_PID = x509.ObjectIdentifier("1.3.6.1.4.1.37244.2.2")
+from linehost.pki.matter import (
+    CertFacts,
+    hex4,
+    raw_basic_constraints,
+    read_facts,
+    read_issuer_facts,
+    signature_verifies,
+)
 
 #: Largest DER encoding of a DAC or PAI the Matter SDK accepts (kMaxDERCertLength).
 MAX_CERT_DER_BYTES = 600
@@ -54,9 +55,9 @@ def check_dac(
     `verify_signature=False` skips only the ECDSA verification under the PAI key: for a DAC
     this process has just signed in software with a key proven at start-up to be the PAI's.
     """
-    dac_facts = _facts(dac)
+    dac_facts = read_facts(dac)
     out = _check_format(dac, "DAC", dac_facts)
-    pai_facts = _issuer_facts(pai)
+    pai_facts = read_issuer_facts(pai)
     vid, pid = dac_facts.vid, dac_facts.pid
     if vid is None and dac_facts.vid_ok:
         out.append(Violation("vid", "DAC subject has no Matter VID"))
@@ -87,12 +88,12 @@ def check_pai(
     pai: x509.Certificate, paa: x509.Certificate | None, now: datetime | None = None
 ) -> list[Violation]:
     """Every profile rule `pai` breaks; with `paa`, also as issued by it; with `now`, expiry."""
-    facts = _facts(pai)
+    facts = read_facts(pai)
     out = _check_format(pai, "PAI", facts)
     if facts.vid is None and facts.vid_ok:
         out.append(Violation("vid", "PAI subject has no Matter VID"))
     if paa is not None:
-        paa_facts = _issuer_facts(paa)
+        paa_facts = read_issuer_facts(paa)
         if paa_facts.vid is not None and facts.vid is not None and facts.vid != paa_facts.vid:
             out.append(
                 Violation("vid_match", f"PAI VID {facts.vid} differs from PAA VID {paa_facts.vid}")
@@ -105,13 +106,13 @@ def check_pai(
 
 def check_paa(paa: x509.Certificate, now: datetime | None = None) -> list[Violation]:
     """Every profile rule the self-signed root `paa` breaks; with `now`, expiry."""
-    facts = _facts(paa)
+    facts = read_facts(paa)
     out = _check_format(paa, "PAA", facts)
     if facts.pid is not None:
         out.append(Violation("pid", "PAA subject must not have a Matter PID"))
     if paa.issuer != paa.subject:
         out.append(Violation("issuer_name", "PAA is not self-signed (issuer differs from subject)"))
-    elif not _signature_verifies(paa, facts.public_key):
+    elif not signature_verifies(paa, facts.public_key):
         out.append(Violation("signature", "PAA self-signature does not verify"))
     if now is not None:
         out.extend(_check_current(paa, "PAA", now))
@@ -140,62 +141,7 @@ def describe(violations: Sequence[Violation]) -> str:
     return f"{violations[0].message}{more}"
 
 
-@dataclass(frozen=True, slots=True)
-class _Facts:
-    """What the relational checks need from one certificate, computed once."""
-
-    public_key: ec.EllipticCurvePublicKey | None
-    skid: bytes | None
-    akid: bytes | None
-    vid: str | None
-    pid: str | None
-    vid_attrs: list[x509.NameAttribute[str | bytes]]
-    pid_attrs: list[x509.NameAttribute[str | bytes]]
-
-    @property
-    def vid_ok(self) -> bool:
-        """False when a VID attribute is there but malformed or repeated (reported already)."""
-        return self.vid is not None or not self.vid_attrs
-
-    @property
-    def pid_ok(self) -> bool:
-        """False when a PID attribute is there but malformed or repeated (reported already)."""
-        return self.pid is not None or not self.pid_attrs
-
-
-def _facts(cert: x509.Certificate) -> _Facts:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        key = None
-    ec_key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
-    skid = akid = None
-    try:
-        exts = cert.extensions
-    except (ValueError, x509.DuplicateExtension):
-        exts = x509.Extensions([])
-    for ext in exts:
-        if isinstance(ext.value, x509.SubjectKeyIdentifier):
-            skid = ext.value.key_identifier
-        elif isinstance(ext.value, x509.AuthorityKeyIdentifier):
-            akid = ext.value.key_identifier
-    subject = cert.subject  # parsed anew on every access
-    vids = subject.get_attributes_for_oid(OID_MATTER_VID)
-    pids = subject.get_attributes_for_oid(OID_MATTER_PID)
-    return _Facts(ec_key, skid, akid, _hex4(vids), _hex4(pids), vids, pids)
-
-
-# Issuer facts are asked for on every issue; a handful of cached certificates covers every caller.
-_issuer_facts = lru_cache(maxsize=8)(_facts)
-
-
-def _hex4(attrs: list[x509.NameAttribute[str | bytes]]) -> str | None:
-    if len(attrs) != 1 or not isinstance(attrs[0].value, str):
-        return None
-    return attrs[0].value if is_certificate_vid_pid(attrs[0].value) else None
-
-
-def _check_format(cert: x509.Certificate, kind: Kind, facts: _Facts) -> list[Violation]:
+def _check_format(cert: x509.Certificate, kind: Kind, facts: CertFacts) -> list[Violation]:
     out: list[Violation] = []
     if cert.version != x509.Version.v3:
         out.append(Violation("version", f"{kind} is not X.509 v3 ({cert.version.name})"))
@@ -379,12 +325,12 @@ def _check_key_ids(exts: x509.Extensions, kind: Kind) -> list[Violation]:
     return out
 
 
-def _check_vid_pid(facts: _Facts, kind: Kind) -> list[Violation]:
+def _check_vid_pid(facts: CertFacts, kind: Kind) -> list[Violation]:
     out: list[Violation] = []
     for rule, label, attrs in (("vid", "VID", facts.vid_attrs), ("pid", "PID", facts.pid_attrs)):
         if len(attrs) > 1:
             out.append(Violation(rule, f"{kind} subject has {len(attrs)} Matter {label}s (max 1)"))
-        elif attrs and _hex4(attrs) is None:
+        elif attrs and hex4(attrs) is None:
             value = attrs[0].value
             out.append(
                 Violation(rule, f"{kind} Matter {label} {value!r} is not 4 upper-case hex digits")
@@ -395,10 +341,10 @@ def _check_vid_pid(facts: _Facts, kind: Kind) -> list[Violation]:
 def _check_issued_by(
     cert: x509.Certificate,
     kind: Kind,
-    facts: _Facts,
+    facts: CertFacts,
     issuer: x509.Certificate,
     issuer_kind: Kind,
-    issuer_facts: _Facts,
+    issuer_facts: CertFacts,
     *,
     verify_signature: bool = True,
 ) -> list[Violation]:
@@ -429,7 +375,7 @@ def _check_issued_by(
                 f"{kind} notBefore {nb:%Y-%m-%d %H:%M:%S} is outside the {issuer_kind} validity",
             )
         )
-    if verify_signature and not _signature_verifies(cert, issuer_facts.public_key):
+    if verify_signature and not signature_verifies(cert, issuer_facts.public_key):
         out.append(
             Violation("signature", f"{kind} signature does not verify with the {issuer_kind} key")
         )
@@ -452,50 +398,14 @@ def _check_current(cert: x509.Certificate, kind: Kind, now: datetime) -> list[Vi
     return []
 
 
-def _signature_verifies(cert: x509.Certificate, key: ec.EllipticCurvePublicKey | None) -> bool:
-    if key is None:
-        return False
-    try:
-        algorithm = cert.signature_hash_algorithm
-        if algorithm is None:
-            return False
-        key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
-    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
-        return False
-    return True
-
-
 def _extensions_failure(cert: x509.Certificate, kind: Kind, exc: Exception) -> Violation:
     # cryptography refuses to build BasicConstraints(cA=False, pathLen=n) when parsing; read the
     # raw extension so the violation names the rule instead of a generic parse error.
-    if isinstance(exc, ValueError) and _raw_basic_constraints(cert) == (False, True):
+    if isinstance(exc, ValueError) and raw_basic_constraints(cert) == (False, True):
         return Violation("basic_constraints", f"{kind} basicConstraints must have no pathLen")
     if isinstance(exc, x509.DuplicateExtension):
         return Violation("extensions", f"{kind} has a repeated extension ({exc.oid.dotted_string})")
     return Violation("extensions", f"{kind} extensions cannot be parsed ({exc})")
-
-
-_OID_BASIC_CONSTRAINTS_DER = bytes.fromhex("0603551d13")
-
-
-def _raw_basic_constraints(cert: x509.Certificate) -> tuple[bool, bool] | None:
-    """(cA, pathLen present) read straight from the DER, or None when absent or unreadable."""
-    try:
-        tbs_fields = der.children(cert.tbs_certificate_bytes)
-        explicit = next((f for f in tbs_fields if f[0] == 0xA3), None)
-        if explicit is None:
-            return None
-        for ext in der.children(der.children(explicit)[0]):
-            parts = der.children(ext)
-            if parts[0] != _OID_BASIC_CONSTRAINTS_DER:
-                continue
-            _, start, end = der.read_element(parts[-1])
-            fields = der.children(parts[-1][start:end])
-            ca = bool(fields) and fields[0][0] == 0x01 and fields[0][-1] != 0
-            return ca, any(f[0] == der.TAG_INTEGER for f in fields)
-    except (ValueError, IndexError):
-        return None
-    return None
 
 
 def _raise_if(violations: list[Violation], name: str) -> None:

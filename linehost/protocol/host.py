@@ -23,6 +23,7 @@ from typing import Final
 
 from linehost.protocol import wire
 from linehost.protocol.framing import LineFramer
+from linehost.protocol.gate import Admission, DeviceGate, GatedSession
 from linehost.protocol.outcomes import FINISH_OK, JigState, Outcome, describe_finish
 from linehost.protocol.session import (
     CSR_TIMEOUT,
@@ -32,11 +33,9 @@ from linehost.protocol.session import (
     AttemptEnded,
     AttemptStarted,
     Attestation,
-    DeviceArrived,
     Effect,
     KeyPresented,
     SendLine,
-    StateChanged,
     Timing,
 )
 
@@ -47,13 +46,11 @@ __all__ = [
     "SYNC_INTERVAL",
     "AttemptEnded",
     "AttemptStarted",
-    "DeviceArrived",
     "Effect",
     "HostSession",
     "KeyPresented",
     "Phase",
     "SendLine",
-    "StateChanged",
     "Timing",
 ]
 
@@ -92,7 +89,7 @@ class Phase(Enum):
     AWAITING_ATTESTATION = auto()  # finish:000 came; the challenge is out (v1.1)
 
 
-class HostSession:
+class HostSession(GatedSession):
     """One jig's conversation, device after device, for as long as its port stays open."""
 
     def __init__(
@@ -106,25 +103,16 @@ class HostSession:
         self.phase = Phase.CLOSED
         self.uid: str | None = None
         self.deadline: float | None = None
-        self._next_sync = 0.0
-        self._unanswered_syncs = 0
-        self._hold_uid: str | None = None
-        self._state = JigState.OFFLINE
+        self._gate = DeviceGate(timing, turn_away=(SendLine(_ABORT),))
         self._csr_lines: list[str] = []
         self._csr_bytes = 0
         self._in_csr_block = False
         self._delivered = False
         self._transcript: deque[str] = deque(maxlen=TRANSCRIPT_LINES)
         self._framer = LineFramer()
-        self._hold_new = False  # a pre step is due: a new UID yields DeviceArrived
         self._offered = False  # the device's sync answer offered `attest`
         self._nonce: bytes | None = None  # the challenge sent in this attempt
         self._signature: bytes | None = None  # the device's ATTEST answer
-
-    @property
-    def state(self) -> JigState:
-        """The visible jig state."""
-        return self._state
 
     @property
     def in_attempt(self) -> bool:
@@ -134,27 +122,17 @@ class HostSession:
     @property
     def idle(self) -> bool:
         """Syncing with no finished device held: the jig is ready for a new device."""
-        return self.phase is Phase.SYNCING and self._hold_uid is None
+        return self.phase is Phase.SYNCING and not self._gate.holding
 
     @property
     def ready_for_device(self) -> bool:
         """Closed, or syncing with no finished device held."""
         return self.phase is Phase.CLOSED or self.idle
 
-    def hold_new_devices(self, hold: bool) -> None:
-        """While held, a new UID yields DeviceArrived (and an Abort) instead of an attempt."""
-        self._hold_new = hold
-
-    def expect_swap(self, uid: str | None) -> None:
-        """`uid` finished here earlier: if it answers again, it waits for a swap (no attempt)."""
-        if uid is not None:
-            self._hold_uid = uid
-            self._unanswered_syncs = 0
-
     def next_wakeup(self) -> float | None:
         """The loop time at which on_timer() must be called next (None: only lines matter)."""
         if self.phase is Phase.SYNCING:
-            return self._next_sync
+            return self._gate.next_sync
         return self.deadline
 
     # --- inputs ----------------------------------------------------------------------------
@@ -163,7 +141,7 @@ class HostSession:
         """The port was just opened: reset any half-finished device, then start syncing."""
         out: list[Effect] = [SendLine(_ABORT)]
         self._framer.reset()
-        self._unanswered_syncs = 0
+        self._gate.answered()
         self._enter_sync(now, out, send_now=True)
         return out
 
@@ -185,7 +163,7 @@ class HostSession:
             if line == START or line.startswith(_START_OFFER):
                 # Capability words follow one space; words this host does not know are ignored.
                 self._offered = wire.CAPABILITY_ATTEST in line[len(START) :].split()
-                self._unanswered_syncs = 0
+                self._gate.answered()
                 self.phase = Phase.IDENTIFYING
                 self.deadline = now + self.timing.csr_timeout
             # Anything else while syncing is boot noise or a reply to an Abort: dropped.
@@ -220,17 +198,8 @@ class HostSession:
         """Time passed: send the next Init or apply a timeout."""
         out: list[Effect] = []
         if self.phase is Phase.SYNCING:
-            if now >= self._next_sync:
-                self._unanswered_syncs += 1
-                if (
-                    self._hold_uid is not None
-                    and self._unanswered_syncs > self.timing.empty_after_syncs
-                ):
-                    # Nobody answers: the finished device was taken out, the hold is over.
-                    self._hold_uid = None
-                    self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
+            if self._gate.sync_due(now, out):
                 out.append(SendLine(_INIT))
-                self._next_sync = now + self.timing.sync_interval
         elif self.deadline is not None and now >= self.deadline:
             if self.phase is Phase.IDENTIFYING:
                 # Start_provisioning without a UID: no attempt exists yet, just start over.
@@ -289,7 +258,7 @@ class HostSession:
             self._finish_attempt(outcome, detail, None, out)
         self.phase = Phase.CLOSED
         self.deadline = None
-        self._set_state(JigState.OFFLINE, None, out)
+        self._gate.show(JigState.OFFLINE, None, out)
         return out
 
     def stop(self, now: float) -> list[Effect]:
@@ -317,16 +286,8 @@ class HostSession:
                 self._violation(f"malformed UID line {_head(line)!r}", now, out)
                 return
             uid = match.group(1).upper()
-            if uid == self._hold_uid:
-                # The device just finished is still in the jig: no new attempt.
-                out.append(SendLine(_ABORT))
-                self._set_state(JigState.WAITING_FOR_SWAP, uid, out)
-                self._enter_sync(now, out, send_now=False)
-                return
-            self._hold_uid = None
-            if self._hold_new:
-                out.append(SendLine(_ABORT))
-                out.append(DeviceArrived(uid))
+            if self._gate.admit(uid, out) is not Admission.ATTEMPT:
+                # Told to stop: it waits for a swap, or for its pre step.
                 self._enter_sync(now, out, send_now=False)
                 return
             self.uid = uid
@@ -338,7 +299,7 @@ class HostSession:
             self._delivered = False
             self.phase = Phase.RECEIVING_CSR
             out.append(AttemptStarted(uid, now))
-            self._set_state(JigState.PROVISIONING, uid, out)
+            self._gate.show(JigState.PROVISIONING, uid, out)
             if self.timing.attest == "require" and not self._offered:
                 # Refused before its CSR is accepted: no DAC for a device that cannot prove.
                 self._violation("attestation not offered", now, out)
@@ -470,10 +431,8 @@ class HostSession:
     ) -> None:
         if abort:
             out.append(SendLine(_ABORT))
-        hold = self.uid
+        self._gate.finished(self.uid)
         self._finish_attempt(outcome, detail, device_code, out)
-        self._hold_uid = hold
-        self._unanswered_syncs = 0
         self._enter_sync(now, out, send_now=True)
 
     def _finish_attempt(
@@ -504,18 +463,9 @@ class HostSession:
     def _enter_sync(self, now: float, out: list[Effect], *, send_now: bool) -> None:
         self.phase = Phase.SYNCING
         self.deadline = None
-        if self._state is not JigState.WAITING_FOR_SWAP or self._hold_uid is None:
-            self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
-        if send_now:
+        first = now if send_now else now + self.timing.sync_interval
+        if self._gate.start_syncing(now, first, out):
             out.append(SendLine(_INIT))
-            self._next_sync = now + self.timing.sync_interval
-        else:
-            self._next_sync = now + self.timing.sync_interval
-
-    def _set_state(self, state: JigState, uid: str | None, out: list[Effect]) -> None:
-        if state is not self._state:
-            self._state = state
-            out.append(StateChanged(state, uid))
 
     def _record(self, line: str) -> None:
         self._transcript.append(line[:TRANSCRIPT_LINE_CHARS])

@@ -16,35 +16,31 @@ from collections import deque
 from enum import Enum, auto
 from typing import Final
 
+from linehost.protocol.gate import Admission, DeviceGate, GatedSession
+from linehost.protocol.letters_wire import (
+    BEGIN_CERTIFICATE,
+    BEGIN_PUBLIC_KEY,
+    CMD_DEVICE,
+    CMD_KEY,
+    CMD_PRINT,
+    CMD_QUIT,
+    CMD_READY,
+    CMD_ROOT,
+    CMD_SERIAL,
+    CMD_SIGNER,
+    END_CERTIFICATE,
+    END_PUBLIC_KEY,
+    SERIAL_CHARS,
+)
 from linehost.protocol.outcomes import JigState, Outcome
 from linehost.protocol.session import (
     AttemptEnded,
     AttemptStarted,
-    DeviceArrived,
     Effect,
     KeyPresented,
     SendBytes,
-    StateChanged,
     Timing,
 )
-
-# --- wire words (host and simulated device) --------------------------------------------------
-CMD_READY: Final = b"r"
-CMD_SERIAL: Final = b"s"
-CMD_KEY: Final = b"k"
-CMD_SIGNER: Final = b"c"
-CMD_DEVICE: Final = b"v"
-CMD_ROOT: Final = b"b"
-CMD_PRINT: Final = b"p"
-CMD_PRINT_ROOT: Final = b"o"
-CMD_QUIT: Final = b"q"
-READY: Final = "Ready."
-SERIAL_CHARS: Final = 18  # the 9-byte ATECC608 serial number, in hex
-CHUNK_BYTES: Final = 65  # `p` and `o` print PEM text in chunks of this size
-BEGIN_PUBLIC_KEY: Final = "-----BEGIN PUBLIC KEY-----"
-END_PUBLIC_KEY: Final = "-----END PUBLIC KEY-----"
-BEGIN_CERTIFICATE: Final = "-----BEGIN CERTIFICATE-----"
-END_CERTIFICATE: Final = "-----END CERTIFICATE-----"
 
 #: The PEM public key a device may send (spec: bounded at 1 KiB).
 MAX_KEY_BYTES: Final = 1024
@@ -86,7 +82,7 @@ class Phase(Enum):
     READBACK = auto()  # `p` sent, reassembling the two certificates
 
 
-class LetterSession:
+class LetterSession(GatedSession):
     """One jig's conversation in letters, device after device, while its port stays open."""
 
     def __init__(self, timing: Timing = DEFAULT_TIMING) -> None:
@@ -94,13 +90,8 @@ class LetterSession:
         self.phase = Phase.CLOSED
         self.uid: str | None = None
         self.deadline: float | None = None
-        self._state = JigState.OFFLINE
+        self._gate = DeviceGate(timing)  # a letter device is turned away by saying nothing
         self._buf = bytearray()
-        self._next_sync = 0.0
-        self._unanswered_syncs = 0
-        self._hold_uid: str | None = None
-        self._hold_after_quit = False  # the held device was told `q`: it is silent, not gone
-        self._hold_new = False
         self._queue: deque[bytes] = deque()
         self._next_send: float | None = None
         self._expected: tuple[bytes, bytes] | None = None  # PAI DER, DAC DER as sent
@@ -112,11 +103,6 @@ class LetterSession:
     # --- JigProtocol -------------------------------------------------------------------------
 
     @property
-    def state(self) -> JigState:
-        """The visible jig state."""
-        return self._state
-
-    @property
     def in_attempt(self) -> bool:
         """True between a valid serial number and the attempt's end."""
         return self.phase in (Phase.KEY, Phase.ISSUING, Phase.DELIVERING, Phase.READBACK)
@@ -125,7 +111,7 @@ class LetterSession:
     def ready_for_device(self) -> bool:
         """Closed, or syncing with no finished device held."""
         return self.phase is Phase.CLOSED or (
-            self.phase is Phase.SYNCING and self._hold_uid is None
+            self.phase is Phase.SYNCING and not self._gate.holding
         )
 
     @property
@@ -133,20 +119,10 @@ class LetterSession:
         """Bytes of the current answer held (never more than MAX_ANSWER_BYTES)."""
         return len(self._buf)
 
-    def hold_new_devices(self, hold: bool) -> None:
-        """While held, a new serial yields DeviceArrived instead of an attempt."""
-        self._hold_new = hold
-
-    def expect_swap(self, uid: str | None) -> None:
-        """`uid` finished here earlier: if it answers again, it waits for a swap (no attempt)."""
-        if uid is not None:
-            self._hold_uid = uid
-            self._unanswered_syncs = 0
-
     def next_wakeup(self) -> float | None:
         """The loop time at which on_timer() must be called next."""
         if self.phase is Phase.SYNCING:
-            return self._next_sync
+            return self._gate.next_sync
         if self.phase is Phase.DELIVERING:
             return self._next_send
         return self.deadline
@@ -154,7 +130,7 @@ class LetterSession:
     def open(self, now: float) -> list[Effect]:
         """The port was just opened: start syncing (the dialect has no abort command)."""
         out: list[Effect] = []
-        self._unanswered_syncs = 0
+        self._gate.answered()
         self._enter_sync(now, now, out)
         return out
 
@@ -170,7 +146,7 @@ class LetterSession:
             self._buf += data
             del self._buf[:-SYNC_BUFFER_BYTES]
             if _READY_LINE.search(_text(self._buf)):
-                self._unanswered_syncs = 0
+                self._gate.answered()
                 self._buf.clear()
                 self.phase = Phase.IDENTIFYING
                 self.deadline = now + self.timing.csr_timeout
@@ -207,19 +183,9 @@ class LetterSession:
         out: list[Effect] = []
         phase = self.phase
         if phase is Phase.SYNCING:
-            if now >= self._next_sync:
-                self._unanswered_syncs += 1
-                if (
-                    self._hold_uid is not None
-                    and not self._hold_after_quit
-                    and self._unanswered_syncs > self.timing.empty_after_syncs
-                ):
-                    # Nobody answers: the device was taken out, the hold is over.
-                    self._hold_uid = None
-                    self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
+            if self._gate.sync_due(now, out):
                 self._buf.clear()
                 out.append(SendBytes(CMD_READY))
-                self._next_sync = now + self.timing.sync_interval
         elif phase is Phase.DELIVERING:
             if self._next_send is not None and now >= self._next_send:
                 self._send_next(now, out)
@@ -293,7 +259,7 @@ class LetterSession:
         self.deadline = None
         self._queue.clear()
         self._next_send = None
-        self._set_state(JigState.OFFLINE, None, out)
+        self._gate.show(JigState.OFFLINE, None, out)
         return out
 
     def stop(self, now: float) -> list[Effect]:
@@ -338,16 +304,12 @@ class LetterSession:
             return
         self._buf.clear()
         uid = found
-        if uid == self._hold_uid:
-            # The device just finished is still in the jig: no new attempt.
-            self._set_state(JigState.WAITING_FOR_SWAP, uid, out)
-            self._enter_sync(now, now + self.timing.sync_interval, out)
-            return
-        self._hold_uid = None
-        self._hold_after_quit = False
-        if self._hold_new:
-            out.append(DeviceArrived(uid))
-            self._enter_sync(now, now + self.timing.letter_gap, out)
+        admission = self._gate.admit(uid, out)
+        if admission is not Admission.ATTEMPT:
+            # The finished device syncs again a round later; a new one after a letter gap.
+            swap = admission is Admission.SWAP
+            gap = self.timing.sync_interval if swap else self.timing.letter_gap
+            self._enter_sync(now, now + gap, out)
             return
         self.uid = uid
         self._transcript.clear()
@@ -357,7 +319,7 @@ class LetterSession:
         self.phase = Phase.KEY
         self.deadline = now + self.timing.csr_timeout
         out.append(AttemptStarted(uid, now, "none"))
-        self._set_state(JigState.PROVISIONING, uid, out)
+        self._gate.show(JigState.PROVISIONING, uid, out)
         out.append(SendBytes(CMD_KEY))
 
     def _on_key(self, now: float, out: list[Effect]) -> None:
@@ -410,12 +372,10 @@ class LetterSession:
         self._buf.clear()
         out.append(SendBytes(CMD_QUIT))
         uid = self.uid
-        self._finish(Outcome.PROVISIONED, "readback ok", out)
         # Told `q`, the firmware stops listening: it stays silent until it is swapped.
-        self._hold_uid = uid
-        self._hold_after_quit = True
-        self._unanswered_syncs = 0
-        self._set_state(JigState.WAITING_FOR_SWAP, uid, out)
+        self._gate.finished(uid, silent=True)
+        self._finish(Outcome.PROVISIONED, "readback ok", out)
+        self._gate.show(JigState.WAITING_FOR_SWAP, uid, out)
         self._enter_sync(now, now + self.timing.letter_gap, out)
 
     # --- helpers -----------------------------------------------------------------------------
@@ -437,11 +397,8 @@ class LetterSession:
 
     def _end_attempt(self, outcome: Outcome, detail: str, now: float, out: list[Effect]) -> None:
         """End the attempt without `q`: the device keeps listening; hold its serial."""
-        hold = self.uid
+        self._gate.finished(self.uid)
         self._finish(outcome, detail, out)
-        self._hold_uid = hold
-        self._hold_after_quit = False
-        self._unanswered_syncs = 0
         self._enter_sync(now, now + self.timing.letter_gap, out)
 
     def _finish(self, outcome: Outcome, detail: str, out: list[Effect]) -> None:
@@ -464,18 +421,8 @@ class LetterSession:
         self.phase = Phase.SYNCING
         self.deadline = None
         self._buf.clear()
-        if self._state is not JigState.WAITING_FOR_SWAP or self._hold_uid is None:
-            self._set_state(JigState.WAITING_FOR_DEVICE, None, out)
-        if first_sync <= now:
+        if self._gate.start_syncing(now, first_sync, out):
             out.append(SendBytes(CMD_READY))
-            self._next_sync = now + self.timing.sync_interval
-        else:
-            self._next_sync = first_sync
-
-    def _set_state(self, state: JigState, uid: str | None, out: list[Effect]) -> None:
-        if state is not self._state:
-            self._state = state
-            out.append(StateChanged(state, uid))
 
     def _record(self, data: bytes) -> None:
         """Keep what the device said as text lines (bounded) for the attempt transcript."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from linehost.protocol.letters import (
+from linehost.protocol.letters_wire import (
     CHUNK_BYTES,
     CMD_DEVICE,
     CMD_KEY,

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from linehost.sim import personalities
-from linehost.sim.harness import DEFAULT_SWAP_SECONDS, SimulatedLine, parse_mix
+from linehost.sim.harness import SimulatedLine, parse_mix
+from linehost.sim.jig import DEFAULT_SWAP_SECONDS
 from linehost.sim.personalities import personality_names, protocol_names
 
 #: Seconds the ports stay open after the last device, so the host can read its last answer.

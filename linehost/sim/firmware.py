@@ -6,23 +6,16 @@ harness performs them.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import random
 from collections import deque
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
-from linehost.onboarding.spake2p import compute_verifier, is_valid_passcode
 from linehost.pki.attestation import sign_attestation
 from linehost.protocol.device import (
     FLOW_TIMEOUT,
@@ -39,13 +32,15 @@ from linehost.protocol.device import (
 from linehost.protocol.framing import LineFramer
 from linehost.protocol.wire import BEGIN_CSR, CAPABILITY_ATTEST, END_CSR, INIT, START_PROVISIONING
 from linehost.sim import personalities as _knobs
-from linehost.sim.personalities import Curve, Personality
-
-FINISH_OK: Final = 0x000
-FINISH_PARAMETER_ERROR: Final = 0x003
-
-_CSR_SUBJECT: Final = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "linehost-sim")])
-_CURVES: Final[dict[str, type[ec.EllipticCurve]]] = {"P-256": ec.SECP256R1, "P-384": ec.SECP384R1}
+from linehost.sim.checks import (
+    FINISH_OK,
+    FINISH_PARAMETER_ERROR,
+    CheckResult,
+    check_delivery,
+    check_factory_data,
+)
+from linehost.sim.identity import DeviceIdentity
+from linehost.sim.personalities import Personality
 
 _LOG_TEMPLATES: Final = (
     "I ({ms}) app: heap free {n}",
@@ -55,144 +50,6 @@ _LOG_TEMPLATES: Final = (
     "I ({ms}) nvs: {n} bytes free in partition factory",
     "[{ms:08d}] MATTER: provisioning task alive",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class DeviceIdentity:
-    """What makes a device unique: its UID and its key pair, presented as a PEM CSR."""
-
-    uid: str
-    key: ec.EllipticCurvePrivateKey
-    csr_pem: str
-    public_key_der: bytes  # SubjectPublicKeyInfo, DER
-    public_key_sha256: str  # lower-case hex
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """The firmware's verdict on a delivery; serial and sha256 are set for an acceptable DAC."""
-
-    code: int
-    detail: str
-    dac_serial: str | None = None  # upper-case hex of the serial integer, no leading zeros
-    dac_sha256: str | None = None  # lower-case hex of sha256(DER)
-
-
-@dataclass(frozen=True, slots=True)
-class _KeyCsr:
-    key: ec.EllipticCurvePrivateKey
-    csr_pem: str
-    public_key_der: bytes
-    public_key_sha256: str
-
-
-class IdentityPool:
-    """Makes device identities; `pregenerate` moves the P-256 key + CSR cost ahead of the run."""
-
-    def __init__(self) -> None:
-        self._ready: deque[_KeyCsr] = deque()
-
-    def __len__(self) -> int:
-        return len(self._ready)
-
-    def pregenerate(self, count: int) -> None:
-        """Generate `count` more P-256 keys with their CSRs (thread-safe with respect to `make`)."""
-        for _ in range(count):
-            self._ready.append(_key_csr(ec.generate_private_key(ec.SECP256R1())))
-
-    def make(
-        self,
-        uid: str,
-        *,
-        curve: Curve = "P-256",
-        corrupt_signature: bool = False,
-        key: ec.EllipticCurvePrivateKey | None = None,
-    ) -> DeviceIdentity:
-        """An identity for `uid`: a fresh key unless `key` is given (a cloned device)."""
-        if key is not None:
-            made = _key_csr(key)
-        elif curve == "P-256" and self._ready:
-            made = self._ready.popleft()
-        else:
-            made = _key_csr(ec.generate_private_key(_CURVES[curve]()))
-        csr_pem = _corrupt_signature(made.csr_pem) if corrupt_signature else made.csr_pem
-        return DeviceIdentity(uid, made.key, csr_pem, made.public_key_der, made.public_key_sha256)
-
-
-def random_uid(rng: random.Random, digits: int = 16) -> str:
-    """A random upper-case hex UID of `digits` digits (8..64)."""
-    if not 8 <= digits <= 64:
-        raise ValueError(f"a UID has 8 to 64 hex digits, not {digits}")
-    return f"{rng.getrandbits(digits * 4):0{digits}X}"
-
-
-def check_delivery(
-    public_key_der: bytes, delivery: Delivery, paa: x509.Certificate | None = None
-) -> CheckResult:
-    """What the firmware answers: 000 for a DAC on its own key signed by the delivered PAI."""
-    try:
-        dac = x509.load_pem_x509_certificate(delivery.dac_pem.encode("ascii"))
-        pai = x509.load_pem_x509_certificate(delivery.pai_pem.encode("ascii"))
-    except ValueError as exc:
-        return CheckResult(FINISH_PARAMETER_ERROR, f"unparsable certificate: {exc}")
-    own = dac.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    if own != public_key_der:
-        return CheckResult(FINISH_PARAMETER_ERROR, "DAC is not for this device's key")
-    try:
-        dac.verify_directly_issued_by(pai)
-    except (ValueError, TypeError, InvalidSignature):
-        return CheckResult(FINISH_PARAMETER_ERROR, "DAC is not signed by the delivered PAI")
-    if paa is not None:
-        try:
-            pai.verify_directly_issued_by(paa)
-        except (ValueError, TypeError, InvalidSignature):
-            return CheckResult(FINISH_PARAMETER_ERROR, "PAI is not signed by the PAA")
-    der = dac.public_bytes(serialization.Encoding.DER)
-    return CheckResult(
-        FINISH_OK, "stored", format(dac.serial_number, "X"), hashlib.sha256(der).hexdigest()
-    )
-
-
-def check_factory_data(fields: Mapping[str, str]) -> str | None:
-    """Why the firmware refuses these `FD:` fields (None when it stores them).
-
-    Each known field must be well formed; with a passcode the verifier must match it.
-    """
-    try:
-        if "serial_num" in fields:
-            serial = fields["serial_num"]
-            if not 1 <= len(serial) <= 32 or not all(" " <= c <= "~" for c in serial):
-                return "serial_num is not 1..32 printable characters"
-        if "discriminator" in fields and not 0 <= int(fields["discriminator"]) <= 4095:
-            return "discriminator out of range"
-        iterations = int(fields.get("spake2p_it", "1000"))
-        if not 1000 <= iterations <= 100_000:
-            return "spake2p_it out of range"
-        salt = base64.b64decode(fields.get("spake2p_salt", "A" * 24), validate=True)
-        if not 16 <= len(salt) <= 32:
-            return "spake2p_salt is not 16..32 bytes"
-        verifier = base64.b64decode(fields.get("spake2p_verifier", ""), validate=True)
-        if "spake2p_verifier" in fields and len(verifier) != 97:
-            return "spake2p_verifier is not 97 bytes"
-        if "passcode" in fields:
-            passcode = int(fields["passcode"])
-            if not is_valid_passcode(passcode):
-                return "passcode is not a valid setup passcode"
-            if "spake2p_verifier" in fields and verifier != compute_verifier(
-                passcode, salt, iterations
-            ):
-                return "spake2p_verifier does not match the passcode"
-        if "rd_uid" in fields and not 16 <= len(bytes.fromhex(fields["rd_uid"])) <= 32:
-            return "rd_uid is not 16..32 bytes"
-        if "mfg_date" in fields:
-            date.fromisoformat(fields["mfg_date"])
-        if "hw_ver" in fields and not 0 <= int(fields["hw_ver"]) <= 65535:
-            return "hw_ver out of range"
-    except (ValueError, binascii.Error) as exc:
-        return f"malformed factory data: {exc}"
-    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -511,41 +368,13 @@ class SimulatedDevice:
         )
 
 
-def _key_csr(key: ec.EllipticCurvePrivateKey) -> _KeyCsr:
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(_CSR_SUBJECT)
-        .sign(key, hashes.SHA256())
-    )
-    spki = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    pem = csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    return _KeyCsr(key, pem, spki, hashlib.sha256(spki).hexdigest())
-
-
-def _corrupt_signature(csr_pem: str) -> str:
-    """The same CSR with the last byte of its signature flipped: parses, never verifies."""
-    der = bytearray(
-        x509.load_pem_x509_csr(csr_pem.encode("ascii")).public_bytes(serialization.Encoding.DER)
-    )
-    der[-1] ^= 0x5A
-    return (
-        x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM).decode("ascii")
-    )
-
-
 __all__ = [
     "Action",
-    "CheckResult",
-    "DeviceIdentity",
     "DeviceLog",
-    "IdentityPool",
     "Leave",
     "Reseat",
     "SimulatedDevice",
     "Unplug",
     "Write",
     "check_delivery",
-    "random_uid",
 ]

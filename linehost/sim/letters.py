@@ -13,7 +13,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.protocol.device import FLOW_TIMEOUT, Delivery
-from linehost.protocol.letters import CMD_KEY, CMD_READY, CMD_SERIAL
 from linehost.protocol.letters_device import (
     Chunks,
     Command,
@@ -23,16 +22,10 @@ from linehost.protocol.letters_device import (
     Stored,
     chunked,
 )
-from linehost.sim.firmware import (
-    Action,
-    CheckResult,
-    DeviceIdentity,
-    DeviceLog,
-    Leave,
-    Unplug,
-    Write,
-    check_delivery,
-)
+from linehost.protocol.letters_wire import CMD_KEY, CMD_READY, CMD_SERIAL
+from linehost.sim.checks import CheckResult, check_delivery
+from linehost.sim.firmware import Action, DeviceLog, Leave, Unplug, Write
+from linehost.sim.identity import DeviceIdentity
 from linehost.sim.personalities import Personality
 
 #: ESP-IDF style log lines (the only kind the letter host recognises amid answers).

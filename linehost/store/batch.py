@@ -3,9 +3,8 @@ that holds every write statement (a few executemany per batch)."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -30,6 +29,11 @@ from linehost.store.onboarding import OnboardingBook
 from linehost.store.rows import ATTEMPT_COLUMNS, AssignmentRow, AttemptRow
 
 RESULTS_TOPIC: Final = "results"
+
+#: Builds the results message of one contract attempt record (the app wires
+#: `linehost.mqtt.payloads.result_payload`): the store writes it to the outbox in the attempt's
+#: own transaction without knowing what a message looks like.
+ResultPayload = Callable[[Mapping[str, Any]], str]
 
 ChainHead = tuple[int, str]  # (seq, row_hash) of the newest audit row of this line
 
@@ -59,11 +63,20 @@ class AuditEvent:
 class Batch:
     """The rows one transaction touches, their changes, and what it appends."""
 
-    def __init__(self, line: str, now: datetime, *, single_statement: bool = False) -> None:
-        """A batch of `line` dated `now`; `single_statement` (PostgreSQL): read with one
-        statement and write with one (pgflush) where the batch allows."""
+    def __init__(
+        self,
+        line: str,
+        now: datetime,
+        *,
+        result_payload: ResultPayload,
+        single_statement: bool = False,
+    ) -> None:
+        """A batch of `line` dated `now`, whose ended attempts go to the outbox as
+        `result_payload` makes them; `single_statement` (PostgreSQL): read with one statement
+        and write with one (pgflush) where the batch allows."""
         self.line = line
         self.now = now
+        self.result_payload = result_payload
         self.single_statement = single_statement
         self.attempts: dict[str, AttemptRow] = {}
         self.new_attempts: list[AttemptRow] = []
@@ -253,8 +266,8 @@ class Batch:
         if row.attest_nonce is not None:  # the attestation evidence joins the audit chain
             data |= {"attest_nonce": row.attest_nonce, "attest_signature": row.attest_signature}
         self.audit("attempt", row.attempt_id, "attempt_ended", data)
-        # The outbox keeps the contract attempt record as JSON; the relay makes the message.
-        self.results.append(json.dumps(row.record(), separators=(",", ":"), ensure_ascii=False))
+        # The outbox keeps the results message, ready to publish; the relay sends it as it is.
+        self.results.append(self.result_payload(row.record()))
 
     async def flush(self, conn: AsyncConnection, head: ChainHead | None) -> ChainHead | None:
         """Write every change; returns the new chain head.

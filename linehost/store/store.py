@@ -17,7 +17,7 @@ from linehost.errors import StoreError
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AssignRequest, AssignResult, AttemptEnd, AttemptStart, utcnow
 from linehost.store.audit import Audit
-from linehost.store.batch import RESULTS_TOPIC, ChainHead, load_head
+from linehost.store.batch import RESULTS_TOPIC, ChainHead, ResultPayload, load_head
 from linehost.store.controls import ControlEvent, ControlOp, WorkOrderOp
 from linehost.store.decisions import WORK_ORDER_COMPLETE, next_assignment_status
 from linehost.store.engine import WRITE_TRANSACTION, create_engine, translate_error
@@ -44,19 +44,26 @@ class Store:
         *,
         line: str,
         head: ChainHead | None,
+        result_payload: ResultPayload,
         write_engine: AsyncEngine | None = None,
         clock: Callable[[], datetime] = utcnow,
         commit_hook: CommitHook | None = None,
     ) -> None:
         """Serve `line`: reads over `engine`, the writer's transactions over `write_engine`
-        (default: the same engine); `clock` dates every write, `commit_hook` runs after each
-        COMMIT (fault tests)."""
+        (default: the same engine); `result_payload` makes the results message of each ended
+        attempt (`linehost.mqtt.payloads.result_payload`); `clock` dates every write,
+        `commit_hook` runs after each COMMIT (fault tests)."""
         self.line = line
         self._engine = engine
         self._write_engine = write_engine or engine
         self._closed = False
         self._writer = GroupWriter(
-            self._write_engine, line=line, head=head, clock=clock, commit_hook=commit_hook
+            self._write_engine,
+            line=line,
+            head=head,
+            result_payload=result_payload,
+            clock=clock,
+            commit_hook=commit_hook,
         )
 
     @classmethod
@@ -65,6 +72,7 @@ class Store:
         url: str,
         *,
         line: str,
+        result_payload: ResultPayload,
         auto_migrate: bool = True,
         clock: Callable[[], datetime] = utcnow,
         commit_hook: CommitHook | None = None,
@@ -93,6 +101,7 @@ class Store:
             engine,
             line=line,
             head=head,
+            result_payload=result_payload,
             write_engine=create_engine(url, ping=False, writer=True),
             clock=clock,
             commit_hook=commit_hook,

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import DacCollision, LinehostError, OnboardingCollision, StoreError
 from linehost.records import utcnow
-from linehost.store.batch import Batch, ChainHead, SlotRace, Wants, load_head
+from linehost.store.batch import Batch, ChainHead, ResultPayload, SlotRace, Wants, load_head
 from linehost.store.engine import (
     WRITE_TRANSACTION,
     is_unavailable,
@@ -48,13 +48,16 @@ class GroupWriter:
         *,
         line: str,
         head: ChainHead | None,
+        result_payload: ResultPayload,
         clock: Callable[[], datetime] = utcnow,
         commit_hook: CommitHook | None = None,
         single_statement: bool = True,
     ) -> None:
-        """Write for `line`, whose chain ends at `head`; `clock` dates each batch;
-        `single_statement` (PostgreSQL): a batch's writes as one statement (pgflush)."""
+        """Write for `line`, whose chain ends at `head`; `result_payload` makes the outbox's
+        results messages; `clock` dates each batch; `single_statement` (PostgreSQL): a batch's
+        writes as one statement (pgflush)."""
         self.line = line
+        self.result_payload = result_payload
         self.engine = engine
         self.clock = clock
         self.commit_hook = commit_hook
@@ -195,7 +198,12 @@ class GroupWriter:
             await self._commit(ops)
 
     async def _commit(self, ops: list[Op[Any]]) -> None:
-        batch = Batch(self.line, self.clock(), single_statement=self.single_statement)
+        batch = Batch(
+            self.line,
+            self.clock(),
+            result_payload=self.result_payload,
+            single_statement=self.single_statement,
+        )
         wants = Wants()
         for op in ops:
             op.want(wants)

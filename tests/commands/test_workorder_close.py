@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from linehost.mqtt.payloads import result_payload
 from linehost.store.store import Store
 from tests.e2e.harness import jsonl, linehost, write_config
 
@@ -28,7 +29,11 @@ def test_close_from_the_shell_is_recorded_and_refused_when_repeated(tmp_path: Pa
     assert "Traceback" not in unknown.stderr
 
     async def register() -> None:
-        store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'linehost.db'}", line="e2e-line")
+        store = await Store.open(
+            f"sqlite+aiosqlite:///{tmp_path / 'linehost.db'}",
+            line="e2e-line",
+            result_payload=result_payload,
+        )
         await store.open_work_order("WO-SH-1", 10)
         await store.close()
 

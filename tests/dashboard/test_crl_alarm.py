@@ -16,11 +16,13 @@ import yaml
 
 from linehost.app import run_line
 from linehost.config import DashboardSection, MqttSection, load_config
-from linehost.config.sections import DashboardAlarmsSection
+from linehost.config.outputs import DashboardAlarmsSection
 from linehost.dashboard.alarms import CRL_NEXT_UPDATE
 from linehost.dashboard.app import Dashboard
 from linehost.pki.devpki import init_dev
-from linehost.sim.harness import DeviceFactory, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from tests.dashboard.test_browser import CHROMIUM_ARGS, _browser_or_skip
 from tests.dashboard.test_plant_browser import CHROMIUM

@@ -20,7 +20,9 @@ from linehost.config import MqttSection, load_config
 from linehost.dashboard import board
 from linehost.dashboard.app import Dashboard
 from linehost.pki.devpki import init_dev
-from linehost.sim.harness import DeviceFactory, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from tests.dashboard.test_browser import CHROMIUM_ARGS, _browser_or_skip
 from tests.e2e.harness import write_config

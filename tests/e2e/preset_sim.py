@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.commands.sim import sim_options
 from linehost.protocol.device import FINISH_PARAMETER_ERROR, Delivery
-from linehost.sim import firmware, harness
+from linehost.sim import checks, devices, firmware, identity
 from linehost.sim.cli import add_arguments, run_simulator
 
 PRESET = [sys.executable, "-m", "tests.e2e.preset_sim"]
@@ -66,15 +66,15 @@ def _install(identities: Path, cd_record: Path, expect_cd: bytes | None) -> None
         loaded.append(Identity(raw["uid"], key))
     preset = _Preset(loaded)
 
-    class PresetPool(firmware.IdentityPool):
+    class PresetPool(identity.IdentityPool):
         def pregenerate(self, count: int) -> None:
             pass
 
-        def make(self, uid: str, **_: Any) -> firmware.DeviceIdentity:
+        def make(self, uid: str, **_: Any) -> identity.DeviceIdentity:
             chip = preset.queue.popleft()
-            made = firmware._key_csr(chip.key)
+            made = identity.key_csr(chip.key)
             preset.by_key[made.public_key_der] = chip.uid
-            return firmware.DeviceIdentity(
+            return identity.DeviceIdentity(
                 chip.uid, chip.key, made.csr_pem, made.public_key_der, made.public_key_sha256
             )
 
@@ -83,7 +83,7 @@ def _install(identities: Path, cd_record: Path, expect_cd: bytes | None) -> None
 
     def check_delivery(
         public_key_der: bytes, delivery: Delivery, paa: Any = None
-    ) -> firmware.CheckResult:
+    ) -> checks.CheckResult:
         cd = delivery.cd
         record.write(
             json.dumps(
@@ -96,10 +96,10 @@ def _install(identities: Path, cd_record: Path, expect_cd: bytes | None) -> None
             + "\n"
         )
         if expect_cd is not None and cd != expect_cd:
-            return firmware.CheckResult(FINISH_PARAMETER_ERROR, "CD missing or not the expected")
+            return checks.CheckResult(FINISH_PARAMETER_ERROR, "CD missing or not the expected")
         return original(public_key_der, delivery, paa)
 
-    harness.IdentityPool = PresetPool  # type: ignore[misc]
+    devices.IdentityPool = PresetPool  # type: ignore[misc]
     firmware.check_delivery = check_delivery  # type: ignore[assignment]
 
 

@@ -12,6 +12,7 @@ from cryptography import x509
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
@@ -50,7 +51,9 @@ async def test_no_dac_reaches_the_port_before_its_assignment_is_committed(
     async def opener(url: str, baudrate: int) -> JigPort:
         return await open_port(url, baudrate, factory=WatchedPort)
 
-    store = await Store.open(f"sqlite+aiosqlite:///{db}", line="order-line")
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{db}", line="order-line", result_payload=result_payload
+    )
     issuer = LocalIssuer.load(
         pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
     )

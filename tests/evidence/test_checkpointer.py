@@ -27,6 +27,7 @@ from linehost.evidence.checkpoint import (
 from linehost.evidence.checkpointer import Checkpointer
 from linehost.evidence.rows import AuditRow, stored_checkpoints
 from linehost.evidence.verify import verify_against_checkpoints
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import Outcome
 from linehost.store.engine import create_engine
 from tests.store.realdacs import dev_pki, provision
@@ -178,7 +179,7 @@ async def test_this_hosts_commits_come_by_the_feed_and_others_by_the_database(
     directory.mkdir()
     engine = create_engine(db_url)
     await provision(db_url, pki, "l1", [("st1", "j1", OK)])  # another process, earlier
-    store = await Store.open(db_url, line="l1")
+    store = await Store.open(db_url, line="l1", result_payload=result_payload)
     try:
         # Not started: no background poll races the reads counted here.
         checkpointer = Checkpointer(engine, "l1", open_audit_key(str(key_path)), directory,

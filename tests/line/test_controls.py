@@ -14,6 +14,7 @@ from linehost.errors import DatabaseUnavailable
 from linehost.line.controls import Caller, ControlRefused, LineControls
 from linehost.line.hold import JigHolds
 from linehost.line.workorder import WorkOrderGate, progress_complete
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import Outcome
 from linehost.store.controls import ControlEvent
 from linehost.store.decisions import WORK_ORDER_CLOSED
@@ -34,7 +35,7 @@ def make() -> Factory:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(db_url, line=LINE)
+    s = await Store.open(db_url, line=LINE, result_payload=result_payload)
     try:
         yield s
     finally:

@@ -16,6 +16,7 @@ from linehost.line.hold import JigHolds
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.observers import Observer
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
@@ -23,7 +24,9 @@ from linehost.pki.signer import FileKeySigner
 from linehost.protocol.host import Timing
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
-from linehost.sim.harness import DeviceFactory, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from linehost.store.models import attempts
 from linehost.store.store import Store
@@ -54,7 +57,11 @@ class States(Observer):
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'hold.db'}", line="hold-line")
+    s = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'hold.db'}",
+        line="hold-line",
+        result_payload=result_payload,
+    )
     yield s
     await s.close()
 

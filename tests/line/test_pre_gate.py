@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-from linehost.protocol.host import (
-    AttemptStarted,
-    DeviceArrived,
-    HostSession,
-    SendLine,
-    StateChanged,
-    Timing,
-)
+from linehost.protocol.host import AttemptStarted, HostSession, SendLine, Timing
 from linehost.protocol.outcomes import JigState
+from linehost.protocol.session import DeviceArrived, StateChanged
 
 TIMING = Timing(sync_interval=1.0, empty_after_syncs=2)
 

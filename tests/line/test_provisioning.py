@@ -20,6 +20,7 @@ from linehost.errors import DacCollision, DatabaseUnavailable, IssuerUnavailable
 from linehost.line import provisioning
 from linehost.line.provisioning import Attempt, Deliver, Provisioner, Reject
 from linehost.line.workorder import WorkOrderGate
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.attestation import BAD_SIGNATURE, sign_attestation
 from linehost.pki.devpki import init_dev
 from linehost.pki.issuer import Issuer
@@ -57,7 +58,9 @@ def attempt(uid: str, waits: list[JigState | None] | None = None) -> Attempt:
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[LocalIssuer, Store]]:
     pki = init_dev(tmp_path / "pki")
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", line=LINE)
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'p.db'}", line=LINE, result_payload=result_payload
+    )
     issuer = LocalIssuer.load(
         pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
     )
@@ -105,6 +108,18 @@ async def test_a_bad_csr_is_refused_and_a_duplicate_key_too(parts) -> None:
     assert isinstance(dup, Reject)
     assert dup.outcome is Outcome.DUPLICATE_KEY
     assert other.recorded  # the store ended it: record() writes nothing more
+
+
+async def test_without_work_order_or_onboarding_nothing_is_gated_or_drawn(parts) -> None:
+    issuer, store = parts
+    prov = Provisioner(issuer, store)
+    assert prov.work_order is None
+    assert not prov.work_order_complete
+    a = attempt("0000000000000009")
+    done = await prov.provision(a, csr_pem())
+    assert isinstance(done, Deliver)
+    assert done.factory_data == ()
+    assert a.onboarding is None
 
 
 async def test_a_full_work_order_is_a_typed_refusal_that_closes_the_gate(parts) -> None:

@@ -11,6 +11,7 @@ import pytest
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.observers import DB_ASSIGN, DB_END_ATTEMPT, Observer, fan_out
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
@@ -69,7 +70,9 @@ async def run_line(
     tmp_path: Path, dev_pki: DevPki, observer: Observer, *, mix: str, devices: int
 ) -> JigRunner:
     """One jig with `devices` simulated devices of `mix`, driven until the simulator is done."""
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'line.db'}", line="l1")
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'line.db'}", line="l1", result_payload=result_payload
+    )
     issuer = LocalIssuer.load(dev_pki.pai_cert, FileKeySigner.load(dev_pki.pai_key), "FFF1", "8000")
     try:
         async with SimulatedLine(

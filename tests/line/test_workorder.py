@@ -10,7 +10,8 @@ import pytest
 from sqlalchemy import text
 
 from linehost.errors import StoreError
-from linehost.line.workorder import WorkOrderGate, progress_complete
+from linehost.line.workorder import NO_WORK_ORDER, WorkOrderGate, progress_complete
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.audit import Audit
 from linehost.store.floor import summarise
@@ -28,7 +29,7 @@ def make() -> Factory:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(db_url, line=LINE)
+    s = await Store.open(db_url, line=LINE, result_payload=result_payload)
     try:
         yield s
     finally:
@@ -124,7 +125,10 @@ async def test_attempts_without_work_order_are_not_counted(store: Store, make: F
 async def test_concurrent_hosts_on_one_work_order_stop_at_quantity(db_url: str, hosts: int) -> None:
     """Several stores (hosts) on one database race for the last slots: exactly `quantity`."""
     quantity, per_host = 13, 10
-    stores = [await Store.open(db_url, line=f"line-{i}") for i in range(hosts)]
+    stores = [
+        await Store.open(db_url, line=f"line-{i}", result_payload=result_payload)
+        for i in range(hosts)
+    ]
     try:
         for s in stores:
             await s.open_work_order(WO, quantity)
@@ -159,6 +163,15 @@ def test_gate_tells_jigs_once_per_change() -> None:
     gate.set_complete(False)
     assert calls == [True, False]
     assert gate.refusal.startswith(WORK_ORDER_COMPLETE)
+
+
+def test_a_line_without_work_order_is_never_complete() -> None:
+    calls: list[bool] = []
+    NO_WORK_ORDER.subscribe(lambda: calls.append(True))
+    NO_WORK_ORDER.set_complete(True, closed=True)
+    assert not NO_WORK_ORDER.complete
+    assert NO_WORK_ORDER.id is None
+    assert calls == []
 
 
 def test_work_order_vid_pid_override_the_pki_section(tmp_path: Any) -> None:

@@ -14,6 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from linehost.config import MqttSection, SparkplugSection
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
 from linehost.sparkplug.node import EdgeNode
@@ -28,7 +29,9 @@ pytestmark = pytest.mark.mqtt
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", line="l1")
+    s = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", line="l1", result_payload=result_payload
+    )
     try:
         yield s
     finally:

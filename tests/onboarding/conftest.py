@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from linehost.config import LabelsSection, OnboardingSection
+from linehost.mqtt.payloads import result_payload
 from linehost.onboarding.sealing import PasscodeSeal
 from linehost.onboarding.service import Onboarding
 from linehost.records import AssignRequest, AttemptStart, IssuedDac
@@ -86,7 +87,7 @@ def devices() -> Devices:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(db_url, line=LINE)
+    s = await Store.open(db_url, line=LINE, result_payload=result_payload)
     try:
         yield s
     finally:

@@ -13,6 +13,7 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 from linehost.errors import OnboardingError
+from linehost.mqtt.payloads import result_payload
 from linehost.onboarding.spake2p import compute_verifier, is_valid_passcode
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AttemptEnd
@@ -203,8 +204,8 @@ async def test_ten_thousand_devices(store: Store, devices: Devices, policy: str)
 
 async def test_two_hosts_on_one_database_never_share_values(db_url: str, devices: Devices) -> None:
     """Two stores (two hosts, one line each) allocating at once from the same sequences."""
-    a = await Store.open(db_url, line="line-a")
-    b = await Store.open(db_url, line="line-b")
+    a = await Store.open(db_url, line="line-a", result_payload=result_payload)
+    b = await Store.open(db_url, line="line-b", result_payload=result_payload)
     try:
         ob = make_onboarding(discriminator="random", serial_template="SN{seq:08d}")
         requests = [await devices.request(ob) for _ in range(400)]

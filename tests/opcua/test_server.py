@@ -18,6 +18,7 @@ from linehost.config import OpcuaSection
 from linehost.line.controls import LineControls
 from linehost.line.hold import JigHolds
 from linehost.line.workorder import WorkOrderGate
+from linehost.mqtt.payloads import result_payload
 from linehost.opcua.server import OpcuaServer
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus
@@ -32,7 +33,9 @@ NS = "urn:linehost"
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", line="l1")
+    s = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'l.db'}", line="l1", result_payload=result_payload
+    )
     try:
         yield s
     finally:

@@ -17,6 +17,7 @@ from linehost.config import OpcuaSection, load_config
 from linehost.line.controls import LineControls
 from linehost.line.hold import JigHolds
 from linehost.line.workorder import WorkOrderGate, checked_work_order
+from linehost.mqtt.payloads import result_payload
 from linehost.opcua.server import OpcuaServer
 from linehost.pki.devpki import init_dev
 from linehost.store.models import work_orders
@@ -42,7 +43,7 @@ async def line(
         'firmware_version = "2.0.1"\n'
     )
     config = load_config(config_path)
-    store = await Store.open(config.database.url, line="l1")
+    store = await Store.open(config.database.url, line="l1", result_payload=result_payload)
     own = checked_work_order(config)
     assert own is not None
     await store.open_work_order(own.id, own.quantity, own.recorded)  # as `linehost run` does

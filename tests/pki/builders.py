@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import NameOID
 
 from linehost.pki import der
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
 from linehost.pki.signer import assemble_certificate
 
 Hash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512

@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.errors import IssuerError, PkiError
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.bundle import (
     DAC_FILE_NAME,
     BundleIssuer,
@@ -128,7 +129,7 @@ async def test_checker_rejects_foreign_and_wrong_product_dacs(
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    store = await Store.open(db_url, line="bundle-line")
+    store = await Store.open(db_url, line="bundle-line", result_payload=result_payload)
     yield store
     await store.close()
 

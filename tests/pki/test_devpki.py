@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.errors import PkiError
 from linehost.pki.devpki import DevPki, init_dev
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_paa, check_pai
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.profile import check_paa, check_pai
 
 from .builders import run_tool
 

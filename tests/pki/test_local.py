@@ -20,7 +20,8 @@ from linehost.pki.csr import parse_csr
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.issuer import Issuer
 from linehost.pki.local import NO_EXPIRY, LocalIssuer
-from linehost.pki.profile import OID_MATTER_PID, OID_MATTER_VID, check_dac
+from linehost.pki.matter import OID_MATTER_PID, OID_MATTER_VID
+from linehost.pki.profile import check_dac
 from linehost.pki.signer import FileKeySigner
 from linehost.records import CsrInfo
 

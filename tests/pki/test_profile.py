@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from linehost.errors import PkiError
 from linehost.pki import der
+from linehost.pki.matter import OID_MATTER_VID
 from linehost.pki.profile import (
-    OID_MATTER_VID,
     Violation,
     check_chain_or_raise,
     check_dac,

@@ -14,6 +14,7 @@ from linehost.errors import IssuerError
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.devpki import DevPki
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
@@ -50,7 +51,9 @@ async def test_unplugged_hsm_fails_attempts_without_recording_a_dac(
     dev_pki: DevPki, tmp_path: Path
 ) -> None:
     db = tmp_path / "line.db"
-    store = await Store.open(f"sqlite+aiosqlite:///{db}", line="hsm-line")
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{db}", line="hsm-line", result_payload=result_payload
+    )
     signer = UnpluggedAfter(FileKeySigner.load(dev_pki.pai_key), works=2)
     issuer = LocalIssuer.load(dev_pki.pai_cert, signer, "FFF1", "8000")
     timing = Timing(sync_interval=0.1, csr_timeout=5, result_timeout=3)

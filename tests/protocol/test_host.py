@@ -15,10 +15,10 @@ from linehost.protocol.host import (
     KeyPresented,
     Phase,
     SendLine,
-    StateChanged,
     Timing,
 )
 from linehost.protocol.outcomes import FINISH_CODES, JigState, Outcome, describe_finish
+from linehost.protocol.session import StateChanged
 
 TIMING = Timing(sync_interval=1.0, csr_timeout=30.0, result_timeout=30.0, empty_after_syncs=3)
 CSR_BODY = ["MIIBCDCBrwIBADBNMQswCQYDVQQGEwJVUzEOMAwGA1UECgwFQWNtZTEuMCwGA1UE", "AwwlZGV2aWNl"]

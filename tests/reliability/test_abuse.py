@@ -14,7 +14,9 @@ from typing import Any
 
 import pytest
 
-from linehost.sim.harness import DeviceFactory, DeviceRecord, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory, DeviceRecord
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from tests.e2e.harness import HostRun, jsonl, linehost, write_config
 from tests.waiting import eventually_blocking

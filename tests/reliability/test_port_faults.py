@@ -19,12 +19,15 @@ import pytest
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
 from linehost.protocol.host import Timing
 from linehost.protocol.outcomes import JigState
-from linehost.sim.harness import DeviceFactory, DeviceRecord, SimulatedJig, load_paa
+from linehost.sim.devices import DeviceFactory, DeviceRecord
+from linehost.sim.harness import load_paa
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from linehost.store.store import Store
 from tests.waiting import eventually
@@ -67,7 +70,11 @@ class Line:
 async def line(tmp_path: Path) -> AsyncIterator[Line]:
     (tmp_path / "jigs").mkdir()
     pki = init_dev(tmp_path / "pki")
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'faults.db'}", line="fault-line")
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'faults.db'}",
+        line="fault-line",
+        result_payload=result_payload,
+    )
     issuer = LocalIssuer.load(
         pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
     )

@@ -16,7 +16,8 @@ from linehost.protocol.device import DeviceSession, DeviceState, FlowEnd, FlowEn
 from linehost.protocol.host import AttemptEnded, HostSession, KeyPresented, SendLine, Timing
 from linehost.protocol.outcomes import Outcome
 from linehost.protocol.session import AttestMode, Effect
-from linehost.sim.firmware import IdentityPool, SimulatedDevice, Write
+from linehost.sim.firmware import SimulatedDevice, Write
+from linehost.sim.identity import IdentityPool
 from linehost.sim.personalities import get_personality
 
 from .helpers import Ca, make_root

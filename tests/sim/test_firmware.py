@@ -14,18 +14,9 @@ from linehost.errors import ConfigError
 from linehost.protocol.device import Delivery, is_base64_line
 from linehost.protocol.framing import MAX_LINE
 from linehost.sim import personalities
-from linehost.sim.firmware import (
-    Action,
-    DeviceIdentity,
-    IdentityPool,
-    Leave,
-    Reseat,
-    SimulatedDevice,
-    Unplug,
-    Write,
-    check_delivery,
-    random_uid,
-)
+from linehost.sim.checks import check_delivery
+from linehost.sim.firmware import Action, Leave, Reseat, SimulatedDevice, Unplug, Write
+from linehost.sim.identity import DeviceIdentity, IdentityPool, random_uid
 from linehost.sim.personalities import Personality, get_personality, personality_names, register
 
 from .helpers import CSR_BEGIN, CSR_END, Ca, delivery_lines, make_root

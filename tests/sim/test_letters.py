@@ -14,8 +14,10 @@ from linehost.protocol.letters import LetterSession
 from linehost.protocol.outcomes import JigState, Outcome
 from linehost.protocol.session import AttemptEnded, Effect, KeyPresented, SendBytes, Timing
 from linehost.sim.cli import add_arguments
-from linehost.sim.firmware import IdentityPool, Leave, Unplug, Write, random_uid
-from linehost.sim.harness import DeviceFactory, SimulatedLine
+from linehost.sim.devices import DeviceFactory
+from linehost.sim.firmware import Leave, Unplug, Write
+from linehost.sim.harness import SimulatedLine
+from linehost.sim.identity import IdentityPool, random_uid
 from linehost.sim.letters import LetterDevice
 from linehost.sim.personalities import get_personality, personality_names
 

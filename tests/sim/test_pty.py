@@ -17,13 +17,9 @@ from cryptography.hazmat.primitives import serialization
 
 from linehost.errors import ConfigError, PkiError
 from linehost.sim import personalities
-from linehost.sim.harness import (
-    DeviceFactory,
-    LineThread,
-    SimulatedJig,
-    SimulatedLine,
-    plan_personalities,
-)
+from linehost.sim.devices import DeviceFactory
+from linehost.sim.harness import LineThread, SimulatedLine, plan_personalities
+from linehost.sim.jig import SimulatedJig
 from linehost.sim.personalities import get_personality
 from tests.waiting import eventually
 

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AssignRequest, AttemptEnd, AttemptStart, IssuedDac
 from linehost.store.store import Store
@@ -124,7 +125,7 @@ def make() -> Factory:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[Store]:
-    s = await Store.open(db_url, line=LINE)
+    s = await Store.open(db_url, line=LINE, result_payload=result_payload)
     try:
         yield s
     finally:

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.csr import parse_csr
 from linehost.pki.devpki import DevPki, init_dev
 from linehost.pki.local import LocalIssuer
@@ -62,7 +63,7 @@ async def provision(
     """One device per (station, jig, outcome), provisioned one minute apart through the Store:
     `provisioned` confirms its DAC, `device_error` fails it, anything else ends without one."""
     issuer = LocalIssuer.load(pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000")
-    store = await Store.open(url, line=line)
+    store = await Store.open(url, line=line, result_payload=result_payload)
     devices: list[Device] = []
     try:
         for i, (station, jig, outcome) in enumerate(places):

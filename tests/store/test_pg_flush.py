@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, text
 
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AttemptEnd
 from linehost.store import pgflush
@@ -132,7 +133,7 @@ def _with_id(end: AttemptEnd, assignment_id: int | None) -> AttemptEnd:
 
 async def _run(url: str, scenario: Scenario, *, single: bool) -> tuple[dict[str, Any], int]:
     clock = _Clock()
-    store = await Store.open(url, line=LINE, clock=clock)
+    store = await Store.open(url, line=LINE, clock=clock, result_payload=result_payload)
     store.writer.single_statement = single
     statements = 0
 
@@ -190,7 +191,7 @@ def test_fits_and_supersedes_choose_the_path() -> None:
     """A change pgflush does not carry, or onboarding rows, send the batch to the generic flush;
     an updated assignment sharing a UID with a new one is updated first."""
     make = Factory()
-    batch = Batch(LINE, T0)
+    batch = Batch(LINE, T0, result_payload=result_payload)
     assert pgflush.fits(batch)
     stored = AttemptRow.begin(make.start())
     stored.is_new = False
@@ -224,7 +225,7 @@ async def test_a_thousand_jigs_wait_for_one_group_commit_at_most(db_url: str) ->
     """Every jig of a 1,000-jig line queued at once: one group commit takes them all (a device
     waits for the commit in flight and its own, never for a third)."""
     make = Factory()
-    store = await Store.open(db_url, line=LINE)
+    store = await Store.open(db_url, line=LINE, result_payload=result_payload)
     commits = 0
 
     def count(*_args: Any) -> None:
@@ -246,7 +247,7 @@ async def test_a_thousand_jigs_wait_for_one_group_commit_at_most(db_url: str) ->
 async def test_the_single_read_keeps_to_the_indexes(two_urls: tuple[str, str]) -> None:
     """EXPLAIN of the batch read: assignments only through index conditions (primary key and
     the two live partial unique indexes), never a scan of the table or of a whole index."""
-    store = await Store.open(two_urls[0], line=LINE)
+    store = await Store.open(two_urls[0], line=LINE, result_payload=result_payload)
     await store.close()
     params = (["a"], LINE, [1], ["k"], ["u"])
     engine = create_engine(two_urls[0])
@@ -278,7 +279,7 @@ async def test_the_writer_keeps_to_the_indexes_while_the_tables_are_new(
     keep plans made on near-empty tables and scan them whole at every group commit as they
     grow (seen in the line benchmark). Its connections keep to the indexes instead."""
     make = Factory()
-    store = await Store.open(two_urls[0], line=LINE)
+    store = await Store.open(two_urls[0], line=LINE, result_payload=result_payload)
     stats = create_engine(two_urls[0])
     try:
         async with store.writer.engine.connect() as conn:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from linehost.errors import DatabaseUnavailable
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.engine import is_unavailable, translate_error
 from linehost.store.store import Store
@@ -65,7 +66,7 @@ async def patiently(call: Callable[[], Awaitable[T]], waits: list[int]) -> T:
 
 
 async def test_pool_reconnects_after_its_connections_are_killed(pg_url: str, make: Factory) -> None:
-    store = await Store.open(pg_url, line=LINE)
+    store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     try:
         first = await store.assign(make.request())
         assert first.kind == "issued"
@@ -86,7 +87,7 @@ async def test_pool_reconnects_after_its_connections_are_killed(pg_url: str, mak
 async def test_connections_killed_in_a_loop_lose_and_double_nothing(
     pg_url: str, make: Factory
 ) -> None:
-    store = await Store.open(pg_url, line=LINE)
+    store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     stop = asyncio.Event()
     kills = 0
 
@@ -148,7 +149,7 @@ async def test_a_database_refusing_connections_is_unavailable_not_an_error(
     """What a restarting server or maintenance looks like: callers wait instead of failing."""
     from tests.e2e.pg import allow_connections
 
-    store = await Store.open(pg_url, line=LINE)
+    store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     try:
         await asyncio.to_thread(allow_connections, pg_url, False)
         try:

@@ -13,6 +13,7 @@ from sqlalchemy import event, insert
 from sqlalchemy.exc import IntegrityError
 
 from linehost.errors import DacCollision, DatabaseUnavailable, StoreError
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import AssignResult
 from linehost.store import batch as batch_module
@@ -349,7 +350,7 @@ def _count_commits(store: Store) -> Counter[str]:
 
 
 async def test_group_commit_of_many_concurrent_assigns(db_url: str, make: Any) -> None:
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     try:
         commits = _count_commits(store)
         requests = [make.request(jig=f"j{i % 40}") for i in range(200)]
@@ -361,7 +362,7 @@ async def test_group_commit_of_many_concurrent_assigns(db_url: str, make: Any) -
     finally:
         await store.close()
     # Durable: a new process sees every one.
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     try:
         raw_count = await _count(store, "SELECT count(*) FROM assignments WHERE status = 'issued'")
         assert raw_count == 200
@@ -455,8 +456,8 @@ async def test_key_taken_by_another_host_between_read_and_write(
 
 
 async def test_two_hosts_race_for_the_same_keys(db_url: str, make: Any) -> None:
-    host_a = await Store.open(db_url, line="line-a")
-    host_b = await Store.open(db_url, line="line-b")
+    host_a = await Store.open(db_url, line="line-a", result_payload=result_payload)
+    host_b = await Store.open(db_url, line="line-b", result_payload=result_payload)
     try:
         keys = [make.key() for _ in range(60)]
         reqs_a = [make.request(key=k, line="line-a") for k in keys]
@@ -534,7 +535,7 @@ async def test_commit_that_succeeded_but_looked_failed(store: Store, make: Any, 
 
 
 async def test_close_finishes_queued_work(db_url: str, make: Any) -> None:
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     tasks = [asyncio.create_task(store.assign(make.request())) for _ in range(20)]
     await asyncio.sleep(0)
     await store.close()
@@ -575,7 +576,7 @@ async def test_lost_connections_are_replaced(store: Store, make: Any, raw: Any) 
 
 
 async def test_a_cancelled_writer_fails_its_callers(db_url: str, make: Any) -> None:
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     try:
         tasks = [asyncio.create_task(store.assign(make.request())) for _ in range(5)]
         await asyncio.sleep(0)

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import insert, select, text
 
 from linehost.errors import StoreError
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import iso_utc
 from linehost.store.audit import Audit
@@ -198,7 +199,7 @@ async def test_dac_lookup(store: Store, make: Any) -> None:
 async def test_audit_open_needs_current_schema(db_url: str) -> None:
     with pytest.raises(StoreError, match="db upgrade"):
         await Audit.open(db_url)
-    store = await Store.open(db_url, line="line-1")
+    store = await Store.open(db_url, line="line-1", result_payload=result_payload)
     await store.close()
     audit = await Audit.open(db_url)
     try:
@@ -315,8 +316,8 @@ async def test_chain_detects_an_inserted_row_with_a_seq_gap(
 
 
 async def test_chain_problems_are_reported_per_line(db_url: str, make: Any) -> None:
-    a = await Store.open(db_url, line="line-a")
-    b = await Store.open(db_url, line="line-b")
+    a = await Store.open(db_url, line="line-a", result_payload=result_payload)
+    b = await Store.open(db_url, line="line-b", result_payload=result_payload)
     try:
         for _ in range(3):
             await a.end_attempt(make.start(line="line-a"), make.end(Outcome.TIMEOUT))
@@ -335,12 +336,12 @@ async def test_chain_problems_are_reported_per_line(db_url: str, make: Any) -> N
 
 async def test_writing_continues_the_chain_after_reopen(db_url: str, make: Any) -> None:
     for _ in range(3):
-        store = await Store.open(db_url, line=make.line)
+        store = await Store.open(db_url, line=make.line, result_payload=result_payload)
         try:
             await provision(store, make)
         finally:
             await store.close()
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     try:
         audit = store.audit()
         assert await audit.verify_audit_chain() == []

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from linehost.errors import StoreError
+from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.store.store import INTERRUPTED_DETAIL, Store
 
@@ -210,7 +211,7 @@ async def test_end_checks_its_input(store: Store, make: Any) -> None:
 
 
 async def test_recover_interrupted(db_url: str, make: Any) -> None:
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     running = [make.request() for _ in range(3)]
     results = [await store.assign(r) for r in running]
     done = make.request()
@@ -225,13 +226,13 @@ async def test_recover_interrupted(db_url: str, make: Any) -> None:
     running = running[:2]
     await store.close()  # "crash" with two attempts running
 
-    other_line = await Store.open(db_url, line="line-b")
+    other_line = await Store.open(db_url, line="line-b", result_payload=result_payload)
     other_req = make.request(line="line-b")
     await other_line.assign(other_req)
     assert await other_line.recover_interrupted(make.tick()) == 1  # its own attempt only
     await other_line.close()
 
-    store = await Store.open(db_url, line=make.line)
+    store = await Store.open(db_url, line=make.line, result_payload=result_payload)
     try:
         now = make.tick()
         assert await store.recover_interrupted(now) == 2
@@ -287,8 +288,8 @@ async def test_outbox_is_written_with_the_attempt(store: Store, make: Any, raw: 
 
 
 async def test_outbox_is_per_line(db_url: str, make: Any) -> None:
-    a = await Store.open(db_url, line="line-a")
-    b = await Store.open(db_url, line="line-b")
+    a = await Store.open(db_url, line="line-a", result_payload=result_payload)
+    b = await Store.open(db_url, line="line-b", result_payload=result_payload)
     try:
         await a.end_attempt(make.start(line="line-a"), make.end(Outcome.TIMEOUT))
         await b.end_attempt(make.start(line="line-b"), make.end(Outcome.TIMEOUT))

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import select, text
 
 from linehost.errors import DatabaseUnavailable, StoreError
+from linehost.mqtt.payloads import result_payload
 from linehost.store.engine import create_engine, database_url
 from linehost.store.models import outbox
 from linehost.store.store import Store
@@ -61,7 +62,11 @@ def test_bad_urls_are_store_errors(url: str) -> None:
 
 async def test_unreachable_postgres_is_database_unavailable() -> None:
     with pytest.raises(DatabaseUnavailable) as info:
-        await Store.open("postgresql+asyncpg://postgres:secret@127.0.0.1:1/nothing", line="l")
+        await Store.open(
+            "postgresql+asyncpg://postgres:secret@127.0.0.1:1/nothing",
+            line="l",
+            result_payload=result_payload,
+        )
     message = str(info.value)
     assert "\n" not in message
     assert "unavailable" in message
@@ -71,7 +76,7 @@ async def test_unreachable_postgres_is_database_unavailable() -> None:
 async def test_unopenable_sqlite_is_database_unavailable(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'missing-dir' / 'x.db'}"
     with pytest.raises(DatabaseUnavailable) as info:
-        await Store.open(url, line="l")
+        await Store.open(url, line="l", result_payload=result_payload)
     assert "\n" not in str(info.value)
     # aiosqlite stops the failed connection's thread with a future nobody awaits; let it land
     # before this test's loop closes.

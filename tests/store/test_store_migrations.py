@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from linehost.errors import StoreError
+from linehost.mqtt.payloads import result_payload
 from linehost.store import migrate
 from linehost.store.engine import create_engine
 from linehost.store.migrate import schema_is_current, upgrade_cli, upgrade_to_head
@@ -111,9 +112,11 @@ async def test_upgrade_cli(db_url: str) -> None:
 
 async def test_open_without_auto_migrate_insists_on_current_schema(db_url: str) -> None:
     with pytest.raises(StoreError, match="linehost db upgrade"):
-        await Store.open(db_url, line="line-1", auto_migrate=False)
+        await Store.open(db_url, line="line-1", auto_migrate=False, result_payload=result_payload)
     await asyncio.to_thread(upgrade_cli, db_url)
-    store = await Store.open(db_url, line="line-1", auto_migrate=False)
+    store = await Store.open(
+        db_url, line="line-1", auto_migrate=False, result_payload=result_payload
+    )
     await store.close()
 
 

@@ -16,6 +16,7 @@ from serial import rfc2217
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
 from linehost.line.supervisor import LineSupervisor
+from linehost.mqtt.payloads import result_payload
 from linehost.pki.devpki import init_dev
 from linehost.pki.local import LocalIssuer
 from linehost.pki.signer import FileKeySigner
@@ -107,7 +108,9 @@ def serial_server(device: str, *, telnet: bool) -> Iterator[int]:
 @pytest.mark.parametrize("scheme", ["rfc2217", "socket"])
 async def test_a_jig_behind_a_serial_server_provisions(tmp_path: Path, scheme: str) -> None:
     pki = init_dev(tmp_path / "pki")
-    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'net.db'}", line="net-line")
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'net.db'}", line="net-line", result_payload=result_payload
+    )
     issuer = LocalIssuer.load(
         pki.pai_cert, FileKeySigner.load(pki.pai_key), "FFF1", "8000", paa_cert=pki.paa_cert
     )
