@@ -53,6 +53,15 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def gc_figures(pauses: list[list[float]]) -> dict[str, Any]:
+    """The host's garbage collections during the run: how many, how many full, longest pause."""
+    return {
+        "collections": len(pauses),
+        "full": sum(1 for generation, _ in pauses if generation == 2),
+        "max_ms": round(max((s for _, s in pauses), default=0.0) * 1000, 2),
+    }
+
+
 # --- measuring a process -------------------------------------------------------------------
 
 
@@ -453,6 +462,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             if devices
             else None,
             "commits_per_device": round(probe.get("commits", 0) / devices, 3) if devices else None,
+            "gc": gc_figures(probe.get("gc_pauses", [])),
             "rss_mb": round(hwm, 1),
             "rss_now_mb": round(rss, 1),
             "database": args.database,

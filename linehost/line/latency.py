@@ -6,7 +6,9 @@ a file; the samples (seconds, loop clock) are written there as JSON at shutdown.
 
 from __future__ import annotations
 
+import gc
 import json
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Final
@@ -25,7 +27,15 @@ MAX_SAMPLES: Final = 1_000_000
 class LatencyProbe(Observer):
     """Two series: CSR received -> first DAC byte written; finish received -> attempt committed."""
 
-    __slots__ = ("commits", "csr_to_dac", "finish_to_commit", "path", "statements")
+    __slots__ = (
+        "_collecting_since",
+        "commits",
+        "csr_to_dac",
+        "finish_to_commit",
+        "gc_pauses",
+        "path",
+        "statements",
+    )
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -33,6 +43,24 @@ class LatencyProbe(Observer):
         self.finish_to_commit: list[float] = []
         self.statements = 0  # SQL statements sent (an executemany counts once), BEGIN/COMMIT not
         self.commits = 0
+        self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) per collection
+        self._collecting_since = 0.0
+
+    def watch_collector(self) -> None:
+        """Time every garbage collection: one stalls every jig for as long as it takes."""
+        gc.callbacks.append(self._on_collection)
+
+    def stop_watching_collector(self) -> None:
+        """Stop timing collections (tests: the callback list is the process's)."""
+        if self._on_collection in gc.callbacks:
+            gc.callbacks.remove(self._on_collection)
+
+    def _on_collection(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self._collecting_since = time.perf_counter()
+        elif len(self.gc_pauses) < MAX_SAMPLES:
+            pause = time.perf_counter() - self._collecting_since
+            self.gc_pauses.append((info["generation"], pause))
 
     def count_database(self, engine: AsyncEngine) -> None:
         """Count the statements and commits of `engine` (benchmarks: round trips per device)."""
@@ -63,6 +91,7 @@ class LatencyProbe(Observer):
             "finish_to_commit": self.finish_to_commit,
             "statements": self.statements,
             "commits": self.commits,
+            "gc_pauses": self.gc_pauses,
         }
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         tmp.write_text(json.dumps(data), encoding="utf-8")
@@ -72,4 +101,8 @@ class LatencyProbe(Observer):
 def probe_from_env(environ: Mapping[str, str]) -> LatencyProbe | None:
     """A probe when LINEHOST_LATENCY_FILE is set in `environ` (None when off)."""
     path = environ.get(ENV_VAR)
-    return LatencyProbe(Path(path)) if path else None
+    if not path:
+        return None
+    probe = LatencyProbe(Path(path))
+    probe.watch_collector()
+    return probe
