@@ -27,8 +27,9 @@ from linehost.errors import (
     PkiError,
 )
 from linehost.gateway.config import ClientSection, GatewayConfig
+from linehost.gateway.decision import Decision, IssuanceRecord
 from linehost.gateway.ratelimit import RateLimiter
-from linehost.gateway.store import Decision, GatewayStore, IssuanceRecord
+from linehost.gateway.store import GatewayStore
 from linehost.pki.csr import parse_csr
 from linehost.pki.est_wire import (
     CACERTS_PATH,

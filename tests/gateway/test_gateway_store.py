@@ -10,9 +10,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
+from linehost.gateway.decision import IssuanceRecord, decide
 from linehost.gateway.models import metadata
 from linehost.gateway.ratelimit import RateLimiter, TokenBucket
-from linehost.gateway.store import GATEWAY_MIGRATIONS, GatewayStore, IssuanceRecord, decide
+from linehost.gateway.store import GATEWAY_MIGRATIONS, GatewayStore
 from linehost.store.engine import create_engine
 from linehost.store.migrate import schema_is_current, upgrade_to_head
 
