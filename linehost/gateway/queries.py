@@ -9,13 +9,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from linehost.gateway.decision import IssuanceRecord, QuotaRow, Scope
-from linehost.gateway.models import issuances, quotas
+from linehost.gateway.models import client_certs, issuances, quotas
 
 
 @dataclass(slots=True)
@@ -51,6 +51,25 @@ async def quota(conn: AsyncConnection, scope: Scope, name: str) -> QuotaRow | No
     stmt = select(quotas).where(and_(quotas.c.scope == scope, quotas.c.name == name))
     row = (await conn.execute(stmt)).mappings().first()
     return None if row is None else quota_row(row)
+
+
+async def quotas_of(
+    conn: AsyncConnection, wanted: list[tuple[Scope, str]]
+) -> dict[tuple[Scope, str], QuotaRow]:
+    """The counters of `wanted` that have a row, in one statement."""
+    stmt = select(quotas).where(
+        or_(*(and_(quotas.c.scope == scope, quotas.c.name == name) for scope, name in wanted))
+    )
+    rows = (quota_row(row) for row in (await conn.execute(stmt)).mappings())
+    return {(row.scope, row.name): row for row in rows}
+
+
+async def is_revoked(conn: AsyncConnection, cert_sha256: str) -> bool:
+    """True when the client certificate with this sha256 was revoked."""
+    stmt = select(func.count()).where(
+        client_certs.c.sha256 == cert_sha256, client_certs.c.revoked_at.is_not(None)
+    )
+    return int((await conn.execute(stmt)).scalar_one()) > 0
 
 
 async def ensure_quota(conn: AsyncConnection, scope: Scope, name: str, now: datetime) -> None:

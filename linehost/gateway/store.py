@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
@@ -29,16 +30,18 @@ from linehost.gateway.decision import (
     quota_refusal,
     scopes,
 )
-from linehost.gateway.issuance import Pending, record_one
+from linehost.gateway.issuance import BatchView, Pending, record_one
 from linehost.gateway.models import audit_log, client_certs, issuances, quotas
 from linehost.gateway.queries import (
     AuditEvent,
     ensure_quota,
+    is_revoked,
     issuance_record,
     limits,
     live,
     quota,
     quota_row,
+    quotas_of,
     sha256_hex,
 )
 from linehost.records import IssuedDac, iso_utc, utcnow
@@ -51,6 +54,16 @@ MAX_BATCH = 64
 
 #: The gateway's own Alembic tree (migrations/gateway/).
 GATEWAY_MIGRATIONS = MIGRATIONS_DIR / "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request is admitted on (GatewayStore.admission)."""
+
+    revoked: bool  # the client certificate was revoked by `gateway client revoke`
+    client_quota: QuotaRow | None  # the client's counter: its rate and burst, when set
+    decision: Decision | None  # None when the request carried no usable CSR
+
 
 # Any constant: every gateway process on one PostgreSQL database writes one at a time.
 _PG_WRITE_LOCK = 0x6C68677765737421  # "lhgwest!"
@@ -96,29 +109,37 @@ class GatewayStore:
 
     # --- issuance ------------------------------------------------------------------------
 
-    async def precheck(
+    async def admission(
         self,
         *,
+        cert_der: bytes,
         client: str,
         uid: str,
         work_order: str | None,
-        public_key_sha256: str,
+        public_key_sha256: str | None,
         allow_reprovision: bool,
-    ) -> Decision:
-        """The decision as things stand, quotas included (read only: `record` decides again)."""
+    ) -> Admission:
+        """Everything a request is admitted on, in one read: is the client certificate revoked,
+        the client's counter (its rate limit), and, when the CSR's key is known, the decision as
+        things stand, quotas included (read only: `record` decides again)."""
         async with self._read() as conn:
+            revoked = await is_revoked(conn, sha256_hex(cert_der))
+            counted = scopes(client, work_order)
+            rows = await quotas_of(conn, counted)
+            if public_key_sha256 is None:
+                return Admission(revoked, rows.get(("client", client)), None)
             by_uid, by_key = await live(conn, uid, public_key_sha256)
-            decision = decide(
-                by_uid, by_key, client=client, uid=uid,
-                public_key_sha256=public_key_sha256, allow_reprovision=allow_reprovision,
-            )  # fmt: skip
-            if decision.kind != "issue":
-                return decision
-            for scope, name in scopes(client, work_order):
-                row = await quota(conn, scope, name)
+        decision = decide(
+            by_uid, by_key, client=client, uid=uid,
+            public_key_sha256=public_key_sha256, allow_reprovision=allow_reprovision,
+        )  # fmt: skip
+        if decision.kind == "issue":
+            for scope in counted:
+                row = rows.get(scope)
                 if row is not None and row.exhausted():
-                    return quota_refusal(row)
-            return decision
+                    decision = quota_refusal(row)
+                    break
+        return Admission(revoked, rows.get(("client", client)), decision)
 
     async def record(
         self,
@@ -146,7 +167,8 @@ class GatewayStore:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 async with self._write() as (conn, events):
-                    results = [await record_one(conn, events, item) for item in batch]
+                    view = await BatchView.load(conn, batch)
+                    results = [await record_one(conn, events, item, view) for item in batch]
             except Exception as exc:  # the whole batch was rolled back: each caller hears why
                 for item in batch:
                     if not item.future.done():
@@ -263,15 +285,6 @@ class GatewayStore:
                            {"client": client, "serial": row.serial, "reason": reason})
                 )  # fmt: skip
             return len(found)
-
-    async def is_revoked(self, cert_der: bytes) -> bool:
-        """True when the certificate `cert_der` was revoked by `gateway client revoke`."""
-        async with self._read() as conn:
-            stmt = select(func.count()).where(
-                client_certs.c.sha256 == sha256_hex(cert_der),
-                client_certs.c.revoked_at.is_not(None),
-            )
-            return int((await conn.execute(stmt)).scalar_one()) > 0
 
     async def client_certs(self) -> list[dict[str, Any]]:
         """Every recorded client certificate, oldest first."""
