@@ -2,6 +2,11 @@
 EstIssuer, mutual TLS) against `linehost gateway` in-process, with the PAI key in a file and,
 when present, in SoftHSM2; the LocalIssuer rate alongside. Prints one JSON line.
 
+Every measurement enrolls fresh keys under UIDs with a random prefix of its own, so a run can
+use a persistent gateway database (PostgreSQL) again and again: nothing is ever redelivered or
+refused as a duplicate. The line's devices/s through the gateway versus the local issuer is
+`benchmarks/line.py --compare-issuers`.
+
     python benchmarks/gateway.py --clients 64 --count 2000 [--db postgresql+asyncpg://...]
 """
 
@@ -11,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -57,7 +63,6 @@ def main() -> None:
         for i in range(LINES):
             cert, key = make_client_cert(f"line-{i}", tls.client_ca, tls.client_ca_key, 30)
             write_client_files(work / "clients", f"line-{i}", cert, key)
-        csrs = [_csr() for _ in range(args.count)]
         result: dict[str, object] = {
             "benchmark": "gateway",
             "clients": args.clients,
@@ -65,9 +70,9 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "database": "postgresql" if args.db else "sqlite",
         }
-        result["local_file_per_s"] = asyncio.run(_local(pki, csrs))
+        result["local_file_per_s"] = asyncio.run(_local(pki, _csrs(args.count)))
         result["gateway_file_per_s"] = asyncio.run(
-            _through_gateway(work, "file", pki, tls, csrs, args, key=str(pki.pai_key))
+            _through_gateway(work, "file", pki, tls, _csrs(args.count), args, key=str(pki.pai_key))
         )
         if hsm:
             os.environ["LINEHOST_BENCH_PIN"] = "1234"
@@ -77,7 +82,7 @@ def main() -> None:
                     "hsm",
                     pki,
                     tls,
-                    csrs,
+                    _csrs(args.count),
                     args,
                     key="pkcs11:token=bench;object=pai",
                     extra=f'pkcs11_module = "{args.module}"\npkcs11_pin_env = "LINEHOST_BENCH_PIN"',
@@ -150,6 +155,7 @@ pid = "8000"
         )
         for i in range(LINES)
     ]
+    run = secrets.token_hex(4).upper()  # UIDs no earlier run used: the database may persist
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(csrs)):
         queue.put_nowait(i)
@@ -158,7 +164,7 @@ pid = "8000"
         issuer = issuers[n % LINES]
         while not queue.empty():
             i = queue.get_nowait()
-            await issuer.issue(f"{i:016X}", csrs[i])  # a fresh database per measurement
+            await issuer.issue(f"{run}{i:08X}", csrs[i])
 
     try:
         for issuer in issuers:
@@ -171,6 +177,11 @@ pid = "8000"
             await issuer.aclose()
         await gateway.close()
     return round(len(csrs) / elapsed, 1)
+
+
+def _csrs(count: int) -> list[CsrInfo]:
+    """`count` CSRs for fresh P-256 keys."""
+    return [_csr() for _ in range(count)]
 
 
 def _csr() -> CsrInfo:
