@@ -30,7 +30,7 @@ from linehost.gateway.decision import (
     quota_refusal,
     scopes,
 )
-from linehost.gateway.issuance import BatchView, Pending, record_one
+from linehost.gateway.issuance import Batch, Pending
 from linehost.gateway.models import audit_log, client_certs, issuances, quotas
 from linehost.gateway.queries import (
     AuditEvent,
@@ -167,8 +167,9 @@ class GatewayStore:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 async with self._write() as (conn, events):
-                    view = await BatchView.load(conn, batch)
-                    results = [await record_one(conn, events, item, view) for item in batch]
+                    writer = await Batch.open(conn, batch, utcnow())
+                    decided = [await writer.decide(item) for item in batch]
+                    results = await writer.write(events, decided)
             except Exception as exc:  # the whole batch was rolled back: each caller hears why
                 for item in batch:
                     if not item.future.done():

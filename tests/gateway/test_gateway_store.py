@@ -10,14 +10,16 @@ from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
 from linehost.gateway.decision import Decision, IssuanceRecord, decide
-from linehost.gateway.models import metadata
+from linehost.gateway.models import audit_log, metadata
 from linehost.gateway.ratelimit import RateLimiter, TokenBucket
 from linehost.gateway.store import GATEWAY_MIGRATIONS, GatewayStore
 from linehost.pki.est_wire import Refusal
 from linehost.records import IssuedDac
+from linehost.store.audit import Audit
 from linehost.store.engine import create_engine
 from linehost.store.migrate import schema_is_current, upgrade_to_head
 
@@ -132,7 +134,22 @@ async def test_one_group_commit_decides_each_enrollment_on_the_ones_before_it(db
         assert results[3].supersede.dac_serial == "3"
         assert results[4].existing is not None
         assert results[4].existing.dac_serial == "4"
-        records = [(r.dac_serial, r.uid, r.status) for r in await store.issuances()]
+        assert results[4].existing.id == results[3].supersede.id + 1  # ids of the database
+        recorded = await store.issuances()
+        ids = {r.dac_serial: r.id for r in recorded}
+        assert results[3].supersede.id == ids["3"]
+        async with store.engine.connect() as conn:
+            stmt = select(audit_log.c.event, audit_log.c.entity_id).order_by(audit_log.c.seq)
+            audit = [tuple(row) for row in (await conn.execute(stmt)).all()]
+        assert audit == [  # in the order things happened, with the ids the DACs got
+            ("dac_issued", str(ids["1"])),
+            ("dac_issued", str(ids["3"])),
+            ("dac_superseded", str(ids["3"])),
+            ("dac_issued", str(ids["4"])),
+            ("dac_issued", str(ids["6"])),
+        ]
+        assert await Audit(store.engine).verify_audit_chain(cross_check=False) == []
+        records = [(r.dac_serial, r.uid, r.status) for r in recorded]
         assert records == [
             ("1", "AA" * 8, "issued"),
             ("3", "CC" * 8, "superseded"),
