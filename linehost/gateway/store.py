@@ -1,6 +1,6 @@
 """The gateway's database: the issuance decision and record, quota counters, client
 certificates and the hash-chained audit log. With queries.py (the reads) and issuance.py
-(recording one DAC) the only place of the gateway with SQL.
+(recording a group commit's DACs) the only place of the gateway with SQL.
 
 Every write runs in one serialised transaction (SQLite BEGIN IMMEDIATE, a PostgreSQL advisory
 lock), which decides again what the pre-check decided, bumps the guarded counters, records the
@@ -167,7 +167,7 @@ class GatewayStore:
         not recorded and must never be sent.
 
         Requests waiting together are recorded in one transaction (one commit, one fsync),
-        each decided in turn on what the ones before it wrote."""
+        each decided in turn on what the ones before it wrote (issuance.Batch)."""
         pending = Pending(dac, client, uid, work_order, allow_reprovision)
         self._pending.append(pending)
         if self._flusher is None or self._flusher.done():
