@@ -163,11 +163,15 @@ class Batch:
             await self._count(counter)
         ids: dict[int, int] = {}
         if self._rows:
-            stmt = insert(issuances).returning(issuances.c.id, sort_by_parameter_order=True)
+            # The ids come back matched by DAC serial (unique), not by row order: asking for
+            # the order makes SQLAlchemy insert row by row on SQLite.
+            stmt = insert(issuances).returning(issuances.c.id, issuances.c.dac_serial)
             result = await self._conn.execute(stmt, self._rows)
-            ids = {-(i + 1): int(row.id) for i, row in enumerate(result)}
-            if len(ids) != len(self._rows):
-                raise StoreError(f"{len(self._rows)} DACs inserted, {len(ids)} ids returned")
+            by_serial = {str(row.dac_serial): int(row.id) for row in result}
+            serials = [row["dac_serial"] for row in self._rows]
+            if sorted(by_serial) != sorted(serials):
+                raise StoreError(f"{len(serials)} DACs inserted, {len(by_serial)} ids returned")
+            ids = {-(i + 1): by_serial[serial] for i, serial in enumerate(serials)}
         for ev in self._events:
             events.append(AuditEvent("issuance", str(ids.get(ev.issuance_id, ev.issuance_id)),
                                      ev.event, ev.data))  # fmt: skip
