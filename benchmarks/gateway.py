@@ -1,6 +1,14 @@
 """DACs per second through the site signing gateway: N concurrent EST clients (the line's own
 EstIssuer, mutual TLS) against `linehost gateway` in-process, with the PAI key in a file and,
-when present, in SoftHSM2; the LocalIssuer rate alongside. Prints one JSON line.
+when present, in SoftHSM2; the LocalIssuer rate alongside. Prints one JSON line; the
+*_cpu_ms_per_dac figures are this process's CPU (every thread: the clients, the gateway and
+its SQLite worker threads; not the PostgreSQL server's) per DAC, steadier than DACs/s on a
+shared machine.
+
+Every measurement enrolls fresh keys under UIDs with a random prefix of its own, so a run can
+use a persistent gateway database (PostgreSQL) again and again: nothing is ever redelivered or
+refused as a duplicate. The line's devices/s through the gateway versus the local issuer is
+`benchmarks/line.py --compare-issuers`.
 
     python benchmarks/gateway.py --clients 64 --count 2000 [--db postgresql+asyncpg://...]
 """
@@ -11,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import sys
 import tempfile
 import time
@@ -57,7 +66,6 @@ def main() -> None:
         for i in range(LINES):
             cert, key = make_client_cert(f"line-{i}", tls.client_ca, tls.client_ca_key, 30)
             write_client_files(work / "clients", f"line-{i}", cert, key)
-        csrs = [_csr() for _ in range(args.count)]
         result: dict[str, object] = {
             "benchmark": "gateway",
             "clients": args.clients,
@@ -65,19 +73,19 @@ def main() -> None:
             "cpus": os.cpu_count(),
             "database": "postgresql" if args.db else "sqlite",
         }
-        result["local_file_per_s"] = asyncio.run(_local(pki, csrs))
-        result["gateway_file_per_s"] = asyncio.run(
-            _through_gateway(work, "file", pki, tls, csrs, args, key=str(pki.pai_key))
+        result["local_file_per_s"] = asyncio.run(_local(pki, _csrs(args.count)))
+        result["gateway_file_per_s"], result["gateway_file_cpu_ms_per_dac"] = asyncio.run(
+            _through_gateway(work, "file", pki, tls, _csrs(args.count), args, key=str(pki.pai_key))
         )
         if hsm:
             os.environ["LINEHOST_BENCH_PIN"] = "1234"
-            result["gateway_softhsm_per_s"] = asyncio.run(
+            result["gateway_softhsm_per_s"], result["gateway_softhsm_cpu_ms_per_dac"] = asyncio.run(
                 _through_gateway(
                     work,
                     "hsm",
                     pki,
                     tls,
-                    csrs,
+                    _csrs(args.count),
                     args,
                     key="pkcs11:token=bench;object=pai",
                     extra=f'pkcs11_module = "{args.module}"\npkcs11_pin_env = "LINEHOST_BENCH_PIN"',
@@ -106,7 +114,8 @@ async def _through_gateway(
     *,
     key: str,
     extra: str = "",
-) -> float:
+) -> tuple[float, float]:
+    """(DACs per second, CPU ms per DAC of this process: the clients and the gateway)."""
     folder = work / name
     folder.mkdir()
     db = args.db or f"sqlite+aiosqlite:///{folder / 'gateway.db'}"
@@ -150,6 +159,7 @@ pid = "8000"
         )
         for i in range(LINES)
     ]
+    run = secrets.token_hex(4).upper()  # UIDs no earlier run used: the database may persist
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(csrs)):
         queue.put_nowait(i)
@@ -158,19 +168,24 @@ pid = "8000"
         issuer = issuers[n % LINES]
         while not queue.empty():
             i = queue.get_nowait()
-            await issuer.issue(f"{i:016X}", csrs[i])  # a fresh database per measurement
+            await issuer.issue(f"{run}{i:08X}", csrs[i])
 
     try:
         for issuer in issuers:
             await issuer.confirm_pai()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         await asyncio.gather(*(jig(n) for n in range(args.clients)))
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         for issuer in issuers:
             await issuer.aclose()
         await gateway.close()
-    return round(len(csrs) / elapsed, 1)
+    return round(len(csrs) / elapsed, 1), round(cpu * 1000 / len(csrs), 2)
+
+
+def _csrs(count: int) -> list[CsrInfo]:
+    """`count` CSRs for fresh P-256 keys."""
+    return [_csr() for _ in range(count)]
 
 
 def _csr() -> CsrInfo:

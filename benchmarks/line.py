@@ -13,9 +13,16 @@ host is the real `linehost run` with a generated station config. Figures:
 - with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
   command letters, `letter_gap` pauses, read-back; `[pki] allow_without_pop = true`);
 - with --thread-per-port: a second JSON line for the same devices provisioned by a blocking
-  thread-per-port host (pyserial + cryptography + sqlite3), the shape of one-script-per-board tools.
+  thread-per-port host (pyserial + cryptography + sqlite3), the shape of one-script-per-board tools;
+- with --issuer est: the line signs nothing itself; a real `linehost gateway` process (its own
+  TLS, client certificate for the line, database of the same kind as the line's, PAI key in a
+  file, no rate limit) issues every DAC over EST (`[pki] issuer = "est"`, `[pki.est]
+  concurrency = --est-concurrency`); gateway_cpu_ms_per_device is the gateway's CPU;
+- with --compare-issuers: the same run twice in one invocation, `issuer = "local"` then
+  `issuer = "est"`, one JSON line each (field "issuer"), so both see the same machine load.
 
     python benchmarks/line.py --jigs 64 --devices 6400 --database postgres --mqtt
+    python benchmarks/line.py --jigs 64 --devices 3200 --compare-issuers
 """
 
 from __future__ import annotations
@@ -289,6 +296,7 @@ def write_config(
     letter_gap: float = 0.2,
     attest: bool = False,
     line: str = "bench",
+    pki_section: str | None = None,
 ) -> None:
     jigs = "".join(
         f'[[jigs]]\nname = "{name}"\nstation = "st{i // 16 + 1}"\nport = "{port}"\n'
@@ -317,11 +325,16 @@ def write_config(
             f'[audit]\nkey = "{key}"\ncheckpoint_dir = "{checkpoints}"\n'
             "checkpoint_every = 1000\ncheckpoint_interval = 10\n"
         )
+    if pki_section is None:  # issuer = "local" with the dev PKI's key
+        pki_section = (
+            f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
+            f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n'
+        )
+    head, est, tail = pki_section.partition("[pki.est]")  # pop belongs to [pki] itself
     path.write_text(
         f'[line]\nname = "{line}"\nshutdown_grace = 5\n'
         f'[database]\nurl = "{url}"\n'
-        f'[pki]\npai_cert = "{pki / "pai.pem"}"\npai_key = "{pki / "pai.key"}"\n'
-        f'paa_cert = "{pki / "paa.pem"}"\nvid = "FFF1"\npid = "8000"\n{pop}'
+        f"{head}{pop}{est}{tail}"
         f"[protocol]\nsync_interval = {sync}\ncsr_timeout = 30\nresult_timeout = 30\n"
         f"letter_gap = {letter_gap}\n"
         # Issue 17: every device challenged after finish:000, its signature verified.
@@ -353,9 +366,15 @@ def wait_log(path: Path, text: str, proc: subprocess.Popen[Any], timeout: float 
     raise SystemExit(f"host did not log {text!r} within {timeout} s")
 
 
-def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str, Any]:
+def bench_linehost(
+    args: argparse.Namespace, work: Path, pki: Path, issuer: str = "local"
+) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from est_gateway import GatewayRun, start_gateway
+
     per_jig = math.ceil(args.devices / args.jigs)
-    pg_name = None
+    pg_name = gw_pg_name = None
+    gateway: GatewayRun | None = None
     if args.database == "postgres":
         url, pg_name = create_pg_database()
     else:
@@ -375,6 +394,13 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
     host: subprocess.Popen[Any] | None = None
     profiler: subprocess.Popen[Any] | None = None
     try:
+        pki_section = None
+        if issuer == "est":  # the gateway gets a database of the same kind as the line's
+            gw_url = None
+            if args.database == "postgres":
+                gw_url, gw_pg_name = create_pg_database()
+            gateway = start_gateway(work, pki, gw_url, concurrency=args.est_concurrency)
+            pki_section = gateway.pki_section
         sim.start()
         checkpoints = work / "checkpoints" if args.checkpoints else None
         write_config(
@@ -390,6 +416,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             args.protocol,
             args.letter_gap,
             args.attest,
+            pki_section=pki_section,
         )
         cmd = [sys.executable, "-m", "linehost.cli", "--log-level", args.log_level]
         if args.profile == "pyinstrument":
@@ -410,6 +437,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         cpu0 = cpu_seconds(host.pid)
         assert sim.proc is not None
         sim0 = cpu_seconds(sim.proc.pid)
+        gw0 = cpu_seconds(gateway.pid) if gateway is not None else 0.0
         busy0 = machine_busy()
         if args.profile == "py-spy":
             profiler = subprocess.Popen(
@@ -433,6 +461,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         wait_devices(sim, host, args.timeout)
         cpu1 = cpu_seconds(host.pid)
         sim1 = cpu_seconds(sim.proc.pid)
+        gw1 = cpu_seconds(gateway.pid) if gateway is not None else 0.0
         busy1 = machine_busy()
         rss, hwm = memory_mb(host.pid)
         if profiler is not None:
@@ -448,6 +477,7 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
         devices = figures["devices"]
         result: dict[str, Any] = {
             "host": "linehost",
+            "issuer": issuer,
             "protocol": args.protocol,
             "jigs": args.jigs,
             "devices": devices,
@@ -477,6 +507,12 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
             round((sim1 - sim0) * 1000 / devices, 3) if devices else None
         )
         result["machine_busy"] = round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 3)
+        if gateway is not None:
+            result["gateway_cpu_ms_per_device"] = (
+                round((gw1 - gw0) * 1000 / devices, 3) if devices else None
+            )
+            if "Traceback" in gateway.log.read_text(errors="replace"):
+                result["warning"] = f"Traceback in the gateway log {gateway.log}"
         if args.baud:
             result |= wire_figures(args.baud, url, figures["per_device_s"])
         if "Traceback" in log.read_text(errors="replace"):
@@ -488,9 +524,12 @@ def bench_linehost(args: argparse.Namespace, work: Path, pki: Path) -> dict[str,
                 proc.kill()
                 proc.wait()
         sim.stop()
-        if pg_name is not None:
-            with contextlib.suppress(Exception):
-                drop_pg_database(pg_name)
+        if gateway is not None:
+            gateway.stop()
+        for name in (pg_name, gw_pg_name):
+            if name is not None:
+                with contextlib.suppress(Exception):
+                    drop_pg_database(name)
 
 
 def conversation_bytes(dac_pem_bytes: float) -> float:
@@ -708,6 +747,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='attesting devices and [protocol] attest = "require" (issue 17; compare with off)',
     )
     parser.add_argument(
+        "--issuer",
+        choices=["local", "est"],
+        default="local",
+        help="who signs: the line itself, or a `linehost gateway` process over EST (local)",
+    )
+    parser.add_argument(
+        "--compare-issuers",
+        action="store_true",
+        help="run with issuer local, then est, in one invocation (one JSON line each)",
+    )
+    parser.add_argument(
+        "--est-concurrency", type=int, default=16, help="[pki.est] concurrency (16)"
+    )
+    parser.add_argument(
         "--baud", type=int, default=None, help="simulator paces both directions at B baud"
     )
     parser.add_argument(
@@ -766,7 +819,12 @@ def main(argv: list[str] | None = None) -> int:
         pki = work / "pki"
         init_dev(pki)
         os.environ["BENCH_PKI"] = str(pki)
-        print(json.dumps(bench_linehost(args, work, pki)), flush=True)
+        if args.compare_issuers:
+            for issuer in ("local", "est"):
+                (work / issuer).mkdir()
+                print(json.dumps(bench_linehost(args, work / issuer, pki, issuer)), flush=True)
+        else:
+            print(json.dumps(bench_linehost(args, work, pki, args.issuer)), flush=True)
         if args.thread_per_port:
             print(json.dumps(bench_thread_per_port(args, work, pki)), flush=True)
     return 0

@@ -14,7 +14,8 @@ from linehost.commands import UserError as GatewayUsageError
 
 if TYPE_CHECKING:
     from linehost.gateway.config import GatewayConfig
-    from linehost.gateway.store import GatewayStore, Scope
+    from linehost.gateway.decision import Scope
+    from linehost.gateway.store import GatewayStore
 
 T = TypeVar("T")
 

@@ -91,8 +91,9 @@ class Issuance(Base):
 class Quota(Base):
     """The DAC counter of one client or work order, its cap and (clients) its rate limit.
 
-    `issued` only grows by a guarded UPDATE in the transaction that records the issuance, so
-    every gateway process on the database together never passes `max_dacs`.
+    `issued` only grows in the transaction that records the issuances, under the write lock
+    (a guarded UPDATE, or the INSERT of a new counter), so every gateway process on the
+    database together never passes `max_dacs`.
     """
 
     __tablename__ = "quotas"

@@ -27,8 +27,9 @@ from linehost.errors import (
     PkiError,
 )
 from linehost.gateway.config import ClientSection, GatewayConfig
+from linehost.gateway.decision import Decision, IssuanceRecord, QuotaRow
 from linehost.gateway.ratelimit import RateLimiter
-from linehost.gateway.store import Decision, GatewayStore, IssuanceRecord
+from linehost.gateway.store import GatewayStore
 from linehost.pki.csr import parse_csr
 from linehost.pki.est_wire import (
     CACERTS_PATH,
@@ -94,6 +95,7 @@ class _Refuse(Exception):
 class _Caller:
     client: ClientSection
     cert_der: bytes
+    serial: str  # the certificate's serial number, hex
 
 
 class Gateway:
@@ -144,14 +146,38 @@ class Gateway:
     async def _simpleenroll(self, request: web.Request) -> web.Response:
         log = _log.bind(peer=request.remote)
         try:
-            caller = await self._authenticate(request)
+            caller = self._authenticate(request)
             log = log.bind(client=caller.client.name)
             uid, work_order = self._authorise(request, caller.client)
             log = log.bind(uid=uid, work_order=work_order)
-            await self._limit(caller.client)
-            csr = parse_csr(csr_pem(await _read_body(request)))
+            # The body is read before the database so that one read admits the request; its
+            # faults are told after revocation and the rate limit, as they always were.
+            csr: CsrInfo | None = None
+            fault: _Refuse | CsrRejected | None = None
+            try:
+                csr = parse_csr(csr_pem(await _read_body(request)))
+            except (_Refuse, CsrRejected) as exc:
+                fault = exc
             async with self._uid_lock(uid):
-                return await self._enroll(caller.client.name, uid, work_order, csr, log)
+                seen = await self._store.admission(
+                    cert_der=caller.cert_der, client=caller.client.name, uid=uid,
+                    work_order=work_order,
+                    public_key_sha256=csr.public_key_sha256 if csr is not None else None,
+                    allow_reprovision=self._config.gateway.allow_reprovision,
+                )  # fmt: skip
+                if seen.revoked:
+                    raise _Refuse(
+                        Refusal.CLIENT_REVOKED,
+                        f"client {caller.client.name!r}: certificate {caller.serial} is revoked",
+                    )
+                self._limit(caller.client, seen.client_quota)
+                if fault is not None:
+                    raise fault
+                assert csr is not None
+                assert seen.decision is not None
+                return await self._enroll(
+                    caller.client.name, uid, work_order, csr, seen.decision, log
+                )
         except _Refuse as refused:
             log.info("enroll_refused", reason=refused.refusal.value, detail=refused.detail)
             return _refusal(refused)
@@ -168,13 +194,10 @@ class Gateway:
         uid: str,
         work_order: str | None,
         csr: CsrInfo,
+        decision: Decision,
         log: structlog.typing.FilteringBoundLogger,
     ) -> web.Response:
         allow = self._config.gateway.allow_reprovision
-        decision = await self._store.precheck(
-            client=client, uid=uid, work_order=work_order,
-            public_key_sha256=csr.public_key_sha256, allow_reprovision=allow,
-        )  # fmt: skip
         if decision.kind == "issue":
             dac = await self._issuer.issue(uid, csr)
             decision = await self._store.record(
@@ -198,7 +221,7 @@ class Gateway:
 
     # --- checks ----------------------------------------------------------------------------
 
-    async def _authenticate(self, request: web.Request) -> _Caller:
+    def _authenticate(self, request: web.Request) -> _Caller:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if not der:
@@ -209,12 +232,7 @@ class Gateway:
         client = self._config.client(name)
         if client is None:
             raise _Refuse(Refusal.CLIENT_UNKNOWN, f"client {name!r} is not configured")
-        if await self._store.is_revoked(der):
-            raise _Refuse(
-                Refusal.CLIENT_REVOKED,
-                f"client {name!r}: certificate {cert.serial_number:X} is revoked",
-            )
-        return _Caller(client, der)
+        return _Caller(client, der, f"{cert.serial_number:X}")
 
     def _authorise(self, request: web.Request, client: ClientSection) -> tuple[str, str | None]:
         uid = request.headers.get(UID_HEADER, "").strip()
@@ -240,8 +258,7 @@ class Gateway:
             )
         return uid, work_order
 
-    async def _limit(self, client: ClientSection) -> None:
-        row = await self._store.quota("client", client.name)
+    def _limit(self, client: ClientSection, row: QuotaRow | None) -> None:
         gw = self._config.gateway
         rate = (row.rate if row else None) or client.rate or gw.rate
         burst = (row.burst if row else None) or client.burst or gw.burst

@@ -1,5 +1,6 @@
 """The gateway's database: the issuance decision and record, quota counters, client
-certificates and the hash-chained audit log. The only place of the gateway with SQL.
+certificates and the hash-chained audit log. With queries.py (the reads) and issuance.py
+(recording a group commit's DACs) the only place of the gateway with SQL.
 
 Every write runs in one serialised transaction (SQLite BEGIN IMMEDIATE, a PostgreSQL advisory
 lock), which decides again what the pre-check decided, bumps the guarded counters, records the
@@ -9,23 +10,40 @@ DAC and appends its audit events: exact under any number of requests and gateway
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from sqlalchemy import and_, func, insert, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from linehost.errors import LinehostError, StoreError
+from linehost.gateway.decision import (
+    Decision,
+    IssuanceRecord,
+    QuotaRow,
+    Scope,
+    decide,
+    quota_refusal,
+    scopes,
+)
+from linehost.gateway.issuance import Batch, Pending
 from linehost.gateway.models import audit_log, client_certs, issuances, quotas
-from linehost.pki.est_wire import Refusal
+from linehost.gateway.queries import (
+    AuditEvent,
+    ensure_quota,
+    is_revoked,
+    issuance_record,
+    limits,
+    live,
+    quota,
+    quota_row,
+    quotas_of,
+    sha256_hex,
+)
 from linehost.records import IssuedDac, iso_utc, utcnow
 from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
 from linehost.store.engine import WRITE_TRANSACTION, create_engine, translate_error
@@ -37,128 +55,35 @@ MAX_BATCH = 64
 #: The gateway's own Alembic tree (migrations/gateway/).
 GATEWAY_MIGRATIONS = MIGRATIONS_DIR / "gateway"
 
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What a request is admitted on (GatewayStore.admission)."""
+
+    revoked: bool  # the client certificate was revoked by `gateway client revoke`
+    client_quota: QuotaRow | None  # the client's counter: its rate and burst, when set
+    decision: Decision | None  # None when the request carried no usable CSR
+
+
 # Any constant: every gateway process on one PostgreSQL database writes one at a time.
 _PG_WRITE_LOCK = 0x6C68677765737421  # "lhgwest!"
-
-Scope = Literal["client", "work_order"]
-
-
-@dataclass(frozen=True, slots=True)
-class IssuanceRecord:
-    """One recorded DAC and whom it was issued to."""
-
-    id: int
-    client: str
-    uid: str
-    work_order: str | None
-    status: str
-    public_key_sha256: str
-    dac_serial: str
-    dac_sha256: str
-    dac_pem: str
-    issued_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaRow:
-    """A counter: how many DACs a client or work order had, its cap and rate limit."""
-
-    scope: Scope
-    name: str
-    max_dacs: int | None
-    issued: int
-    rate: float | None
-    burst: int | None
-
-    def exhausted(self) -> bool:
-        """True when no DAC is left under the cap."""
-        return self.max_dacs is not None and self.issued >= self.max_dacs
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """What to do with one enrollment.
-
-    kind = "issue": sign a new DAC (superseding `supersede`, when set).
-    kind = "redeliver": send `existing` again (the same client asked for the same UID and key).
-    kind = "refuse": send nothing; `refusal` and `detail` say why.
-    """
-
-    kind: Literal["issue", "redeliver", "refuse"]
-    existing: IssuanceRecord | None = None
-    supersede: IssuanceRecord | None = None
-    refusal: Refusal | None = None
-    detail: str = ""
-    quota: str | None = None  # quota_exhausted: "client:NAME" or "work_order:NAME"
-
-
-def decide(
-    by_uid: IssuanceRecord | None,
-    by_key: IssuanceRecord | None,
-    *,
-    client: str,
-    uid: str,
-    public_key_sha256: str,
-    allow_reprovision: bool,
-) -> Decision:
-    """The issuance decision from the live DAC of this UID and of this key (pure)."""
-    if by_uid is not None and by_uid.public_key_sha256 == public_key_sha256:
-        if by_uid.client == client:
-            return Decision("redeliver", existing=by_uid)
-        return Decision(
-            "refuse",
-            refusal=Refusal.UID_HAS_DAC,
-            detail=f"UID {uid} has DAC {by_uid.dac_serial} issued to another client",
-        )
-    if by_key is not None:
-        return Decision(
-            "refuse",
-            refusal=Refusal.DUPLICATE_KEY,
-            detail=f"this key already has DAC {by_key.dac_serial} for UID {by_key.uid}",
-        )
-    if by_uid is not None:
-        if not allow_reprovision:
-            return Decision(
-                "refuse",
-                refusal=Refusal.UID_HAS_DAC,
-                detail=f"UID {uid} already has DAC {by_uid.dac_serial} for another key "
-                "(re-provisioning is not allowed)",
-            )
-        return Decision("issue", supersede=by_uid)
-    return Decision("issue")
-
-
-@dataclass(slots=True)
-class _Pending:
-    dac: IssuedDac
-    client: str
-    uid: str
-    work_order: str | None
-    allow_reprovision: bool
-    future: asyncio.Future[Decision] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
-@dataclass(slots=True)
-class _Event:
-    entity: str
-    entity_id: str
-    event: str
-    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 class GatewayStore:
     """The gateway database; one per process, shared by every request."""
 
-    def __init__(self, engine: AsyncEngine, *, name: str) -> None:
-        """Use `engine` (already at the newest schema); `name` heads the audit chain."""
+    def __init__(
+        self, engine: AsyncEngine, *, name: str, admit_engine: AsyncEngine | None = None
+    ) -> None:
+        """Use `engine` (already at the newest schema); `name` heads the audit chain.
+        `admit_engine` (default `engine`) serves `admission`, the read every request makes."""
         self._engine = engine
+        self._admit_engine = admit_engine or engine
         self._name = name
         # One writer at a time in this process: on SQLite a second BEGIN IMMEDIATE would sit
         # in the busy handler's sleeps; the database lock still orders other processes.
         self._write_lock = asyncio.Lock()
-        self._pending: list[_Pending] = []
+        self._pending: list[Pending] = []
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
@@ -175,7 +100,11 @@ class GatewayStore:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, name=name)
+        # PostgreSQL: admission's statements need no common snapshot (it only pre-checks;
+        # the write transaction decides again), so they run in autocommit: 4 round trips a
+        # request instead of 8 (a ping in a transaction, BEGIN, ROLLBACK).
+        admit = create_engine(url, autocommit=True) if engine.dialect.name == "postgresql" else None
+        return cls(engine, name=name, admit_engine=admit)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -184,33 +113,45 @@ class GatewayStore:
 
     async def close(self) -> None:
         """Release every connection."""
-        await self._engine.dispose()
+        try:
+            if self._admit_engine is not self._engine:
+                await self._admit_engine.dispose()
+        finally:
+            await self._engine.dispose()
 
     # --- issuance ------------------------------------------------------------------------
 
-    async def precheck(
+    async def admission(
         self,
         *,
+        cert_der: bytes,
         client: str,
         uid: str,
         work_order: str | None,
-        public_key_sha256: str,
+        public_key_sha256: str | None,
         allow_reprovision: bool,
-    ) -> Decision:
-        """The decision as things stand, quotas included (read only: `record` decides again)."""
-        async with self._read() as conn:
-            by_uid, by_key = await _live(conn, uid, public_key_sha256)
-            decision = decide(
-                by_uid, by_key, client=client, uid=uid,
-                public_key_sha256=public_key_sha256, allow_reprovision=allow_reprovision,
-            )  # fmt: skip
-            if decision.kind != "issue":
-                return decision
-            for scope, name in _scopes(client, work_order):
-                row = await _quota(conn, scope, name)
+    ) -> Admission:
+        """Everything a request is admitted on, in one read: is the client certificate revoked,
+        the client's counter (its rate limit), and, when the CSR's key is known, the decision as
+        things stand, quotas included (read only: `record` decides again)."""
+        async with self._read(self._admit_engine) as conn:
+            revoked = await is_revoked(conn, sha256_hex(cert_der))
+            counted = scopes(client, work_order)
+            rows = await quotas_of(conn, counted)
+            if public_key_sha256 is None:
+                return Admission(revoked, rows.get(("client", client)), None)
+            by_uid, by_key = await live(conn, uid, public_key_sha256)
+        decision = decide(
+            by_uid, by_key, client=client, uid=uid,
+            public_key_sha256=public_key_sha256, allow_reprovision=allow_reprovision,
+        )  # fmt: skip
+        if decision.kind == "issue":
+            for scope in counted:
+                row = rows.get(scope)
                 if row is not None and row.exhausted():
-                    return _quota_refusal(row)
-            return decision
+                    decision = quota_refusal(row)
+                    break
+        return Admission(revoked, rows.get(("client", client)), decision)
 
     async def record(
         self,
@@ -226,8 +167,8 @@ class GatewayStore:
         not recorded and must never be sent.
 
         Requests waiting together are recorded in one transaction (one commit, one fsync),
-        each decided in turn on what the ones before it wrote."""
-        pending = _Pending(dac, client, uid, work_order, allow_reprovision)
+        each decided in turn on what the ones before it wrote (issuance.Batch)."""
+        pending = Pending(dac, client, uid, work_order, allow_reprovision)
         self._pending.append(pending)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush(), name="gateway-group-commit")
@@ -238,7 +179,9 @@ class GatewayStore:
             batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
             try:
                 async with self._write() as (conn, events):
-                    results = [await self._record_one(conn, events, item) for item in batch]
+                    writer = await Batch.open(conn, batch, utcnow())
+                    decided = [await writer.decide(item) for item in batch]
+                    results = await writer.write(events, decided)
             except Exception as exc:  # the whole batch was rolled back: each caller hears why
                 for item in batch:
                     if not item.future.done():
@@ -248,96 +191,11 @@ class GatewayStore:
                 if not item.future.done():
                     item.future.set_result(result)
 
-    async def _record_one(
-        self, conn: AsyncConnection, events: list[_Event], item: _Pending
-    ) -> Decision:
-        dac, client, uid, work_order = item.dac, item.client, item.uid, item.work_order
-        by_uid, by_key = await _live(conn, uid, dac.public_key_sha256)
-        decision = decide(
-            by_uid, by_key, client=client, uid=uid,
-            public_key_sha256=dac.public_key_sha256, allow_reprovision=item.allow_reprovision,
-        )  # fmt: skip
-        if decision.kind != "issue":
-            return decision
-        now = utcnow()
-        counted: list[tuple[Scope, str]] = []
-        for scope, name in _scopes(client, work_order):
-            await _ensure_quota(conn, scope, name, now)
-            guarded = (
-                update(quotas)
-                .where(
-                    quotas.c.scope == scope,
-                    quotas.c.name == name,
-                    or_(quotas.c.max_dacs.is_(None), quotas.c.issued < quotas.c.max_dacs),
-                )
-                .values(issued=quotas.c.issued + 1, updated_at=now)
-            )
-            if (await conn.execute(guarded)).rowcount != 1:
-                for done_scope, done_name in counted:  # give back what this one took
-                    await conn.execute(
-                        update(quotas)
-                        .where(quotas.c.scope == done_scope, quotas.c.name == done_name)
-                        .values(issued=quotas.c.issued - 1)
-                    )
-                row = await _quota(conn, scope, name)
-                assert row is not None
-                return _quota_refusal(row)
-            counted.append((scope, name))
-        if decision.supersede is not None:
-            old = decision.supersede
-            await conn.execute(
-                update(issuances)
-                .where(issuances.c.id == old.id, issuances.c.status == "issued")
-                .values(status="superseded", superseded_at=now)
-            )
-            events.append(
-                _Event("issuance", str(old.id), "dac_superseded",
-                       {"uid": uid, "dac_serial": old.dac_serial, "by_client": client})
-            )  # fmt: skip
-        result = await conn.execute(
-            insert(issuances).values(
-                client=client,
-                uid=uid,
-                work_order=work_order,
-                status="issued",
-                public_key_sha256=dac.public_key_sha256,
-                dac_serial=dac.serial_hex,
-                dac_sha256=dac.sha256,
-                dac_pem=dac.pem,
-                pai_sha256=dac.pai_sha256,
-                vid=dac.vid,
-                pid=dac.pid,
-                issued_at=now,
-            )
-        )
-        key = result.inserted_primary_key
-        assert key is not None
-        new_id = int(key[0])
-        events.append(
-            _Event(
-                "issuance",
-                str(new_id),
-                "dac_issued",
-                {
-                    "client": client,
-                    "uid": uid,
-                    "work_order": work_order,
-                    "dac_serial": dac.serial_hex,
-                    "dac_sha256": dac.sha256,
-                    "public_key_sha256": dac.public_key_sha256,
-                    "pai_sha256": dac.pai_sha256,
-                    "vid": dac.vid,
-                    "pid": dac.pid,
-                },
-            )
-        )
-        return Decision("issue", supersede=decision.supersede)
-
     async def note_redelivery(self, record: IssuanceRecord, *, client: str) -> None:
         """Audit that `record`'s DAC was sent again (a retried request)."""
         async with self._write() as (_conn, events):
             events.append(
-                _Event("issuance", str(record.id), "dac_redelivered",
+                AuditEvent("issuance", str(record.id), "dac_redelivered",
                        {"client": client, "uid": record.uid, "dac_serial": record.dac_serial})
             )  # fmt: skip
 
@@ -345,20 +203,20 @@ class GatewayStore:
         """Every recorded DAC, oldest first."""
         async with self._read() as conn:
             rows = (await conn.execute(select(issuances).order_by(issuances.c.id))).mappings()
-            return [_issuance(row) for row in rows]
+            return [issuance_record(row) for row in rows]
 
     # --- quotas ------------------------------------------------------------------------------
 
     async def quota(self, scope: Scope, name: str) -> QuotaRow | None:
         """The counter of `name`, or None when it never had a DAC or a setting."""
         async with self._read() as conn:
-            return await _quota(conn, scope, name)
+            return await quota(conn, scope, name)
 
     async def quotas(self) -> list[QuotaRow]:
         """Every counter, clients first."""
         async with self._read() as conn:
             stmt = select(quotas).order_by(quotas.c.scope, quotas.c.name)
-            return [_quota_row(row) for row in (await conn.execute(stmt)).mappings()]
+            return [quota_row(row) for row in (await conn.execute(stmt)).mappings()]
 
     async def set_quota(
         self, scope: Scope, name: str, changes: Mapping[str, int | float | None]
@@ -369,26 +227,26 @@ class GatewayStore:
         if not changes or set(changes) - allowed:
             raise ValueError(f"changes must be some of {sorted(allowed)}, got {sorted(changes)}")
         async with self._write() as (conn, events):
-            before = await _quota(conn, scope, name)
+            before = await quota(conn, scope, name)
             now = utcnow()
-            await _ensure_quota(conn, scope, name, now)
+            await ensure_quota(conn, scope, name, now)
             await conn.execute(
                 update(quotas)
                 .where(quotas.c.scope == scope, quotas.c.name == name)
                 .values(**changes, updated_at=now)
             )
-            after = await _quota(conn, scope, name)
+            after = await quota(conn, scope, name)
             assert after is not None
             events.append(
-                _Event(
+                AuditEvent(
                     "quota",
                     f"{scope}:{name}",
                     "quota_set",
                     {
                         "scope": scope,
                         "name": name,
-                        "before": _limits(before),
-                        "after": _limits(after),
+                        "before": limits(before),
+                        "after": limits(after),
                     },
                 )
             )
@@ -399,7 +257,7 @@ class GatewayStore:
     async def add_client_cert(self, client: str, cert: x509.Certificate) -> None:
         """Record a client certificate made for `client`; audited."""
         der = cert.public_bytes(serialization.Encoding.DER)
-        sha = _sha256(der)
+        sha = sha256_hex(der)
         async with self._write() as (conn, events):
             now = utcnow()
             await conn.execute(
@@ -412,7 +270,7 @@ class GatewayStore:
                 )
             )
             events.append(
-                _Event("client", client, "client_cert_added",
+                AuditEvent("client", client, "client_cert_added",
                        {"client": client, "serial": f"{cert.serial_number:X}", "sha256": sha,
                         "not_after": iso_utc(cert.not_valid_after_utc)})
             )  # fmt: skip
@@ -436,18 +294,10 @@ class GatewayStore:
             )
             for row in found:
                 events.append(
-                    _Event("client", client, "client_cert_revoked",
+                    AuditEvent("client", client, "client_cert_revoked",
                            {"client": client, "serial": row.serial, "reason": reason})
                 )  # fmt: skip
             return len(found)
-
-    async def is_revoked(self, cert_der: bytes) -> bool:
-        """True when the certificate `cert_der` was revoked by `gateway client revoke`."""
-        async with self._read() as conn:
-            stmt = select(func.count()).where(
-                client_certs.c.sha256 == _sha256(cert_der), client_certs.c.revoked_at.is_not(None)
-            )
-            return int((await conn.execute(stmt)).scalar_one()) > 0
 
     async def client_certs(self) -> list[dict[str, Any]]:
         """Every recorded client certificate, oldest first."""
@@ -476,9 +326,10 @@ class GatewayStore:
     # --- transactions --------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
+    async def _read(self, engine: AsyncEngine | None = None) -> AsyncIterator[AsyncConnection]:
+        engine = engine or self._engine
         try:
-            async with self._engine.connect() as conn:
+            async with engine.connect() as conn:
                 yield conn
         except LinehostError:
             raise
@@ -486,8 +337,8 @@ class GatewayStore:
             raise translate_error(exc, self._engine) from exc
 
     @asynccontextmanager
-    async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[_Event]]]:
-        events: list[_Event] = []
+    async def _write(self) -> AsyncIterator[tuple[AsyncConnection, list[AuditEvent]]]:
+        events: list[AuditEvent] = []
         try:
             async with self._write_lock, self._engine.connect() as conn:
                 await conn.execution_options(**{WRITE_TRANSACTION: True})
@@ -503,7 +354,7 @@ class GatewayStore:
         except Exception as exc:
             raise translate_error(exc, self._engine) from exc
 
-    async def _append_audit(self, conn: AsyncConnection, events: list[_Event]) -> None:
+    async def _append_audit(self, conn: AsyncConnection, events: list[AuditEvent]) -> None:
         if not events:
             return
         stmt = (
@@ -532,88 +383,3 @@ class GatewayStore:
             )  # fmt: skip
             prev = digest
         await conn.execute(insert(audit_log), rows)
-
-
-def _scopes(client: str, work_order: str | None) -> list[tuple[Scope, str]]:
-    out: list[tuple[Scope, str]] = [("client", client)]
-    if work_order is not None:
-        out.append(("work_order", work_order))
-    return out
-
-
-def _quota_refusal(row: QuotaRow) -> Decision:
-    what = "client" if row.scope == "client" else "work order"
-    return Decision(
-        "refuse",
-        refusal=Refusal.QUOTA_EXHAUSTED,
-        detail=f"{what} {row.name}: quota of {row.max_dacs} DACs exhausted ({row.issued} issued)",
-        quota=f"{row.scope}:{row.name}",
-    )
-
-
-async def _live(
-    conn: AsyncConnection, uid: str, public_key_sha256: str
-) -> tuple[IssuanceRecord | None, IssuanceRecord | None]:
-    stmt = select(issuances).where(
-        issuances.c.status == "issued",
-        or_(issuances.c.uid == uid, issuances.c.public_key_sha256 == public_key_sha256),
-    )
-    by_uid = by_key = None
-    for row in (await conn.execute(stmt)).mappings():
-        record = _issuance(row)
-        if record.uid == uid:
-            by_uid = record
-        if record.public_key_sha256 == public_key_sha256 and record.uid != uid:
-            by_key = record
-    return by_uid, by_key
-
-
-async def _quota(conn: AsyncConnection, scope: Scope, name: str) -> QuotaRow | None:
-    stmt = select(quotas).where(and_(quotas.c.scope == scope, quotas.c.name == name))
-    row = (await conn.execute(stmt)).mappings().first()
-    return None if row is None else _quota_row(row)
-
-
-async def _ensure_quota(conn: AsyncConnection, scope: Scope, name: str, now: datetime) -> None:
-    values = {"scope": scope, "name": name, "issued": 0, "updated_at": now}
-    if conn.dialect.name == "postgresql":
-        stmt: Any = postgresql.insert(quotas).values(values).on_conflict_do_nothing()
-    else:
-        stmt = sqlite.insert(quotas).values(values).on_conflict_do_nothing()
-    await conn.execute(stmt)
-
-
-def _issuance(row: RowMapping) -> IssuanceRecord:
-    return IssuanceRecord(
-        id=int(row["id"]),
-        client=row["client"],
-        uid=row["uid"],
-        work_order=row["work_order"],
-        status=row["status"],
-        public_key_sha256=row["public_key_sha256"],
-        dac_serial=row["dac_serial"],
-        dac_sha256=row["dac_sha256"],
-        dac_pem=row["dac_pem"],
-        issued_at=row["issued_at"],
-    )
-
-
-def _quota_row(row: RowMapping) -> QuotaRow:
-    return QuotaRow(
-        scope=row["scope"],
-        name=row["name"],
-        max_dacs=row["max_dacs"],
-        issued=int(row["issued"]),
-        rate=row["rate"],
-        burst=row["burst"],
-    )
-
-
-def _limits(row: QuotaRow | None) -> dict[str, Any] | None:
-    if row is None:
-        return None
-    return {"max_dacs": row.max_dacs, "issued": row.issued, "rate": row.rate, "burst": row.burst}
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -81,6 +81,8 @@ class EstIssuer:
         self._pai_sha256 = hashlib.sha256(self._pai_der).hexdigest()
         self._slots = asyncio.Semaphore(concurrency)
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=connect_timeout)
+        # Connections are kept alive (aiohttp's default): a TLS handshake per connection, not
+        # per DAC, and never more connections than requests in flight.
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=tls, limit=concurrency),
             timeout=self._timeout,

@@ -235,3 +235,46 @@ async def test_many_concurrent_issues_through_a_cap_of_two_all_succeed(
         assert len(await gw.store.issuances()) == 8
     finally:
         await issuer.aclose()
+
+
+async def test_issuer_keeps_its_connections_alive_within_its_concurrency(
+    gw_files: GatewayFiles, gateway_factory: Starter, tmp_path: Path
+) -> None:
+    """One TLS handshake per connection, not per DAC: the issuer reuses its connections (HTTP
+    keep-alive) and never opens more than `concurrency` of them."""
+    gw = await gateway_factory(gateway_toml(gw_files, f"sqlite+aiosqlite:///{tmp_path / 'g.db'}"))
+    accepted = 0
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal accepted
+        accepted += 1  # one TCP connection (and one TLS handshake) of the issuer
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    relay = await asyncio.start_server(forward, "127.0.0.1", 0)
+    port = relay.sockets[0].getsockname()[1]
+    issuer = await open_est_issuer(_pki(gw_files, port, concurrency=2))
+    try:
+        for i in range(4):  # one after the other: one connection (cacerts included)
+            await issuer.issue(f"00000000000000B{i}", _csr()[0])  # type: ignore[arg-type]
+        assert accepted == 1
+        # 12 at once through at most 2 connections
+        await asyncio.gather(
+            *(issuer.issue(f"00000000000000C{i:X}", _csr()[0]) for i in range(12))  # type: ignore[arg-type]
+        )
+        assert accepted <= 2
+        assert len(await gw.store.issuances()) == 16
+    finally:
+        await issuer.aclose()
+        relay.close()
+        await relay.wait_closed()

@@ -3,16 +3,23 @@ and the token bucket keeps its rate on an injected clock."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from linehost.gateway.models import metadata
+from linehost.gateway.decision import Decision, IssuanceRecord, decide
+from linehost.gateway.models import audit_log, metadata
 from linehost.gateway.ratelimit import RateLimiter, TokenBucket
-from linehost.gateway.store import GATEWAY_MIGRATIONS, GatewayStore, IssuanceRecord, decide
+from linehost.gateway.store import GATEWAY_MIGRATIONS, GatewayStore
+from linehost.pki.est_wire import Refusal
+from linehost.records import IssuedDac
+from linehost.store.audit import Audit
 from linehost.store.engine import create_engine
 from linehost.store.migrate import schema_is_current, upgrade_to_head
 
@@ -87,3 +94,72 @@ def test_rate_limiter_keeps_clients_apart_and_restarts_on_a_new_rate() -> None:
     assert limiter.take("a", 1.0, 1, 0.0) == 1.0
     assert limiter.take("b", 1.0, 1, 0.0) == 0.0
     assert limiter.take("a", 5.0, 1, 0.0) == 0.0  # the operator raised the rate
+
+
+def _dac(n: int, key: str) -> IssuedDac:
+    return IssuedDac(
+        pem=f"pem {n}", der=b"", serial_hex=f"{n:X}", sha256=f"{n:064x}",
+        public_key_sha256=key, pai_sha256="p" * 64, vid="FFF1", pid="8000",
+    )  # fmt: skip
+
+
+async def test_one_group_commit_decides_each_enrollment_on_the_ones_before_it(db_url: str) -> None:
+    store = await GatewayStore.open(db_url, name="gw")
+    try:
+
+        def record(n: int, key: str, uid: str) -> Coroutine[Any, Any, Decision]:
+            return store.record(
+                _dac(n, key), client="line-1", uid=uid, work_order="WO-1", allow_reprovision=True
+            )
+
+        # Started together: one transaction, decided in turn (the batch's view of the database).
+        results = await asyncio.gather(
+            record(1, "k1", "AA" * 8),
+            record(2, "k1", "BB" * 8),  # the same key for another UID
+            record(3, "k3", "CC" * 8),
+            record(4, "k4", "CC" * 8),  # another key for CC: supersedes 3
+            record(5, "k4", "CC" * 8),  # the same key for CC again: 4 is redelivered
+            record(6, "k3", "DD" * 8),  # 3 is superseded: its key is free again
+        )
+        assert [r.kind for r in results] == [
+            "issue",
+            "refuse",
+            "issue",
+            "issue",
+            "redeliver",
+            "issue",
+        ]
+        assert results[1].refusal == Refusal.DUPLICATE_KEY
+        assert results[3].supersede is not None
+        assert results[3].supersede.dac_serial == "3"
+        assert results[4].existing is not None
+        assert results[4].existing.dac_serial == "4"
+        assert results[4].existing.id == results[3].supersede.id + 1  # ids of the database
+        recorded = await store.issuances()
+        ids = {r.dac_serial: r.id for r in recorded}
+        assert results[3].supersede.id == ids["3"]
+        async with store.engine.connect() as conn:
+            stmt = select(audit_log.c.event, audit_log.c.entity_id).order_by(audit_log.c.seq)
+            audit = [tuple(row) for row in (await conn.execute(stmt)).all()]
+        assert audit == [  # in the order things happened, with the ids the DACs got
+            ("dac_issued", str(ids["1"])),
+            ("dac_issued", str(ids["3"])),
+            ("dac_superseded", str(ids["3"])),
+            ("dac_issued", str(ids["4"])),
+            ("dac_issued", str(ids["6"])),
+        ]
+        assert await Audit(store.engine).verify_audit_chain(cross_check=False) == []
+        records = [(r.dac_serial, r.uid, r.status) for r in recorded]
+        assert records == [
+            ("1", "AA" * 8, "issued"),
+            ("3", "CC" * 8, "superseded"),
+            ("4", "CC" * 8, "issued"),
+            ("6", "DD" * 8, "issued"),
+        ]
+        for scope, name in (("client", "line-1"), ("work_order", "WO-1")):
+            row = await store.quota(scope, name)  # type: ignore[arg-type]
+            assert row is not None
+            assert row.issued == 4
+        assert await store.count_mismatches() == []
+    finally:
+        await store.close()
