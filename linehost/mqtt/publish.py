@@ -6,6 +6,10 @@ the relay's CPU (docs/performance.md). Here a group of messages goes to paho at 
 future waits for all their PUBACKs; the guarantee is the same (a message counts as delivered
 only once its PUBACK came back).
 
+`publish_now` hands a QoS 0 message to paho at once and awaits nothing (aiomqtt would still make
+an Event and a `wait_for` task for it, and wait for the socket write): messages handed over one
+after another go on the wire in that order (paho's one outgoing queue).
+
 It relies on how aiomqtt 2.x tracks a QoS 1 publish: paho's `on_publish(mid)` makes aiomqtt
 call `.set()` on `_pending_publishes[mid]` (pinned: aiomqtt>=2.5,<3; tests/mqtt/test_publish.py
 drives it against the real broker).
@@ -91,6 +95,18 @@ async def publish_all(
         for mid in mids:
             pending.pop(mid, None)
     return sorted(group.acked_at)
+
+
+def publish_now(client: aiomqtt.Client, topic: str, payload: bytes) -> None:
+    """Queue one QoS 0 message (after every message queued before it); wait for nothing.
+
+    Raises PublishFailed when paho refuses it (no connection): the message is lost, as QoS 0
+    allows; whoever reads the client's messages sees the connection drop.
+    """
+    paho: mqtt.Client = client._client
+    info = paho.publish(topic, payload, 0, False)
+    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        raise PublishFailed([], f"could not publish: {mqtt.error_string(info.rc)}")
 
 
 class PublishFailed(aiomqtt.MqttError):
