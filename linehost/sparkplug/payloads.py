@@ -99,6 +99,10 @@ _RESULT: Final = (
     ("Result/Work Order", DataType.STRING),
     ("Result/Started At", DataType.DATETIME),
     ("Result/Ended At", DataType.DATETIME),
+    # Issue 17, at the end so that the aliases above stay as they were.
+    ("Result/Key Proof", DataType.STRING),
+    ("Result/Attest Nonce", DataType.STRING),
+    ("Result/Attest Signature", DataType.STRING),
 )
 _RESULT_FIELDS: Final = {
     "Result/Attempt Id": "attempt_id",
@@ -110,6 +114,9 @@ _RESULT_FIELDS: Final = {
     "Result/Device Code": "device_code",
     "Result/DAC Serial": "dac_serial",
     "Result/Work Order": "work_order",
+    "Result/Key Proof": "key_proof",
+    "Result/Attest Nonce": "attest_nonce",
+    "Result/Attest Signature": "attest_signature",
 }
 
 _DEVICE: Final = (
