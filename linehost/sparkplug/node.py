@@ -42,7 +42,7 @@ RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the
 # Seconds to gather more ended attempts before the next read, unless the last read filled a
 # batch: one query and one update per batch instead of per attempt or two (the relay's rows
 # share the database with the jigs' writes).
-RESULTS_LINGER: Final = 0.25
+RESULTS_LINGER: Final = 0.5
 # Seconds QoS 0 messages wait for company before they go to the client: each one handed over
 # alone costs the event loop a writer registration and a wake-up of its own.
 WRITE_GATHER: Final = 0.005
@@ -81,7 +81,7 @@ class _Jig:
     tally: spb.JigTally = field(default_factory=spb.JigTally)
     status: JigStatus | None = None
     alive: bool = False
-    sent: dict[str, spb.Value] = field(default_factory=dict)
+    sent: tuple[spb.Value, ...] = ()  # the metric values last sent, in DBIRTH order
     done: int = 0
 
 
@@ -283,18 +283,16 @@ class EdgeNode(Observer):
                 jig.alive = False
                 self._send(topic_of("DDEATH", jig), lambda seq: spb.device_death(seq, ts))
             return
-        values = spb.jig_values(status, jig.tally)
+        row = spb.jig_row(status, jig.tally)
         if not jig.alive:
             jig.alive = True
-            jig.sent = values
-            metrics = jig.metrics
+            jig.sent = row
+            metrics, values = jig.metrics, dict(zip(spb.DEVICE_NAMES, row, strict=True))
             self._send(topic_of("DBIRTH", jig), lambda seq: spb.birth(seq, ts, metrics, values))
             return
-        changed = [
-            (m, values[m.name]) for m in jig.metrics if jig.sent.get(m.name) != values[m.name]
-        ]
+        changed = [(m, v) for m, v, old in zip(jig.metrics, row, jig.sent, strict=True) if v != old]
         if changed:
-            jig.sent = values
+            jig.sent = row
             self._send(topic_of("DDATA", jig), lambda seq: spb.data(seq, ts, changed))
 
     async def _die(self, client: aiomqtt.Client) -> None:

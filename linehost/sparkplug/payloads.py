@@ -135,6 +135,9 @@ _DEVICE: Final = (
     ("Properties/Jig", DataType.STRING),
 )
 _DEVICE_ALIAS_BASE: Final = 1000  # device n's aliases start at 1000 * (n + 1)
+#: The device metric names in DBIRTH order: the order of `jig_row`.
+DEVICE_NAMES: Final = tuple(name for name, _ in _DEVICE)
+_OUTCOMES: Final = tuple(o.value for o in Outcome)
 
 
 def node_metrics() -> tuple[MetricDef, ...]:
@@ -172,25 +175,31 @@ class JigTally:
             self._current = status.attempt_id
 
 
+def jig_row(status: JigStatus, tally: JigTally) -> tuple[Value, ...]:
+    """A jig's device metric values in DBIRTH order (`DEVICE_NAMES`): compared with the row
+    sent last position by position, on every change of every jig."""
+    by_outcome = tally.by_outcome
+    last = status.last_outcome
+    return (
+        status.state.value,
+        status.uid,
+        status.attempt_id,
+        ms(status.since),
+        status.ok,
+        status.failed,
+        *[by_outcome.get(outcome, 0) for outcome in _OUTCOMES],
+        last.value if last is not None else None,
+        status.last_detail,
+        status.last_uid,
+        tally.last_attempt_id,
+        status.station,
+        status.jig,
+    )
+
+
 def jig_values(status: JigStatus, tally: JigTally) -> dict[str, Value]:
     """A jig's device metric values, by name."""
-    values: dict[str, Value] = {
-        "State": status.state.value,
-        "UID": status.uid,
-        "Attempt Id": status.attempt_id,
-        "Since": ms(status.since),
-        "Attempts/OK": status.ok,
-        "Attempts/Failed": status.failed,
-        "Last Outcome": status.last_outcome.value if status.last_outcome else None,
-        "Last Detail": status.last_detail,
-        "Last UID": status.last_uid,
-        "Last Attempt Id": tally.last_attempt_id,
-        "Properties/Station": status.station,
-        "Properties/Jig": status.jig,
-    }
-    for outcome, n in tally.by_outcome.items():
-        values[f"Attempts/By Outcome/{outcome}"] = n
-    return values
+    return dict(zip(DEVICE_NAMES, jig_row(status, tally), strict=True))
 
 
 def work_order_values(work_order: Mapping[str, Any] | None) -> dict[str, Value]:
