@@ -37,7 +37,9 @@ from linehost.records import JigStatus, utcnow
 from linehost.sparkplug import payloads as spb
 from linehost.store.sparkplug import QueuedResult
 
-RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined (<= MAX_INFLIGHT)
+RESULTS_BATCH: Final = 256  # outbox rows per query
+# Results awaiting their PUBACKs at once: paho walks every message in flight on each PUBACK.
+RESULTS_GROUP: Final = 64
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the pump at once
 # Seconds to gather more ended attempts before the next read, unless the last read filled a
 # batch: one query and one update per batch instead of per attempt or two (the relay's rows
@@ -379,23 +381,28 @@ class EdgeNode(Observer):
             await nap(self._closing, RESULTS_LINGER)
 
     async def _publish_results(self, rows: list[QueuedResult]) -> None:
-        """One NDATA per row at QoS 1, all handed over at once; mark what was acknowledged."""
-        client = self._client
-        assert client is not None
-        self._flush()  # what was queued before goes first
+        """One NDATA per row at QoS 1, a group at a time; mark what was acknowledged."""
         topic = self._topic("NDATA")
         ts = spb.ms(utcnow())
         born_at = self._born_at
-        # Seqs given and messages queued in one step (no await between): wire order = seq order.
-        messages = [
-            (topic, self._result_payload(row, ts, born_at, self._next_seq()), False) for row in rows
-        ]
+        acked: list[int] = []
         failure: PublishFailed | None = None
-        try:
-            done = await publish_all(client, messages)
-        except PublishFailed as exc:
-            failure, done = exc, exc.acked
-        acked = [rows[i].id for i in done]
+        for start in range(0, len(rows), RESULTS_GROUP):
+            client = self._client
+            if client is None or failure is not None:
+                break
+            group = rows[start : start + RESULTS_GROUP]
+            self._flush()  # what was queued before goes first
+            # Seqs given and messages queued in one step (no await between): wire order = seq.
+            messages = [
+                (topic, self._result_payload(row, ts, born_at, self._next_seq()), False)
+                for row in group
+            ]
+            try:
+                done = await publish_all(client, messages)
+            except PublishFailed as exc:
+                failure, done = exc, exc.acked
+            acked += [group[i].id for i in done]
         if acked:
             try:
                 await self._store.mark_results_sent(acked, utcnow())
@@ -407,16 +414,8 @@ class EdgeNode(Observer):
             raise failure
 
     def _result_payload(self, row: QueuedResult, ts: int, born_at: datetime, seq: int) -> bytes:
-        values = spb.result_values(row.id, row.payload)
-        metrics = [(self._by_name[name], value) for name, value in values.items()]
-        ended = values.get("Result/Ended At")
-        return spb.data(
-            seq,
-            ts,
-            metrics,
-            historical=row.created_at < born_at,  # recorded before this birth: store-and-forward
-            metric_timestamp=ended if isinstance(ended, int) else None,
-        )
+        # Recorded before this birth: store-and-forward, historical.
+        return spb.result_data(seq, ts, row.id, row.payload, historical=row.created_at < born_at)
 
     # --- node facts ---------------------------------------------------------------------------
 

@@ -236,6 +236,14 @@ def result_values(outbox_id: int, record_json: str) -> dict[str, Value]:
 
 # --- payloads ----------------------------------------------------------------------------------
 
+_RESULT_TEMPLATE: Final = Payload(
+    metrics=[
+        Payload.Metric(alias=m.alias, datatype=m.datatype)
+        for m in node_metrics()
+        if m.name.startswith("Result/")
+    ]
+)
+
 
 def birth(
     seq: int,
@@ -271,6 +279,34 @@ def data(
         m = _put(payload, None, metric.alias, metric.datatype, value, at)
         if historical:
             m.is_historical = True
+    raw: bytes = payload.SerializeToString()
+    return raw
+
+
+def result_data(
+    seq: int, timestamp: int, outbox_id: int, record_json: str, *, historical: bool
+) -> bytes:
+    """One result as NDATA: every `Result/*` metric by alias, stamped with the attempt's end.
+
+    The same payload as `data` with `result_values` gives, made from a prebuilt template (alias
+    and type of every metric copied in one step): one of these per attempt, on the event loop.
+    """
+    values = result_values(outbox_id, record_json)
+    ended = values["Result/Ended At"]
+    at = ended if isinstance(ended, int) else timestamp
+    payload = Payload(timestamp=timestamp, seq=seq)
+    payload.MergeFrom(_RESULT_TEMPLATE)
+    for metric, (name, datatype) in zip(payload.metrics, _RESULT, strict=True):
+        metric.timestamp = at
+        if historical:
+            metric.is_historical = True
+        value = values[name]
+        if value is None:
+            metric.is_null = True
+        elif datatype is DataType.STRING:
+            metric.string_value = str(value)
+        else:  # Int64 in two's complement, UInt64 and DateTime (ms) as they are
+            metric.long_value = int(value) & _UINT64
     raw: bytes = payload.SerializeToString()
     return raw
 

@@ -79,10 +79,15 @@ def test_result_as_historical_ndata() -> None:
     by_name = {m.name: m for m in spb.node_metrics()}
     nbirth = pysparkplug.NBirth.decode(spb.birth(0, T, spb.node_metrics(), {}, bd_seq=0))
     ended = values["Result/Ended At"]
-    raw = spb.data(9, T, [(by_name[n], v) for n, v in values.items()], historical=True,
-                   metric_timestamp=ended if isinstance(ended, int) else None)  # fmt: skip
+    raw = spb.result_data(9, T, 42, json.dumps(record), historical=True)
     ndata = pysparkplug.NData.decode(raw, birth=nbirth)
     got = {m.name: m for m in ndata.metrics}
+    # The template-made payload says what the generic NDATA of the same values says.
+    generic = spb.data(9, T, [(by_name[n], v) for n, v in values.items()], historical=True,
+                       metric_timestamp=ended if isinstance(ended, int) else None)  # fmt: skip
+    same = pysparkplug.NData.decode(generic, birth=nbirth)
+    assert sorted(ndata.metrics, key=lambda m: m.name) == sorted(same.metrics, key=lambda m: m.name)
+    assert ndata.seq == 9
     assert got["Result/Outbox Id"].value == 42
     assert got["Result/Attempt Id"].value == "a-9"
     assert got["Result/Device Code"].value == -3
@@ -107,11 +112,11 @@ def test_result_of_a_device_never_challenged_has_null_attestation() -> None:
         "ended_at": "2026-12-02T03:00:01.500Z", "work_order": "WO-1", "key_proof": "csr",
         "attest_nonce": None, "attest_signature": None,
     }  # fmt: skip
-    values = spb.result_values(7, json.dumps(record))
-    by_name = {m.name: m for m in spb.node_metrics()}
     nbirth = pysparkplug.NBirth.decode(spb.birth(0, T, spb.node_metrics(), {}, bd_seq=0))
-    raw = spb.data(3, T, [(by_name[n], v) for n, v in values.items()])
+    raw = spb.result_data(3, T, 7, json.dumps(record), historical=False)
     got = {m.name: m for m in pysparkplug.NData.decode(raw, birth=nbirth).metrics}
+    assert not any(m.is_historical for m in got.values())
+    assert got["Result/Outbox Id"].value == 7
     assert got["Result/Key Proof"].value == "csr"
     assert got["Result/Attest Nonce"].is_null
     assert got["Result/Attest Signature"].is_null
