@@ -8,10 +8,10 @@ were recorded before the current birth).
 
 Every message joins one queue in the step that gives it its `seq`, and the MQTT client keeps
 one outgoing queue too, so the wire order is the `seq` order. Births, data and deaths (QoS 0)
-await nothing: what is queued within `WRITE_GATHER` goes to the client at once (one write pass
-on the socket instead of one per message; each change is still its own message, with its own
-timestamp). Results (QoS 1) follow what is queued, a batch at a time, and one future waits for
-all their PUBACKs (linehost.mqtt.publish).
+await nothing: what is queued within `WRITE_GATHER` is written to the socket at once, in one
+pass (each change is still its own message, with its own timestamp). Results (QoS 1) follow
+what is queued, a group at a time, and one future waits for all their PUBACKs
+(linehost.mqtt.publish).
 """
 
 from __future__ import annotations
@@ -344,8 +344,7 @@ class EdgeNode(Observer):
         if client is None:
             return
         try:
-            for topic, payload in queued:
-                publish_now(client, topic, payload)
+            publish_now(client, queued)
         except PublishFailed as exc:
             # The listener sees the broken connection and ends the session.
             _log.debug("sparkplug_publish_failed", detail=describe(exc))
