@@ -7,7 +7,8 @@ host is the real `linehost run` with a generated station config. Figures:
 - latency_ms: host-added latency from the host's own probe (LINEHOST_LATENCY_FILE):
   CSR fully received -> first DAC byte written, and finish: received -> attempt committed;
 - cpu_ms_per_device: user+system CPU of the host process while the devices were provisioned
-  (from /proc), divided by the devices; rss_mb: the host's peak resident set (VmHWM);
+  (from /proc), divided by the devices, and sys_ms_per_device its kernel part (socket writes and
+  reads, polling); rss_mb: the host's peak resident set (VmHWM);
 - with --baud B: wire_bound_s (the bytes of one conversation at B baud, 10 bits per byte, both
   legs in sequence), per_device_s (mean time between two finishes on a jig) and their ratio;
 - with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
@@ -77,6 +78,12 @@ def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLK_TCK
+
+
+def system_seconds(pid: int) -> float:
+    """The system (kernel) part of `cpu_seconds`: socket writes and reads, polling."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[12]) / CLK_TCK
 
 
 def machine_busy() -> tuple[float, float]:
@@ -434,7 +441,7 @@ def bench_linehost(
                 cwd=ROOT,
             )
         wait_log(log, "line_started", host)
-        cpu0 = cpu_seconds(host.pid)
+        cpu0, sys0 = cpu_seconds(host.pid), system_seconds(host.pid)
         assert sim.proc is not None
         sim0 = cpu_seconds(sim.proc.pid)
         gw0 = cpu_seconds(gateway.pid) if gateway is not None else 0.0
@@ -459,7 +466,7 @@ def bench_linehost(
                 stderr=subprocess.DEVNULL,
             )
         wait_devices(sim, host, args.timeout)
-        cpu1 = cpu_seconds(host.pid)
+        cpu1, sys1 = cpu_seconds(host.pid), system_seconds(host.pid)
         sim1 = cpu_seconds(sim.proc.pid)
         gw1 = cpu_seconds(gateway.pid) if gateway is not None else 0.0
         busy1 = machine_busy()
@@ -488,6 +495,7 @@ def bench_linehost(
                 "finish_to_commit": percentiles(probe["finish_to_commit"]),
             },
             "cpu_ms_per_device": round((cpu1 - cpu0) * 1000 / devices, 3) if devices else None,
+            "sys_ms_per_device": round((sys1 - sys0) * 1000 / devices, 3) if devices else None,
             "statements_per_device": round(probe.get("statements", 0) / devices, 2)
             if devices
             else None,

@@ -6,6 +6,10 @@ the relay's CPU (docs/performance.md). Here a group of messages goes to paho at 
 future waits for all their PUBACKs; the guarantee is the same (a message counts as delivered
 only once its PUBACK came back).
 
+`publish_now` hands QoS 0 messages to paho and writes them to the socket at once, awaiting
+nothing (aiomqtt would make an Event and a `wait_for` task for each and leave the write to the
+loop's writer callback): they go on the wire in the order given (paho's one outgoing queue).
+
 It relies on how aiomqtt 2.x tracks a QoS 1 publish: paho's `on_publish(mid)` makes aiomqtt
 call `.set()` on `_pending_publishes[mid]` (pinned: aiomqtt>=2.5,<3; tests/mqtt/test_publish.py
 drives it against the real broker).
@@ -91,6 +95,43 @@ async def publish_all(
         for mid in mids:
             pending.pop(mid, None)
     return sorted(group.acked_at)
+
+
+def publish_now(client: aiomqtt.Client, messages: Sequence[tuple[str, bytes]]) -> None:
+    """Queue QoS 0 (topic, payload) messages after everything queued before; write them now.
+
+    The write skips paho's `on_publish`: for each QoS 0 message it builds a ReasonCode and a
+    Properties, then aiomqtt looks for a waiter only its own `publish` makes. So every QoS 0
+    message of `client` must go through here (QoS 1 is untouched: its callback comes with the
+    PUBACK). What the socket does not take at once stays queued for the loop's writer callback.
+    Raises PublishFailed when paho refuses a message (no connection) or the write fails: what
+    is lost is lost, as QoS 0 allows; whoever reads the client's messages sees the link drop.
+    """
+    paho: mqtt.Client = client._client
+    for topic, payload in messages:
+        info = paho.publish(topic, payload, 0, False)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise PublishFailed([], f"could not publish: {mqtt.error_string(info.rc)}")
+    on_publish = paho.on_publish
+    paho.on_publish = None
+    try:
+        paho.loop_write()  # a lost connection reaches aiomqtt (on_disconnect) as usual
+    except Exception as exc:  # never into the caller's hot path
+        raise PublishFailed([], f"could not write: {exc}") from exc
+    finally:
+        paho.on_publish = on_publish
+    sock = paho.socket()
+    if sock is not None and not paho.want_write():
+        # paho asked aiomqtt for a writer when the first message was queued; aiomqtt adds it on
+        # the loop's next pass (call_soon_threadsafe), after paho took it back (the write above,
+        # at once): take it back once more after that, or the loop spins on a writable socket.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(_drop_unwanted_writer, loop, paho, sock.fileno())
+
+
+def _drop_unwanted_writer(loop: asyncio.AbstractEventLoop, paho: mqtt.Client, fd: int) -> None:
+    if not paho._registered_write:  # paho wants no writer now (it asks again when it does)
+        loop.remove_writer(fd)
 
 
 class PublishFailed(aiomqtt.MqttError):

@@ -6,15 +6,18 @@ Attempt results come from the results outbox through the edge node's own deliver
 as NDATA at QoS 1, marked delivered after the PUBACK (at least once; historical when they
 were recorded before the current birth).
 
-Every message is published from a task created in `seq` order, so the wire order is the
-`seq` order (tasks start in the order they were created).
+Every message joins one queue in the step that gives it its `seq`, and the MQTT client keeps
+one outgoing queue too, so the wire order is the `seq` order. Births, data and deaths (QoS 0)
+await nothing: what is queued within `WRITE_GATHER` is written to the socket at once, in one
+pass (each change is still its own message, with its own timestamp). Results (QoS 1) follow
+what is queued, a group at a time, and one future waits for all their PUBACKs
+(linehost.mqtt.publish).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,17 +30,24 @@ from linehost import __version__
 from linehost.config import MqttSection, SparkplugSection
 from linehost.errors import ConfigError, LinehostError, StoreError
 from linehost.mqtt.link import BrokerLink, default_client_id, describe, nap, reconnect_backoff
+from linehost.mqtt.publish import PublishFailed, publish_all, publish_now
 from linehost.observers import Observer
 from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus, utcnow
 from linehost.sparkplug import payloads as spb
 from linehost.store.sparkplug import QueuedResult
 
-RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined
+RESULTS_BATCH: Final = 256  # outbox rows per query
+# Results awaiting their PUBACKs at once: paho walks every message in flight on each PUBACK.
+RESULTS_GROUP: Final = 64
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the pump at once
-# Seconds to gather more ended attempts after a wake: one query and one update per batch
-# instead of per attempt (the JSON relay's rows share the database with the jigs' writes).
-RESULTS_LINGER: Final = 0.25
+# Seconds to gather more ended attempts before the next read, unless the last read filled a
+# batch: one query and one update per batch instead of per attempt or two (the relay's rows
+# share the database with the jigs' writes).
+RESULTS_LINGER: Final = 0.5
+# Seconds QoS 0 messages wait for company before they go to the client: each one handed over
+# alone costs the event loop a writer registration and a wake-up of its own.
+WRITE_GATHER: Final = 0.005
 STORE_RETRY: Final = 1.0  # seconds between tries while the database is away
 FACTS_EVERY: Final = 2.0  # seconds between two reads of work-order progress and outbox depth
 CLOSE_MARGIN: Final = 5.0  # seconds beyond drain_timeout before close() cancels outright
@@ -73,7 +83,7 @@ class _Jig:
     tally: spb.JigTally = field(default_factory=spb.JigTally)
     status: JigStatus | None = None
     alive: bool = False
-    sent: dict[str, spb.Value] = field(default_factory=dict)
+    sent: tuple[spb.Value, ...] = ()  # the metric values last sent, in DBIRTH order
     done: int = 0
 
 
@@ -119,7 +129,8 @@ class EdgeNode(Observer):
         self._born_at = utcnow()
         self._bd_seq = 0
         self._seq = 0
-        self._inflight: set[asyncio.Task[None]] = set()
+        self._queued: list[tuple[str, bytes]] = []  # QoS 0 messages not yet given to the client
+        self._gather: asyncio.TimerHandle | None = None
         self._results_wake = asyncio.Event()
         self._closing = asyncio.Event()
         self._drain_deadline = 0.0
@@ -274,18 +285,16 @@ class EdgeNode(Observer):
                 jig.alive = False
                 self._send(topic_of("DDEATH", jig), lambda seq: spb.device_death(seq, ts))
             return
-        values = spb.jig_values(status, jig.tally)
+        row = spb.jig_row(status, jig.tally)
         if not jig.alive:
             jig.alive = True
-            jig.sent = values
-            metrics = jig.metrics
+            jig.sent = row
+            metrics, values = jig.metrics, dict(zip(spb.DEVICE_NAMES, row, strict=True))
             self._send(topic_of("DBIRTH", jig), lambda seq: spb.birth(seq, ts, metrics, values))
             return
-        changed = [
-            (m, values[m.name]) for m in jig.metrics if jig.sent.get(m.name) != values[m.name]
-        ]
+        changed = [(m, v) for m, v, old in zip(jig.metrics, row, jig.sent, strict=True) if v != old]
         if changed:
-            jig.sent = values
+            jig.sent = row
             self._send(topic_of("DDATA", jig), lambda seq: spb.data(seq, ts, changed))
 
     async def _die(self, client: aiomqtt.Client) -> None:
@@ -297,8 +306,9 @@ class EdgeNode(Observer):
             if jig.alive:
                 jig.alive = False
                 self._send(self._device_topic("DDEATH", jig), lambda seq: spb.device_death(seq, ts))
+        self._flush()
         self._unborn()
-        await _settle(self._inflight)  # the DDEATHs (and all before them) go out first
+        # Queued after the DDEATHs (and all before them): it goes out last.
         await client.publish(
             self._topic("NDEATH"), spb.node_death(self._bd_seq, ts), qos=1, retain=False
         )
@@ -307,23 +317,37 @@ class EdgeNode(Observer):
     def _unborn(self) -> None:
         self._client = None
         self._born.clear()
+        self._queued.clear()  # their session is over: a new one begins with births
+        if self._gather is not None:
+            self._gather.cancel()
+            self._gather = None
 
-    def _send(self, topic: str, build: Callable[[int], bytes], qos: int = 0) -> asyncio.Task[None]:
-        """Give the message the next seq and start publishing it (wire order = seq order)."""
-        client = self._client
-        assert client is not None
+    def _next_seq(self) -> int:
         seq = self._seq
         self._seq = (seq + 1) % spb.SEQ_MODULO
-        task = asyncio.ensure_future(client.publish(topic, build(seq), qos=qos))
-        self._inflight.add(task)
-        task.add_done_callback(self._settled)
-        return task
+        return seq
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
-        self._inflight.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+    def _send(self, topic: str, build: Callable[[int], bytes]) -> None:
+        """Give a QoS 0 message the next seq and queue it (wire order = seq order)."""
+        assert self._client is not None
+        self._queued.append((topic, build(self._next_seq())))
+        if self._gather is None:
+            self._gather = asyncio.get_running_loop().call_later(WRITE_GATHER, self._flush)
+
+    def _flush(self) -> None:
+        """Hand the queued QoS 0 messages to the client, in seq order."""
+        if self._gather is not None:
+            self._gather.cancel()
+            self._gather = None
+        queued, self._queued = self._queued, []
+        client = self._client
+        if client is None:
+            return
+        try:
+            publish_now(client, queued)
+        except PublishFailed as exc:
             # The listener sees the broken connection and ends the session.
-            _log.debug("sparkplug_publish_failed", detail=describe(task.exception()))  # type: ignore[arg-type]
+            _log.debug("sparkplug_publish_failed", detail=describe(exc))
 
     # --- results ------------------------------------------------------------------------------
 
@@ -347,22 +371,37 @@ class EdgeNode(Observer):
                 continue
             if rows and self._client is not None:
                 await self._publish_results(rows)
-                continue
-            if closing:
+                if len(rows) == RESULTS_BATCH or closing:
+                    continue  # more are waiting: no pause
+            elif closing:
                 return
-            await nap(self._results_wake, RESULTS_POLL, also=self._closing)
+            else:
+                await nap(self._results_wake, RESULTS_POLL, also=self._closing)
             await nap(self._closing, RESULTS_LINGER)
 
     async def _publish_results(self, rows: list[QueuedResult]) -> None:
+        """One NDATA per row at QoS 1, a group at a time; mark what was acknowledged."""
         topic = self._topic("NDATA")
         ts = spb.ms(utcnow())
         born_at = self._born_at
-        tasks = [
-            self._send(topic, functools.partial(self._result_payload, row, ts, born_at), qos=1)
-            for row in rows
-        ]
-        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
-        acked = [row.id for row, err in zip(rows, outcomes, strict=True) if err is None]
+        acked: list[int] = []
+        failure: PublishFailed | None = None
+        for start in range(0, len(rows), RESULTS_GROUP):
+            client = self._client
+            if client is None or failure is not None:
+                break
+            group = rows[start : start + RESULTS_GROUP]
+            self._flush()  # what was queued before goes first
+            # Seqs given and messages queued in one step (no await between): wire order = seq.
+            messages = [
+                (topic, self._result_payload(row, ts, born_at, self._next_seq()), False)
+                for row in group
+            ]
+            try:
+                done = await publish_all(client, messages)
+            except PublishFailed as exc:
+                failure, done = exc, exc.acked
+            acked += [group[i].id for i in done]
         if acked:
             try:
                 await self._store.mark_results_sent(acked, utcnow())
@@ -370,21 +409,12 @@ class EdgeNode(Observer):
                 # They go out again later: consumers de-duplicate on Result/Outbox Id.
                 _log.warning("sparkplug_results_not_marked", count=len(acked), detail=str(exc))
             self.results_published += len(acked)
-        for err in outcomes:
-            if isinstance(err, BaseException):
-                raise err
+        if failure is not None:
+            raise failure
 
     def _result_payload(self, row: QueuedResult, ts: int, born_at: datetime, seq: int) -> bytes:
-        values = spb.result_values(row.id, row.payload)
-        metrics = [(self._by_name[name], value) for name, value in values.items()]
-        ended = values.get("Result/Ended At")
-        return spb.data(
-            seq,
-            ts,
-            metrics,
-            historical=row.created_at < born_at,  # recorded before this birth: store-and-forward
-            metric_timestamp=ended if isinstance(ended, int) else None,
-        )
+        # Recorded before this birth: store-and-forward, historical.
+        return spb.result_data(seq, ts, row.id, row.payload, historical=row.created_at < born_at)
 
     # --- node facts ---------------------------------------------------------------------------
 
@@ -445,12 +475,6 @@ class EdgeNode(Observer):
 
 
 _UNSENT: Final = object()
-
-
-async def _settle(tasks: Iterable[asyncio.Task[None]]) -> None:
-    pending = list(tasks)
-    if pending:
-        await asyncio.gather(*pending, return_exceptions=True)
 
 
 def _unwrap(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -99,6 +99,10 @@ _RESULT: Final = (
     ("Result/Work Order", DataType.STRING),
     ("Result/Started At", DataType.DATETIME),
     ("Result/Ended At", DataType.DATETIME),
+    # Issue 17, at the end so that the aliases above stay as they were.
+    ("Result/Key Proof", DataType.STRING),
+    ("Result/Attest Nonce", DataType.STRING),
+    ("Result/Attest Signature", DataType.STRING),
 )
 _RESULT_FIELDS: Final = {
     "Result/Attempt Id": "attempt_id",
@@ -110,6 +114,9 @@ _RESULT_FIELDS: Final = {
     "Result/Device Code": "device_code",
     "Result/DAC Serial": "dac_serial",
     "Result/Work Order": "work_order",
+    "Result/Key Proof": "key_proof",
+    "Result/Attest Nonce": "attest_nonce",
+    "Result/Attest Signature": "attest_signature",
 }
 
 _DEVICE: Final = (
@@ -128,6 +135,9 @@ _DEVICE: Final = (
     ("Properties/Jig", DataType.STRING),
 )
 _DEVICE_ALIAS_BASE: Final = 1000  # device n's aliases start at 1000 * (n + 1)
+#: The device metric names in DBIRTH order: the order of `jig_row`.
+DEVICE_NAMES: Final = tuple(name for name, _ in _DEVICE)
+_OUTCOMES: Final = tuple(o.value for o in Outcome)
 
 
 def node_metrics() -> tuple[MetricDef, ...]:
@@ -165,25 +175,31 @@ class JigTally:
             self._current = status.attempt_id
 
 
+def jig_row(status: JigStatus, tally: JigTally) -> tuple[Value, ...]:
+    """A jig's device metric values in DBIRTH order (`DEVICE_NAMES`): compared with the row
+    sent last position by position, on every change of every jig."""
+    by_outcome = tally.by_outcome
+    last = status.last_outcome
+    return (
+        status.state.value,
+        status.uid,
+        status.attempt_id,
+        ms(status.since),
+        status.ok,
+        status.failed,
+        *[by_outcome.get(outcome, 0) for outcome in _OUTCOMES],
+        last.value if last is not None else None,
+        status.last_detail,
+        status.last_uid,
+        tally.last_attempt_id,
+        status.station,
+        status.jig,
+    )
+
+
 def jig_values(status: JigStatus, tally: JigTally) -> dict[str, Value]:
     """A jig's device metric values, by name."""
-    values: dict[str, Value] = {
-        "State": status.state.value,
-        "UID": status.uid,
-        "Attempt Id": status.attempt_id,
-        "Since": ms(status.since),
-        "Attempts/OK": status.ok,
-        "Attempts/Failed": status.failed,
-        "Last Outcome": status.last_outcome.value if status.last_outcome else None,
-        "Last Detail": status.last_detail,
-        "Last UID": status.last_uid,
-        "Last Attempt Id": tally.last_attempt_id,
-        "Properties/Station": status.station,
-        "Properties/Jig": status.jig,
-    }
-    for outcome, n in tally.by_outcome.items():
-        values[f"Attempts/By Outcome/{outcome}"] = n
-    return values
+    return dict(zip(DEVICE_NAMES, jig_row(status, tally), strict=True))
 
 
 def work_order_values(work_order: Mapping[str, Any] | None) -> dict[str, Value]:
@@ -220,6 +236,14 @@ def result_values(outbox_id: int, record_json: str) -> dict[str, Value]:
 
 # --- payloads ----------------------------------------------------------------------------------
 
+_RESULT_TEMPLATE: Final = Payload(
+    metrics=[
+        Payload.Metric(alias=m.alias, datatype=m.datatype)
+        for m in node_metrics()
+        if m.name.startswith("Result/")
+    ]
+)
+
 
 def birth(
     seq: int,
@@ -255,6 +279,34 @@ def data(
         m = _put(payload, None, metric.alias, metric.datatype, value, at)
         if historical:
             m.is_historical = True
+    raw: bytes = payload.SerializeToString()
+    return raw
+
+
+def result_data(
+    seq: int, timestamp: int, outbox_id: int, record_json: str, *, historical: bool
+) -> bytes:
+    """One result as NDATA: every `Result/*` metric by alias, stamped with the attempt's end.
+
+    The same payload as `data` with `result_values` gives, made from a prebuilt template (alias
+    and type of every metric copied in one step): one of these per attempt, on the event loop.
+    """
+    values = result_values(outbox_id, record_json)
+    ended = values["Result/Ended At"]
+    at = ended if isinstance(ended, int) else timestamp
+    payload = Payload(timestamp=timestamp, seq=seq)
+    payload.MergeFrom(_RESULT_TEMPLATE)
+    for metric, (name, datatype) in zip(payload.metrics, _RESULT, strict=True):
+        metric.timestamp = at
+        if historical:
+            metric.is_historical = True
+        value = values[name]
+        if value is None:
+            metric.is_null = True
+        elif datatype is DataType.STRING:
+            metric.string_value = str(value)
+        else:  # Int64 in two's complement, UInt64 and DateTime (ms) as they are
+            metric.long_value = int(value) & _UINT64
     raw: bytes = payload.SerializeToString()
     return raw
 

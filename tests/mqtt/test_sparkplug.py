@@ -29,6 +29,14 @@ pytestmark = [pytest.mark.mqtt, pytest.mark.slow]
 
 LINE = "spb-line"
 REBIRTH = "Node Control/Rebirth"
+#: Result metrics compared with the attempt record's field as it is (strings and numbers).
+RESULT_FIELDS = {
+    "Result/Attempt Id": "attempt_id", "Result/UID": "uid", "Result/Station": "station",
+    "Result/Jig": "jig", "Result/Outcome": "outcome", "Result/Detail": "detail",
+    "Result/Device Code": "device_code", "Result/DAC Serial": "dac_serial",
+    "Result/Work Order": "work_order", "Result/Key Proof": "key_proof",
+    "Result/Attest Nonce": "attest_nonce", "Result/Attest Signature": "attest_signature",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -130,13 +138,16 @@ def test_edge_node_births_data_deaths_and_results_seen_by_pysparkplug(
     # QoS 0, as Sparkplug host applications subscribe: a broker keeps one client's messages in
     # order only within one QoS, and births and data are QoS 0 while results are QoS 1.
     sub = Subscriber(spb_broker.url, ["spBv1.0/#"], f"scada-{secrets.token_hex(4)}", qos=0).start()
+    # Half the devices offer attestation (jig protocol v1.1): their results carry it.
     sim = SimRun(
-        tmp_path, jigs=2, devices=2000, mix="good", paa=dev_pki / "paa.pem", swap_seconds=0.2
-    ).start()
+        tmp_path, jigs=2, devices=2000, mix="good:1,attest:1", paa=dev_pki / "paa.pem",
+        swap_seconds=0.2,
+    ).start()  # fmt: skip
     spb = f'[sparkplug]\nurl = "{spb_broker.url}"\ngroup_id = "{group}"\n'
     config = write_config(
-        tmp_path / "line.toml", pki=dev_pki, ports=sim.ports, line=LINE, extra="\n" + spb
-    )
+        tmp_path / "line.toml", pki=dev_pki, ports=sim.ports, line=LINE,
+        extra='attest = "when_offered"\n' + spb,
+    )  # fmt: skip
     ncmd = f"spBv1.0/{group}/NCMD/{LINE}"
 
     def stream() -> Stream:
@@ -254,6 +265,19 @@ def test_edge_node_births_data_deaths_and_results_seen_by_pysparkplug(
     assert not any(m.historical for m in results[:live_before_outage])
     assert sum(1 for m in results if m.historical) >= 4
     assert len(attempts) >= 20
+    # Every field of the JSON attempt record (but `line`, the edge node's) as a Result metric,
+    # with the recorded value: issue 17's key proof and attestation included.
+    by_attempt = {a["attempt_id"]: a for a in attempts}
+    for m in results:
+        record = by_attempt[_value(m, "Result/Attempt Id")]
+        for name, key in RESULT_FIELDS.items():
+            metric = m.metrics[name]
+            assert (None if metric.is_null else metric.value) == record[key], (name, record)
+    assert {a["key_proof"] for a in attempts} == {"csr"}
+    attested = [a for a in attempts if a["attest_nonce"] is not None]
+    assert attested, "some devices were challenged"
+    assert len(attested) < len(attempts), "and some were not"
+    assert all(a["attest_signature"] for a in attested)
 
     # DDATA after each state change: every live result's attempt was announced by its jig.
     announced = {

@@ -14,6 +14,7 @@ from linehost.sparkplug import payloads as spb
 pysparkplug = pytest.importorskip("pysparkplug")
 
 T = 1_764_000_000_123
+NONCE = "ab" * 32
 
 
 def test_aliases_are_unique_across_the_node_and_every_device() -> None:
@@ -72,22 +73,54 @@ def test_result_as_historical_ndata() -> None:
         "outcome": "device_error", "detail": "finish:003", "device_code": -3,
         "dac_serial": None, "started_at": "2026-12-02T03:00:00.000Z",
         "ended_at": "2026-12-02T03:00:01.500Z", "work_order": None,
+        "key_proof": "none", "attest_nonce": NONCE, "attest_signature": "MEUCIQD+sig==",
     }  # fmt: skip
     values = spb.result_values(42, json.dumps(record))
     by_name = {m.name: m for m in spb.node_metrics()}
     nbirth = pysparkplug.NBirth.decode(spb.birth(0, T, spb.node_metrics(), {}, bd_seq=0))
     ended = values["Result/Ended At"]
-    raw = spb.data(9, T, [(by_name[n], v) for n, v in values.items()], historical=True,
-                   metric_timestamp=ended if isinstance(ended, int) else None)  # fmt: skip
+    raw = spb.result_data(9, T, 42, json.dumps(record), historical=True)
     ndata = pysparkplug.NData.decode(raw, birth=nbirth)
     got = {m.name: m for m in ndata.metrics}
+    # The template-made payload says what the generic NDATA of the same values says.
+    generic = spb.data(9, T, [(by_name[n], v) for n, v in values.items()], historical=True,
+                       metric_timestamp=ended if isinstance(ended, int) else None)  # fmt: skip
+    same = pysparkplug.NData.decode(generic, birth=nbirth)
+    assert sorted(ndata.metrics, key=lambda m: m.name) == sorted(same.metrics, key=lambda m: m.name)
+    assert ndata.seq == 9
     assert got["Result/Outbox Id"].value == 42
     assert got["Result/Attempt Id"].value == "a-9"
     assert got["Result/Device Code"].value == -3
     assert got["Result/DAC Serial"].is_null
     assert got["Result/Ended At"].value == datetime(2026, 12, 2, 3, 0, 1, 500000, tzinfo=UTC)
+    # Issue 17: how the device showed its key, and its attestation challenge and answer.
+    assert got["Result/Key Proof"].value == "none"
+    assert got["Result/Attest Nonce"].value == NONCE
+    assert got["Result/Attest Signature"].value == "MEUCIQD+sig=="
+    # Every field of the JSON attempt record but `line` (the edge node is the line) is a metric.
+    fields = set(record) - {"line"}
+    assert len(fields) == len(values) - 1  # and Result/Outbox Id
     assert all(m.is_historical for m in ndata.metrics)
     assert all(m.timestamp == ended for m in ndata.metrics)
+
+
+def test_result_of_a_device_never_challenged_has_null_attestation() -> None:
+    record = {
+        "attempt_id": "a-1", "uid": "CAFE", "line": "l", "station": "st1", "jig": "j1",
+        "outcome": "provisioned", "detail": "finish:000", "device_code": 0,
+        "dac_serial": "1A2B", "started_at": "2026-12-02T03:00:00.000Z",
+        "ended_at": "2026-12-02T03:00:01.500Z", "work_order": "WO-1", "key_proof": "csr",
+        "attest_nonce": None, "attest_signature": None,
+    }  # fmt: skip
+    nbirth = pysparkplug.NBirth.decode(spb.birth(0, T, spb.node_metrics(), {}, bd_seq=0))
+    raw = spb.result_data(3, T, 7, json.dumps(record), historical=False)
+    got = {m.name: m for m in pysparkplug.NData.decode(raw, birth=nbirth).metrics}
+    assert not any(m.is_historical for m in got.values())
+    assert got["Result/Outbox Id"].value == 7
+    assert got["Result/Key Proof"].value == "csr"
+    assert got["Result/Attest Nonce"].is_null
+    assert got["Result/Attest Signature"].is_null
+    assert got["Result/Work Order"].value == "WO-1"
 
 
 def test_ndeath_has_bd_seq_and_no_seq() -> None:
