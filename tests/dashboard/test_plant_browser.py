@@ -86,6 +86,7 @@ async def line_host(
         jig.open()
     extra = (
         f'\n[mqtt]\nurl = "{broker_url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+        f'client_id = "{prefix}-{name}"\n'  # never shared with a test running at once (xdist)
         f'[work_order]\nid = "{work_order[0]}"\nquantity = {work_order[1]}\n'
     )
     ports = {jig.name: str(jig.path) for jig in jigs}

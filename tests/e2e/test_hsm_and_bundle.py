@@ -308,7 +308,12 @@ def assert_no_leak(places: dict[str, str], secrets: dict[str, str]) -> None:
 
 
 def mqtt_section(url: str, prefix: str) -> str:
-    return f'[mqtt]\nurl = "{url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+    # a client id of this test alone: tests running at once (pytest-xdist) on the shared
+    # broker would otherwise share `linehost-host-{hostname}-{line}` and take sessions over
+    return (
+        f'[mqtt]\nurl = "{url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+        f'client_id = "{prefix}-host"\n'
+    )
 
 
 def subscribe_all(url: str, prefix: str) -> Subscriber:

@@ -71,8 +71,13 @@ def test_sigkill_at_random_moments_keeps_the_records_true(tmp_path: Path, dev_pk
     db = tmp_path / "linehost.db"
     prefix = f"crash{secrets.token_hex(3)}"
     mqtt = _mqtt_ready()
+    # the same client id across the host's restarts (its persistent session), but never
+    # another test's: the default one depends only on the machine and the line name
     extra = (
-        f'[mqtt]\nurl = "mqtt://{MQTT[0]}:{MQTT[1]}"\ntopic_prefix = "{prefix}"\n' if mqtt else ""
+        f'[mqtt]\nurl = "mqtt://{MQTT[0]}:{MQTT[1]}"\ntopic_prefix = "{prefix}"\n'
+        f'client_id = "{prefix}-host"\n'
+        if mqtt
+        else ""
     )
     config = write_config(
         tmp_path / "line.toml",
