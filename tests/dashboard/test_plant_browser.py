@@ -106,6 +106,7 @@ async def line_host(
             jig.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_plant_view_with_two_line_hosts_alarm_chart_and_work_orders(
     broker_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

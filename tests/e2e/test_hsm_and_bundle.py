@@ -485,6 +485,7 @@ def count(db: Path, outcome: str) -> int:
 
 @pytest.mark.hsm
 @pytest.mark.mqtt
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_hsm_unplugged_mid_run_fails_attempts_cleanly_and_provisioning_resumes(
     tmp_path: Path, hsm: Hsm, broker_url: str, prefix: str
@@ -689,6 +690,7 @@ def bundle(tmp_path: Path, dev_pki: Path) -> Bundle:
     return Bundle(good, no_entry, mismatch, dacs, folder, csv_path)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_bundle_line_delivers_preissued_dacs_only_to_their_chips(
     tmp_path: Path, dev_pki: Path, bundle: Bundle
