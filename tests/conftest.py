@@ -99,6 +99,7 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     yield from make_softhsm(tmp_path_factory)
 
 
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """In pytest-xdist workers, the `slow` tests (end-to-end runs of 20 s to 2 min) go first.
 
