@@ -17,6 +17,14 @@ import pytest
 
 from tests.pki.softhsm import SoftHsm, make_softhsm
 
+# pytest-xdist workers find COLUMNS=80 and LINES=24 in their environment when they import this
+# file (a serial run has neither). Every subprocess would inherit them: rich then
+# draws `linehost status` 80 columns wide inside a 160-column tmux pane
+# (tests/line/test_status_tmux.py). A terminal's size comes from the terminal, as in a serial run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
+
 PG_SERVER = os.environ.get("LINEHOST_TEST_PG", "postgresql://postgres@127.0.0.1:5432")
 PG_CONNECT_TIMEOUT = 5.0
 
@@ -89,3 +97,14 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     """The session's one SoftHSM2 token with the development PAI key (tests/pki/softhsm.py)."""
     yield from make_softhsm(tmp_path_factory)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In pytest-xdist workers, the `slow` tests (end-to-end runs of 20 s to 2 min) go first.
+
+    The scheduler hands tests out in this order: long ones started last would leave the other
+    workers idle at the end. Serial runs keep the order of the files.
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable

@@ -145,12 +145,12 @@ async def check_broker(config: LineConfig) -> Check:
     """The broker accepts a connection with the configured credentials and TLS."""
     import aiomqtt
 
-    from linehost.mqtt.link import BrokerLink, default_client_id, describe
+    from linehost.mqtt.link import companion_link, describe
 
     if config.mqtt is None:
         return Check("broker", Status.SKIPPED, "no [mqtt]: nothing is published")
     try:
-        link = BrokerLink(config.mqtt, default_client_id("doctor", config.line.name))
+        link = companion_link(config.mqtt, "doctor", config.line.name)
     except LinehostError as exc:
         return Check("broker", Status.FAIL, str(exc), "check the [mqtt] password and TLS files")
     while True:

@@ -11,7 +11,7 @@ import structlog
 
 from linehost.config import MqttSection
 from linehost.evidence.checkpoint import Checkpoint
-from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
+from linehost.mqtt.link import companion_link, describe, reconnect_backoff
 
 CHECKPOINT_TOPIC: Final = "audit/checkpoint"
 
@@ -31,7 +31,7 @@ class MqttCheckpoints:
         self.topic = checkpoint_topic(settings.topic_prefix, line)
         self.published = 0
         self._settings = settings
-        self._link = BrokerLink(settings, default_client_id("audit", line))
+        self._link = companion_link(settings, "audit", line)
         self._latest: bytes | None = None
         self._wake = asyncio.Event()
         self._closing = asyncio.Event()

@@ -41,6 +41,19 @@ def default_client_id(purpose: str, line: str) -> str:
     return f"linehost-{purpose}-{host}-{_CLIENT_ID_UNSAFE.sub('-', line)}"
 
 
+def companion_link(settings: MqttSection, purpose: str, line: str) -> BrokerLink:
+    """A link for one of the line host's other clients (audit checkpoints, doctor).
+
+    `[mqtt] client_id` names the relay: a second connection under the same id would take its
+    session over (and be taken over in turn), so the others derive theirs from it
+    (`{client_id}-{purpose}`), or use their own default when it is not set.
+    """
+    client_id = f"{settings.client_id}-{purpose}" if settings.client_id else None
+    return BrokerLink(
+        settings.model_copy(update={"client_id": client_id}), default_client_id(purpose, line)
+    )
+
+
 class BrokerLink:
     """Makes aiomqtt clients for one `[mqtt]` section; remembers whether the broker speaks v5."""
 

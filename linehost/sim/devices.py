@@ -81,9 +81,6 @@ class DeviceFactory:
         self._provisioned: deque[tuple[str, ec.EllipticCurvePrivateKey]] = deque(
             maxlen=CLONE_CANDIDATES
         )
-        self._presented: deque[tuple[str, ec.EllipticCurvePrivateKey]] = deque(
-            maxlen=CLONE_CANDIDATES
-        )
         # Provisioned letter devices by jig: a `returning` (locked) chip comes back elsewhere.
         self._returnable: deque[tuple[str, str, ec.EllipticCurvePrivateKey]] = deque(
             maxlen=CLONE_CANDIDATES
@@ -110,18 +107,17 @@ class DeviceFactory:
             self._uids.add(uid)
         cloned_from: str | None = None
         key: ec.EllipticCurvePrivateKey | None = None
-        if personality.clone_key:
-            source = self._provisioned or self._presented
-            if source:
-                cloned_from, key = rng.choice(source)
+        # Only a key the host has already assigned: a key merely presented elsewhere may reach
+        # the host after the clone (slow jigs, a loaded machine), and then the clone is the one
+        # provisioned. Before any device is provisioned a clone presents a key of its own.
+        if personality.clone_key and self._provisioned:
+            cloned_from, key = rng.choice(self._provisioned)
         identity = self.identities.make(
             uid,
             curve=personality.curve,
             corrupt_signature=personality.corrupt_csr_signature,
             key=key,
         )
-        if key is None and personality.curve == "P-256":
-            self._presented.append((uid, identity.key))
         return self._device(identity, personality, rng), cloned_from
 
     def provisioned(self, device: SimDevice, jig: str = "") -> None:

@@ -47,7 +47,10 @@ async def crl_host(
     jig = SimulatedJig("j1", folder / "jigs", [get_personality("good")] * 2, swap_seconds=0.5,
                        factory=factory)  # fmt: skip
     jig.open()
-    extra = f'\n[mqtt]\nurl = "{broker_url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+    extra = (
+        f'\n[mqtt]\nurl = "{broker_url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+        f'client_id = "{prefix}-host"\n'  # never shared with a test running at once (xdist)
+    )
     path = write_config(root / "line.toml", pki=pki, ports={"j1": str(jig.path)}, line=LINE,
                         database_url=f"sqlite+aiosqlite:///{root / 'line.db'}",
                         extra=extra)  # fmt: skip

@@ -88,6 +88,7 @@ async def line_host(
         jig.open()
     extra = (
         f'\n[mqtt]\nurl = "{broker_url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+        f'client_id = "{prefix}-{name}"\n'  # never shared with a test running at once (xdist)
         f'[work_order]\nid = "{work_order[0]}"\nquantity = {work_order[1]}\n'
     )
     ports = {jig.name: str(jig.path) for jig in jigs}
@@ -107,6 +108,7 @@ async def line_host(
             jig.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 async def test_plant_view_with_two_line_hosts_alarm_chart_and_work_orders(
     broker_url: str, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -222,6 +222,7 @@ def run_and_prove(
     sim.start()
     extra = (
         f'[mqtt]\nurl = "{broker_url}"\ntopic_prefix = "{prefix}"\n'
+        f'client_id = "{prefix}-host"\n'  # never shared with a test running at once (xdist)
         f'[audit]\nkey = "{keys / "audit.key"}"\ncheckpoint_dir = "{checkpoints}"\n'
         "checkpoint_every = 10\ncheckpoint_interval = 1\n"
     )

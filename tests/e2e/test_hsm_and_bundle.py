@@ -308,7 +308,12 @@ def assert_no_leak(places: dict[str, str], secrets: dict[str, str]) -> None:
 
 
 def mqtt_section(url: str, prefix: str) -> str:
-    return f'[mqtt]\nurl = "{url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+    # a client id of this test alone: tests running at once (pytest-xdist) on the shared
+    # broker would otherwise share `linehost-host-{hostname}-{line}` and take sessions over
+    return (
+        f'[mqtt]\nurl = "{url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+        f'client_id = "{prefix}-host"\n'
+    )
 
 
 def subscribe_all(url: str, prefix: str) -> Subscriber:
@@ -480,6 +485,7 @@ def count(db: Path, outcome: str) -> int:
 
 @pytest.mark.hsm
 @pytest.mark.mqtt
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_hsm_unplugged_mid_run_fails_attempts_cleanly_and_provisioning_resumes(
     tmp_path: Path, hsm: Hsm, broker_url: str, prefix: str
@@ -684,6 +690,7 @@ def bundle(tmp_path: Path, dev_pki: Path) -> Bundle:
     return Bundle(good, no_entry, mismatch, dacs, folder, csv_path)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_bundle_line_delivers_preissued_dacs_only_to_their_chips(
     tmp_path: Path, dev_pki: Path, bundle: Bundle

@@ -190,6 +190,7 @@ async def test_checkpoint_file_removed_or_forked_is_detected(setup: Setup, tmp_p
     assert "a checkpoint file was removed" in caught.stdout
 
 
+@pytest.mark.slow
 async def test_prove_by_serial_and_check_it_offline(setup: Setup, tmp_path: Path) -> None:
     device = setup.devices[-1]
     assert device.dac_serial is not None

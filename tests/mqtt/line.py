@@ -49,7 +49,13 @@ async def running_line(
         seed=5,
     )
     async with sim:
-        mqtt = f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+        # the client id of this test alone: the default one (`linehost-host-{hostname}-{line}`)
+        # is the same in every test of line `l1`, and tests running at once on the shared
+        # broker (pytest-xdist workers) would take each other's session over
+        mqtt = (
+            f'[mqtt]\nurl = "{mqtt_url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 5\n'
+            f'client_id = "{prefix}-host"\n'
+        )
         path = write_config(tmp_path / "line.toml", pki=pki, ports=sim.ports, line=line,
                             extra="\n" + mqtt)  # fmt: skip
         config = load_config(path)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from linehost.backoff import Backoff
-from linehost.config import load_config, parse_listen
+from linehost.config import MqttSection, load_config, parse_listen
 from linehost.errors import ConfigError
-from linehost.mqtt.link import BrokerLink
+from linehost.evidence.publish import MqttCheckpoints
+from linehost.mqtt.link import BrokerLink, companion_link, default_client_id
 from tests.test_config import MINIMAL, write
 
 
@@ -73,6 +74,18 @@ def test_listen_addresses() -> None:
     assert parse_listen("[::1]:80") == ("::1", 80)
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen("8080")
+
+
+def test_the_hosts_other_clients_never_connect_under_the_relays_client_id() -> None:
+    """Two connections with one client id take each other's session over, again and again."""
+    named = MqttSection(url="mqtt://x", client_id="line-1-host")
+    assert BrokerLink(named, default_client_id("host", "l1")).client_id == "line-1-host"
+    assert companion_link(named, "doctor", "l1").client_id == "line-1-host-doctor"
+    checkpoints = MqttCheckpoints(named, "l1")
+    assert checkpoints._link.client_id == "line-1-host-audit"
+    unnamed = MqttSection(url="mqtt://x")
+    assert companion_link(unnamed, "doctor", "l1").client_id == default_client_id("doctor", "l1")
+    assert MqttCheckpoints(unnamed, "l1")._link.client_id == default_client_id("audit", "l1")
 
 
 def test_backoff_is_capped_and_jittered() -> None:

@@ -48,9 +48,12 @@ class MemoryOutbox:
 
 
 def settings(url: str, prefix: str, **extra: object) -> MqttSection:
+    # A client id of this test alone: with the default one (`linehost-host-{hostname}-l1`)
+    # relays of tests running at once (pytest-xdist) take each other's session over.
     return MqttSection.model_validate(
-        {"url": url, "topic_prefix": prefix, "drain_timeout": 5, **extra}
-    )
+        {"url": url, "topic_prefix": prefix, "drain_timeout": 5, "client_id": f"{prefix}-host",
+         **extra}
+    )  # fmt: skip
 
 
 def results_of(sub: Subscriber) -> list[int]:

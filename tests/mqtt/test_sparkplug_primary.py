@@ -82,7 +82,8 @@ async def test_births_wait_for_the_primary_host_and_follow_it(
     settings = SparkplugSection(group_id=group, edge_node_id="n1", primary_host_id=host_id)
     node = EdgeNode(
         settings,
-        MqttSection(url=broker_url, drain_timeout=2),
+        # its own client id: the sqlite and postgres runs of this test may meet (xdist)
+        MqttSection(url=broker_url, drain_timeout=2, client_id=f"{group}-node"),
         SparkplugStore(store.engine, "l1"),
         line="l1",
         jigs=[("st1", "j1")],

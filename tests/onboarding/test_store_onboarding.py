@@ -171,6 +171,7 @@ async def test_passcode_pair_collision_makes_the_line_draw_again(
         await store.assign(clone)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["sequential", "random"])
 @pytest.mark.timeout(300)
 async def test_ten_thousand_devices(store: Store, devices: Devices, policy: str) -> None:

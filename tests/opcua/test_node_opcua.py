@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -35,14 +36,19 @@ def node_modules() -> Path:
     if shutil.which("node") is None or shutil.which("npm") is None:
         _missing("node and npm are not installed")
     modules = NPM_CACHE / "node_modules"
-    if not (modules / "node-opcua").is_dir():
-        NPM_CACHE.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(
-            ["npm", "install", "--prefix", str(NPM_CACHE), "--no-audit", "--no-fund", NODE_OPCUA],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            _missing(f"npm install {NODE_OPCUA} failed: {proc.stderr[-500:]}")
+    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    # One install at a time: pytest-xdist workers (or another checkout's test run) sharing this
+    # folder would interleave two `npm install`s and leave a broken node_modules behind.
+    with (NPM_CACHE / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (modules / "node-opcua").is_dir():
+            proc = subprocess.run(
+                ["npm", "install", "--prefix", str(NPM_CACHE), "--no-audit", "--no-fund",
+                 NODE_OPCUA],
+                capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                _missing(f"npm install {NODE_OPCUA} failed: {proc.stderr[-500:]}")
     return modules
 
 

@@ -58,6 +58,7 @@ async def two_lines(db_url: str, tmp_path: Path) -> tuple[Path, list[Device]]:
     return write_config(tmp_path / "audit.toml", pki, db_url), a + b
 
 
+@pytest.mark.slow
 async def test_verify_cli_finds_edited_deleted_and_inserted_rows(
     db_url: str, engine: AsyncEngine, tmp_path: Path
 ) -> None:
