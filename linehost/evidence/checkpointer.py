@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 import structlog
 from sqlalchemy import insert
@@ -36,9 +37,9 @@ from linehost.evidence.checkpoint import (
     verify_checkpoint,
 )
 from linehost.evidence.merkle import CompactTree, consistency_proof_from, leaf_hash
-from linehost.evidence.rows import AuditRow, iter_rows, stored_checkpoints
+from linehost.evidence.rows import iter_rows, stored_checkpoints
 from linehost.records import iso_utc, utcnow
-from linehost.store.chain import GENESIS_HASH
+from linehost.store.chain import GENESIS_HASH, CommittedRow
 from linehost.store.engine import translate_error
 from linehost.store.models import audit_checkpoints
 
@@ -88,7 +89,7 @@ class Checkpointer:
         self._last_size = 0
         self._last_time = 0.0
         self._broken: str | None = None
-        self._fed: deque[AuditRow] = deque()  # committed by this process, not yet in the tree
+        self._fed: deque[CommittedRow] = deque()  # committed by this process, not yet in the tree
         self._closing = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -124,14 +125,14 @@ class Checkpointer:
         finally:
             await self._key.aclose()
 
-    def rows_committed(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def rows_committed(self, rows: Sequence[CommittedRow]) -> None:
         """The store writer's commit listener: audit rows it just committed, in seq order."""
         if self._broken is not None:
             return
         if len(self._fed) + len(rows) > FEED_LIMIT:
             self._fed.clear()  # far behind: the database read fills the gap
             return
-        self._fed.extend(AuditRow.from_db(row) for row in rows if row["line"] == self.line)
+        self._fed.extend(row for row in rows if row.line == self.line)
 
     async def catch_up(self) -> int:
         """Add every newly committed row of the line to the tree; return how many."""
@@ -139,7 +140,8 @@ class Checkpointer:
         while self._broken is None:
             got = 0
             async for row in iter_rows(self._engine, self.line, self._tree.size, READ_LIMIT):
-                if not self._add(row):
+                where = f"row id={row.id} (seq {row.seq})"
+                if not self._add(row.seq, row.prev_hash, row.row_hash, row.leaf_text(), where):
                     break
                 got += 1
             added += got
@@ -158,23 +160,25 @@ class Checkpointer:
             fed.popleft()
             if row.seq <= self._tree.size:
                 continue  # the database read brought it first
-            if not self._add(row):
+            if not self._add(row.seq, row.prev_hash, row.row_hash, row.body, f"row seq {row.seq}"):
                 break
             added += 1
         return added
 
-    def _add(self, row: AuditRow) -> bool:
-        """Append `row` to the tree when it continues the chain; else mark the chain broken."""
-        if row.seq != self._tree.size + 1 or not row.chain_ok(self._head):
-            where = f"row id={row.id} (seq {row.seq})" if row.id else f"row seq {row.seq}"
+    def _add(self, seq: int, prev_hash: str, row_hash: str, body: str, where: str) -> bool:
+        """Append a row to the tree when it continues the chain; else mark the chain broken."""
+        ok = seq == self._tree.size + 1 and prev_hash == self._head
+        if ok:
+            ok = hashlib.sha256((prev_hash + body).encode()).hexdigest() == row_hash
+        if not ok:
             self._broken = f"{where} does not continue the chain"
             self._fed.clear()
             _log.error("audit_chain_broken", line=self.line, detail=self._broken)
             return False
-        leaf = leaf_hash(row.leaf_text().encode())
+        leaf = leaf_hash(body.encode())
         self._tree.append(leaf)
         self._new_leaves.append(leaf)
-        self._head = row.row_hash
+        self._head = row_hash
         return True
 
     async def checkpoint(self) -> Checkpoint | None:

@@ -43,9 +43,9 @@ class AuditRow:
 
     @classmethod
     def from_db(cls, row: Any) -> AuditRow:
-        """From a row of `audit_log` (or one the store writer wrote, which has no id yet: 0)."""
+        """From a row of `audit_log`."""
         return cls(
-            id=int(row.get("id") or 0),
+            id=int(row["id"]),
             line=row["line"],
             seq=int(row["seq"]),
             at=iso_utc(row["at"]) or "",

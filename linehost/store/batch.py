@@ -3,6 +3,7 @@ that holds every write statement (a few executemany per batch)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from linehost.protocol.outcomes import LIVE_STATUSES, AssignmentStatus, Outcome
 from linehost.records import AttemptStart, OnboardingRequest, iso_utc
 from linehost.store import pgflush
-from linehost.store.chain import GENESIS_HASH, canonical_json, row_hash_of_json
+from linehost.store.chain import GENESIS_HASH, CommittedRow, canonical_json, row_body
 from linehost.store.models import (
     assignments,
     attempts,
@@ -86,7 +87,7 @@ class Batch:
         self._by_key: defaultdict[str, list[AssignmentRow]] = defaultdict(list)
         self._by_uid: defaultdict[str, list[AssignmentRow]] = defaultdict(list)
         self.events: list[AuditEvent] = []
-        self.audit_written: list[dict[str, Any]] = []  # the audit rows flush wrote
+        self.audit_written: list[CommittedRow] = []  # the audit rows flush wrote
         self.results: list[str] = []
         self.sent: list[tuple[list[int], datetime]] = []
         self.work_orders: dict[str, tuple[int, int]] = {}  # id -> (quantity, claimed)
@@ -381,19 +382,16 @@ class Batch:
         at = iso_utc(self.now)
         assert at is not None
         rows = []
+        written = []
         for ev in self.events:
             seq += 1
             data_json = canonical_json(ev.data)
-            digest = row_hash_of_json(
-                prev,
-                seq=seq,
-                line=self.line,
-                at=at,
-                entity=ev.entity,
-                entity_id=ev.entity_id,
-                event=ev.event,
-                data_json=data_json,
-            )
+            body = row_body(
+                seq=seq, line=self.line, at=at, entity=ev.entity, entity_id=ev.entity_id,
+                event=ev.event, data_json=data_json,
+            )  # fmt: skip
+            digest = hashlib.sha256((prev + body).encode()).hexdigest()
+            written.append(CommittedRow(self.line, seq, prev, digest, body))
             rows.append(
                 {
                     "line": self.line,
@@ -408,7 +406,7 @@ class Batch:
                 }
             )
             prev = digest
-        self.audit_written = rows
+        self.audit_written = written
         return rows, (seq, prev)
 
 

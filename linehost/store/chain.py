@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 #: prev_hash of the first row of every line's chain.
 GENESIS_HASH = "0" * 64
@@ -52,12 +52,33 @@ def row_hash_of_json(
     byte for byte what canonical_json gives for the whole record (tests/store/test_chain.py);
     the writer encodes each row's data once and stores that same text.
     """
+    body = row_body(
+        seq=seq, line=line, at=at, entity=entity, entity_id=entity_id, event=event,
+        data_json=data_json,
+    )  # fmt: skip
+    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+def row_body(
+    *, seq: int, line: str, at: str, entity: str, entity_id: str, event: str, data_json: str
+) -> str:
+    """The canonical JSON of a row's record: what its hash covers after prev_hash, and the
+    text of its Merkle leaf (docs/audit.md)."""
     dump = _canonical_scalar
-    body = (
+    return (
         f'{{"at":{dump(at)},"data":{data_json},"entity":{dump(entity)},'
         f'"entity_id":{dump(entity_id)},"event":{dump(event)},"line":{dump(line)},"seq":{seq:d}}}'
     )
-    return hashlib.sha256((prev_hash + body).encode()).hexdigest()
+
+
+class CommittedRow(NamedTuple):
+    """An audit row as its writer made it: what the checkpointer needs, without a read."""
+
+    line: str
+    seq: int
+    prev_hash: str
+    row_hash: str
+    body: str  # row_body: the hashed record text
 
 
 _canonical_scalar = json.JSONEncoder(ensure_ascii=False).encode

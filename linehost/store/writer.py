@@ -5,7 +5,7 @@ hash chain."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Final, TypeVar
 
@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from linehost.errors import DacCollision, LinehostError, OnboardingCollision, StoreError
 from linehost.records import utcnow
 from linehost.store.batch import Batch, ChainHead, ResultPayload, SlotRace, Wants, load_head
+from linehost.store.chain import CommittedRow
 from linehost.store.engine import (
     WRITE_TRANSACTION,
     is_unavailable,
@@ -36,7 +37,7 @@ T = TypeVar("T")
 CommitHook = Callable[[], Awaitable[None]]
 #: Told the audit rows of each group commit once it is trusted (the checkpointer's feed, so it
 #: need not read back what this process wrote). Must not block: it runs in the writer's task.
-CommitListener = Callable[[Sequence[Mapping[str, Any]]], None]
+CommitListener = Callable[[Sequence[CommittedRow]], None]
 
 
 class GroupWriter:

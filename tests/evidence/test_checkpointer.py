@@ -29,6 +29,7 @@ from linehost.evidence.rows import AuditRow, stored_checkpoints
 from linehost.evidence.verify import verify_against_checkpoints
 from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import Outcome
+from linehost.store.chain import CommittedRow
 from linehost.store.engine import create_engine
 from tests.store.realdacs import dev_pki, provision
 
@@ -218,9 +219,7 @@ async def test_this_hosts_commits_come_by_the_feed_and_others_by_the_database(
 
         # A fed row that does not continue the chain stops checkpointing.
         await store.record_control(hold(12))
-        forged = {"line": "l1", "seq": total + 2, "at": datetime.now(UTC), "entity": "control",
-                  "entity_id": "st1/j1", "event": "jig_held", "data": "{}",
-                  "prev_hash": "0" * 64, "row_hash": "1" * 64}  # fmt: skip
+        forged = CommittedRow("l1", total + 2, "0" * 64, "1" * 64, "{}")
         checkpointer.rows_committed([forged])  # as if the writer had told it
         await checkpointer.catch_up()
         assert checkpointer.tree_size == total + 1
