@@ -18,12 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from linehost.errors import LinehostError
 from linehost.evidence.checkpoint import Checkpoint, parse_checkpoint
 from linehost.records import iso_utc
+from linehost.store.chain import row_body
 from linehost.store.engine import translate_error
 from linehost.store.models import audit_checkpoints, audit_log
 
 ROWS_CHUNK: Final = 2000  # audit rows per round trip
-
-_dump = json.JSONEncoder(ensure_ascii=False).encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +57,12 @@ class AuditRow:
         )
 
     def leaf_text(self) -> str:
-        """The leaf's canonical JSON (keys in code-point order, `data` as stored)."""
-        return (
-            f'{{"at":{_dump(self.at)},"data":{self.data},"entity":{_dump(self.entity)},'
-            f'"entity_id":{_dump(self.entity_id)},"event":{_dump(self.event)},'
-            f'"line":{_dump(self.line)},"seq":{self.seq:d}}}'
-        )
+        """The leaf's canonical JSON (keys in code-point order, `data` as stored): the text the
+        row's hash covers after `prev_hash`."""
+        return row_body(
+            seq=self.seq, line=self.line, at=self.at, entity=self.entity,
+            entity_id=self.entity_id, event=self.event, data_json=self.data,
+        )  # fmt: skip
 
     def chain_ok(self, prev_hash: str) -> bool:
         """True when this row links to `prev_hash` and its own hash recomputes."""
