@@ -226,7 +226,10 @@ class GroupWriter:
         self._head_stale = False
         if batch.audit_written:
             for listener in self._listeners:
-                listener(batch.audit_written)
+                try:
+                    listener(batch.audit_written)
+                except Exception:  # the batch is committed: its callers must hear so
+                    _log.exception("commit_listener_failed")
 
 
 def _violated(exc: IntegrityError) -> str | None:

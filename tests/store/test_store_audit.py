@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta
 from typing import Any
@@ -14,9 +15,10 @@ from linehost.mqtt.payloads import result_payload
 from linehost.protocol.outcomes import AssignmentStatus, Outcome
 from linehost.records import iso_utc
 from linehost.store.audit import Audit
-from linehost.store.chain import row_hash
+from linehost.store.chain import CommittedRow, row_hash
 from linehost.store.models import attempts, audit_log
 from linehost.store.store import Store
+from tests.store.conftest import Factory
 
 EXPORT_FIELDS = [
     "uid",
@@ -410,3 +412,27 @@ async def test_cross_check_detects_deleted_and_inserted_rows(
     assert len(problems) == 2
     assert any("attempt forged has no audit event" in p for p in problems)
     assert any(gone in p and "deleted" in p for p in problems)
+
+
+async def test_commit_listeners_hear_each_row_and_cannot_fail_a_commit(
+    store: Store, make: Factory, raw: Any
+) -> None:
+    """The writer tells its listeners every audit row it committed, as written; a listener
+    that raises is logged, and the callers still hear that their batch committed."""
+    heard: list[CommittedRow] = []
+
+    def broken(rows: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    store.writer.add_commit_listener(broken)
+    store.writer.add_commit_listener(heard.extend)
+    before = await raw.scalar("SELECT count(*) FROM audit_log")
+    result = await store.assign(make.request())
+    assert result.kind == "issued"
+    rows = await raw.rows("SELECT seq, row_hash FROM audit_log ORDER BY seq")
+    assert len(rows) > before
+    assert [(r.seq, r.row_hash) for r in heard] == [
+        (r["seq"], r["row_hash"]) for r in rows[before:]
+    ]
+    for row in heard:
+        assert hashlib.sha256((row.prev_hash + row.body).encode()).hexdigest() == row.row_hash
