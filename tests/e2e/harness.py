@@ -151,6 +151,12 @@ class HostRun:
         return self.log.read_text() if self.log and self.log.exists() else ""
 
 
+def assert_no_traceback(log: str) -> None:
+    """Fail with the lines around the first Python traceback in a host's log, if any."""
+    where = log.find("Traceback")
+    assert where < 0, log[max(0, where - 2000) : where + 4000]
+
+
 def write_config(
     path: Path,
     *,

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import HostRun, SimRun, jsonl, linehost, write_config
+from tests.e2e.harness import HostRun, SimRun, assert_no_traceback, jsonl, linehost, write_config
 
 V1_JIGS, V1_DEVICES = 2, 3
 ATTEST_JIGS, ATTEST_DEVICES = 5, 4
@@ -117,8 +117,7 @@ def _run_line(tmp: Path, dev_pki: Path, mode: str) -> tuple[Path, list[dict[str,
         code = host.stop()
     assert code == 0, host.output()[-3000:]
     log = host.output()
-    where = log.find("Traceback")
-    assert where < 0, log[max(0, where - 2000) : where + 4000]
+    assert_no_traceback(log)
     devices = v1.devices_seen() + v11.devices_seen()
     assert len(devices) == V1_JIGS * V1_DEVICES + ATTEST_JIGS * ATTEST_DEVICES
     assert {d["personality"] for d in devices} == {"good", *ATTESTING}

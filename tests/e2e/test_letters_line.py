@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from linehost.sim.personalities import personality_names
-from tests.e2e.harness import HostRun, SimRun, jsonl, linehost
+from tests.e2e.harness import HostRun, SimRun, assert_no_traceback, jsonl, linehost
 
 LETTERS = "ecc608-letters"
 #: One list of devices per letter jig, in order; the first devices give the later ones
@@ -119,8 +119,7 @@ def test_mixed_line_of_v1_and_letter_jigs(tmp_path: Path, dev_pki: Path) -> None
         code = host.stop()
     log = host.output()
     assert code == 0, log[-3000:]
-    where = log.find("Traceback")
-    assert where < 0, log[max(0, where - 2000) : where + 4000]
+    assert_no_traceback(log)
 
     attempts = jsonl(linehost("audit", "--config", config, "attempts", "--format", "jsonl").stdout)
     assignments = jsonl(linehost("audit", "--config", config, "export", "--format", "jsonl").stdout)

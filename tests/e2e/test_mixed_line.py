@@ -19,7 +19,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.e2e.harness import HostRun, SimRun, jsonl, linehost
+from tests.e2e.harness import HostRun, SimRun, assert_no_traceback, jsonl, linehost
 from tests.e2e.test_attestation import ATTEST_MIX, ATTESTING, _signature_verifies
 from tests.e2e.test_letters_line import EXPECTED as LETTER_EXPECTED
 from tests.e2e.test_letters_line import LETTER_PLAN, LETTERS
@@ -92,8 +92,7 @@ def test_one_line_of_v1_attesting_and_letter_jigs(tmp_path: Path, dev_pki: Path)
         code = host.stop()
     log = host.output()
     assert code == 0, log[-3000:]
-    where = log.find("Traceback")
-    assert where < 0, log[max(0, where - 2000) : where + 4000]
+    assert_no_traceback(log)
 
     attempts = jsonl(linehost("audit", "--config", config, "attempts", "--format", "jsonl").stdout)
     assignments = jsonl(linehost("audit", "--config", config, "export", "--format", "jsonl").stdout)
