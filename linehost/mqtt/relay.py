@@ -237,8 +237,11 @@ class MqttRelay(Observer):
                 continue
             if rows:
                 await self._publish_results(client, rows)
-                continue
-            if closing:
+                if len(rows) == RESULTS_BATCH or closing:
+                    continue  # more may be waiting: read again at once
+                # Everything committed before the read went out; a commit since has set the
+                # wake event (cleared before the read), so the nap below returns at once.
+            elif closing:
                 return
             await nap(self._results_wake, RESULTS_POLL, also=self._closing)
 

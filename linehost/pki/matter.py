@@ -24,6 +24,9 @@ class CertFacts:
     """What the relational checks need from one certificate, computed once (`read_facts`)."""
 
     public_key: ec.EllipticCurvePublicKey | None
+    #: Why the key is unusable, as "<kind> key is not EC P-256 (...)" wants it (None: usable).
+    key_problem: str | None
+    subject: x509.Name
     skid: bytes | None
     akid: bytes | None
     vid: str | None
@@ -44,11 +47,19 @@ class CertFacts:
 
 def read_facts(cert: x509.Certificate) -> CertFacts:
     """What the profile checks need of `cert`; what it cannot read is None (reported elsewhere)."""
+    ec_key: ec.EllipticCurvePublicKey | None = None
+    problem: str | None = None
     try:
         key = cert.public_key()
     except (ValueError, UnsupportedAlgorithm):
-        key = None
-    ec_key = key if isinstance(key, ec.EllipticCurvePublicKey) else None
+        problem = "unsupported key"
+    else:
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            problem = type(key).__name__.removesuffix("PublicKey")
+        else:
+            ec_key = key
+            if not isinstance(key.curve, ec.SECP256R1):
+                problem = key.curve.name
     skid = akid = None
     try:
         exts = cert.extensions
@@ -62,7 +73,7 @@ def read_facts(cert: x509.Certificate) -> CertFacts:
     subject = cert.subject  # parsed anew on every access
     vids = subject.get_attributes_for_oid(OID_MATTER_VID)
     pids = subject.get_attributes_for_oid(OID_MATTER_PID)
-    return CertFacts(ec_key, skid, akid, hex4(vids), hex4(pids), vids, pids)
+    return CertFacts(ec_key, problem, subject, skid, akid, hex4(vids), hex4(pids), vids, pids)
 
 
 # Issuer facts are asked for on every issue; a handful of cached certificates covers every caller.

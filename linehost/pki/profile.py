@@ -12,9 +12,7 @@ from datetime import datetime
 from typing import Literal
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from linehost.errors import PkiError
@@ -154,7 +152,8 @@ def _check_format(cert: x509.Certificate, kind: Kind, facts: CertFacts) -> list[
                 f"{kind} signature algorithm is not ecdsa-with-SHA256 ({name})",
             )
         )
-    out.extend(_check_key(cert, kind))
+    if facts.key_problem is not None:
+        out.append(Violation("public_key", f"{kind} key is not EC P-256 ({facts.key_problem})"))
     if kind != "PAA":
         size = len(cert.public_bytes(serialization.Encoding.DER))
         if size > MAX_CERT_DER_BYTES:
@@ -175,19 +174,6 @@ def _check_format(cert: x509.Certificate, kind: Kind, facts: CertFacts) -> list[
         out.extend(_check_key_ids(exts, kind))
     out.extend(_check_vid_pid(facts, kind))
     return out
-
-
-def _check_key(cert: x509.Certificate, kind: Kind) -> list[Violation]:
-    try:
-        key = cert.public_key()
-    except (ValueError, UnsupportedAlgorithm):
-        return [Violation("public_key", f"{kind} key is not EC P-256 (unsupported key)")]
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        name = type(key).__name__.removesuffix("PublicKey")
-        return [Violation("public_key", f"{kind} key is not EC P-256 ({name})")]
-    if not isinstance(key.curve, ec.SECP256R1):
-        return [Violation("public_key", f"{kind} key is not EC P-256 ({key.curve.name})")]
-    return []
 
 
 def _check_serial(cert: x509.Certificate, kind: Kind) -> list[Violation]:
@@ -270,20 +256,28 @@ def _check_key_usage(exts: x509.Extensions, kind: Kind) -> list[Violation]:
     if not ext.critical:
         out.append(Violation("key_usage", f"{kind} keyUsage is not critical"))
     usages = _key_usages(ext.value)
-    shown = ", ".join(_camel(u) for u in sorted(usages)) or "none"
     if kind == "DAC":
         if usages != _KU_DAC:
             out.append(
-                Violation("key_usage", f"DAC keyUsage must be digitalSignature only (is {shown})")
+                Violation(
+                    "key_usage",
+                    f"DAC keyUsage must be digitalSignature only (is {_shown(usages)})",
+                )
             )
     elif not usages >= _KU_CA_REQUIRED or not usages <= _KU_CA_ALLOWED:
         out.append(
             Violation(
                 "key_usage",
-                f"{kind} keyUsage must be keyCertSign + cRLSign [+ digitalSignature] (is {shown})",
+                f"{kind} keyUsage must be keyCertSign + cRLSign [+ digitalSignature] "
+                f"(is {_shown(usages)})",
             )
         )
     return out
+
+
+def _shown(usages: frozenset[str]) -> str:
+    """The key usages for a message (only built when one is wrong)."""
+    return ", ".join(_camel(u) for u in sorted(usages)) or "none"
 
 
 def _opt(value: int | None) -> str:
@@ -349,7 +343,7 @@ def _check_issued_by(
     verify_signature: bool = True,
 ) -> list[Violation]:
     out: list[Violation] = []
-    if cert.issuer != issuer.subject:
+    if cert.issuer != issuer_facts.subject:  # cached with the issuer's facts
         out.append(
             Violation("issuer_name", f"{kind} issuer name differs from the {issuer_kind} subject")
         )

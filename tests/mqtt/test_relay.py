@@ -31,6 +31,7 @@ class MemoryOutbox:
         self.rows: dict[int, str] = {}
         self.sent: dict[int, datetime] = {}
         self.marks: list[list[int]] = []
+        self.reads = 0
         self._next = 1
 
     def add(self, attempt_id: str) -> None:
@@ -38,6 +39,7 @@ class MemoryOutbox:
         self._next += 1
 
     async def pending_results(self, limit: int) -> list[tuple[int, str]]:
+        self.reads += 1
         pending = sorted(i for i in self.rows if i not in self.sent)
         return [(i, self.rows[i]) for i in pending[:limit]]
 
@@ -106,6 +108,41 @@ async def test_status_state_and_results_reach_a_subscriber(broker_url: str, pref
         assert retained[f"{prefix}/l1/jigs/st1/j1/state"]["state"] == "provisioning"
     finally:
         late.stop()
+
+
+async def test_one_outbox_read_per_ended_attempt_unless_a_batch_was_full(
+    broker_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each read is a database round trip after every ended attempt: a batch that was not full
+    # held everything committed before it, and a later commit wakes the relay anyway.
+    monkeypatch.setattr(relay_module, "RESULTS_BATCH", 4)
+    outbox = MemoryOutbox()
+    sub = Subscriber(broker_url, subscriptions(prefix), f"t-{secrets.token_hex(4)}").start()
+    relay = MqttRelay(settings(broker_url, prefix), outbox, line="l1", jigs=1)
+    relay.start()
+    try:
+        await asyncio.wait_for(relay.wait_connected(), 10)
+        await eventually(lambda: outbox.reads >= 1, within=5, what="the first read")
+        before = outbox.reads
+        for n in range(3):
+            outbox.add(f"a{n}")
+        relay.wake()
+        await asyncio.to_thread(sub.wait_for, lambda _: len(results_of(sub)) == 3, 10, "3")
+        await eventually(lambda: len(outbox.sent) == 3, within=5, what="3 rows marked")
+        await asyncio.sleep(0.3)
+        assert outbox.reads - before == 1, "a partial batch is not read again"
+
+        before = outbox.reads
+        for n in range(9):  # 4 + 4 + 1: two full batches, each read again at once
+            outbox.add(f"b{n}")
+        relay.wake()
+        await asyncio.to_thread(sub.wait_for, lambda _: len(results_of(sub)) == 12, 10, "12")
+        await eventually(lambda: len(outbox.sent) == 12, within=5, what="12 rows marked")
+        await asyncio.sleep(0.3)
+        assert outbox.reads - before == 3
+    finally:
+        await relay.close()
+        sub.stop()
 
 
 async def test_results_wait_for_the_broker_and_are_marked_only_after_puback(

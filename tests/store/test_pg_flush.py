@@ -318,3 +318,41 @@ async def test_the_writer_keeps_to_the_indexes_while_the_tables_are_new(
     finally:
         await store.close()
         await stats.dispose()
+
+
+@pytest.mark.postgres
+async def test_an_outbox_poll_is_one_round_trip(
+    two_urls: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay polls the outbox after every ended attempt. In a transaction behind a pool
+    ping, one poll was six statements (BEGIN ; ROLLBACK, BEGIN SELECT ROLLBACK)."""
+    import asyncpg.connection
+    import asyncpg.prepared_stmt
+
+    sent: list[str] = []
+
+    def recording(cls: Any, name: str, query_of: Any) -> None:
+        original = getattr(cls, name)
+
+        async def record(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(query_of(self, args))
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, record)
+
+    store = await Store.open(two_urls[0], line=LINE, result_payload=result_payload)
+    try:
+        await store.pending_results(10)  # its connection is made (the dialect asks its questions)
+        # Everything a connection sends goes through these (a transaction's BEGIN and
+        # ROLLBACK through execute, the ping through fetchrow, SQLAlchemy's statements through
+        # prepared statements).
+        for name in ("execute", "fetch", "fetchrow", "fetchval"):
+            recording(asyncpg.connection.Connection, name, lambda _c, a: str(a[0]))
+        for name in ("fetch", "fetchrow", "fetchval", "executemany"):
+            recording(asyncpg.prepared_stmt.PreparedStatement, name, lambda p, _a: p.get_query())
+        for _ in range(3):
+            assert await store.pending_results(10) == []
+        assert len(sent) == 3, sent
+        assert all(q.lstrip().upper().startswith("SELECT") for q in sent), sent
+    finally:
+        await store.close()
