@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 
 RESULTS_BATCH: Final = 256  # outbox rows per query, published pipelined, marked in one statement
 RESULTS_POLL: Final = 2.0  # seconds; a fallback: an attempt that ends wakes the relay at once
+# Seconds to gather more ended attempts after a read that did not fill a batch: one query, one
+# publish burst and one sent-mark per batch instead of per attempt (the reads and marks share
+# the database and the event loop with the jigs).
+RESULTS_LINGER: Final = 0.1
 STORE_RETRY: Final = 1.0  # seconds between tries while the database is away
 CLOSE_MARGIN: Final = 5.0  # seconds beyond drain_timeout before close() cancels outright
 FACTS_EVERY: Final = 2.0  # seconds between two reads of work-order progress and outbox depth
@@ -241,6 +245,7 @@ class MqttRelay(Observer):
                     continue  # more may be waiting: read again at once
                 # Everything committed before the read went out; a commit since has set the
                 # wake event (cleared before the read), so the nap below returns at once.
+                await nap(self._closing, RESULTS_LINGER)
             elif closing:
                 return
             await nap(self._results_wake, RESULTS_POLL, also=self._closing)
