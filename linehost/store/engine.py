@@ -30,6 +30,9 @@ PG_PREPARED_STATEMENTS = 2000  # per connection (SQLAlchemy's asyncpg default is
 PG_UNAVAILABLE_CLASSES = ("08",)
 PG_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
+#: The store writer's PostgreSQL session settings (see `create_engine(writer=True)`).
+WRITER_SETTINGS = {"enable_seqscan": "off", "plan_cache_mode": "force_generic_plan"}
+
 #: Connection execution option: on SQLite, begin with BEGIN IMMEDIATE (take the write lock).
 WRITE_TRANSACTION = "linehost_write_transaction"
 
@@ -65,7 +68,11 @@ def create_engine(
     `writer` (PostgreSQL): the store writer's connections, whose statements are all lookups
     by key through an index. Their plans are prepared once and kept; one made while a table
     was small (a new line database, before autovacuum's first ANALYZE) scans the whole table
-    and keeps doing so as it grows. `enable_seqscan = off` keeps them on their indexes.
+    and keeps doing so as it grows. `enable_seqscan = off` keeps them on their indexes. And
+    `plan_cache_mode = force_generic_plan`: PostgreSQL otherwise plans a prepared statement
+    anew at every execution while its custom plans look cheaper than the generic one, which
+    for the group commit's single statement (pgflush) was 0.77 ms of server time per commit
+    (of 1.3 ms), measured with `log_min_duration_statement = 0`.
 
     `autocommit` (PostgreSQL; ignored for SQLite): every statement its own transaction, for
     readers that need no snapshot across statements: no BEGIN and ROLLBACK round trips, and
@@ -91,7 +98,7 @@ def create_engine(
                     # statement of its own to prepare. Keep them all (bytes each) rather than
                     # prepare again, which costs a round trip and server CPU.
                     "prepared_statement_cache_size": PG_PREPARED_STATEMENTS,
-                    **({"server_settings": {"enable_seqscan": "off"}} if writer else {}),
+                    **({"server_settings": WRITER_SETTINGS} if writer else {}),
                 },
             )
     except (ArgumentError, NoSuchModuleError) as exc:

@@ -284,6 +284,8 @@ async def test_the_writer_keeps_to_the_indexes_while_the_tables_are_new(
     try:
         async with store.writer.engine.connect() as conn:
             assert (await conn.exec_driver_sql("SHOW enable_seqscan")).scalar() == "off"
+            plan_cache = (await conn.exec_driver_sql("SHOW plan_cache_mode")).scalar()
+            assert plan_cache == "force_generic_plan"
         async with store.engine.connect() as conn:  # the readers plan as usual
             assert (await conn.exec_driver_sql("SHOW enable_seqscan")).scalar() == "on"
         for _ in range(20):  # group commits of 10 devices each: assigned, then ended
@@ -296,6 +298,15 @@ async def test_the_writer_keeps_to_the_indexes_while_the_tables_are_new(
             await asyncio.gather(
                 *(store.end_attempt(q.attempt, e) for q, e in zip(requests, ends, strict=True))
             )
+        # Prepared once, planned once: no statement of the writer is planned anew per commit.
+        async with store.writer.engine.connect() as conn:  # the writer's one connection
+            custom, generic = (
+                await conn.exec_driver_sql(
+                    "SELECT coalesce(sum(custom_plans), 0), coalesce(sum(generic_plans), 0) "
+                    "FROM pg_prepared_statements"
+                )
+            ).one()
+        assert (custom, generic > 40) == (0, True), (custom, generic)
         await store.close()  # its backends report their statistics as they end
 
         async def scans() -> dict[str, tuple[int, int]]:
