@@ -6,11 +6,15 @@ host is the real `linehost run` with a generated station config. Figures:
 - devices_per_s: provisioned devices / (last finish - first sync), from the simulator's record;
 - latency_ms: host-added latency from the host's own probe (LINEHOST_LATENCY_FILE):
   CSR fully received -> first DAC byte written, and finish: received -> attempt committed;
+  latency_ms_after_first_round: the same without the first N samples of each (the start, when
+  all N jigs begin at once);
 - cpu_ms_per_device: user+system CPU of the host process while the devices were provisioned
   (from /proc), divided by the devices, and sys_ms_per_device its kernel part (socket writes and
   reads, polling); rss_mb: the host's peak resident set (VmHWM);
 - with --baud B: wire_bound_s (the bytes of one conversation at B baud, 10 bits per byte, both
   legs in sequence), per_device_s (mean time between two finishes on a jig) and their ratio;
+- with --swap-jitter S: each swap takes 0..S seconds (uniform, seeded) instead of 0, so the jigs
+  fall out of the lockstep that identical devices with instant swaps keep (no ratio then);
 - with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
   command letters, `letter_gap` pauses, read-back; `[pki] allow_without_pop = true`);
 - with --thread-per-port: a second JSON line for the same devices provisioned by a blocking
@@ -205,13 +209,15 @@ class Simulator:
         mix: str = "good",
         protocol: str = "v1",
         seed: int = 1,
+        swap_jitter: float = 0.0,
     ) -> None:
         self.record = work / "devices.jsonl"
         self.args = [
             sys.executable, "-m", "linehost.sim",
             "--jigs", str(jigs), "--devices", str(per_jig), "--mix", mix,
             "--dir", str(work / "jigs"), "--record", str(self.record),
-            "--swap-seconds", "0", "--seed", str(seed), "--linger", "600", "--protocol", protocol,
+            "--swap-seconds", "0", "--swap-jitter", str(swap_jitter),
+            "--seed", str(seed), "--linger", "600", "--protocol", protocol,
         ]  # fmt: skip
         if baud is not None:
             self.args += ["--baud", str(baud)]
@@ -394,6 +400,7 @@ def bench_linehost(
         args.baud,
         mix="attest" if args.attest else "good",
         protocol=args.protocol,
+        swap_jitter=args.swap_jitter,
     )
     config = work / "line.toml"
     latency_file = work / "latency.json"
@@ -494,6 +501,12 @@ def bench_linehost(
                 "csr_to_dac": percentiles(probe["csr_to_dac"]),
                 "finish_to_commit": percentiles(probe["finish_to_commit"]),
             },
+            # Without the start, when every jig begins at once (the probe's samples are in the
+            # order they were taken: the first `jigs` of each are that first round).
+            "latency_ms_after_first_round": {
+                "csr_to_dac": percentiles(probe["csr_to_dac"][args.jigs :]),
+                "finish_to_commit": percentiles(probe["finish_to_commit"][args.jigs :]),
+            },
             "cpu_ms_per_device": round((cpu1 - cpu0) * 1000 / devices, 3) if devices else None,
             "sys_ms_per_device": round((sys1 - sys0) * 1000 / devices, 3) if devices else None,
             "statements_per_device": round(probe.get("statements", 0) / devices, 2)
@@ -523,6 +536,9 @@ def bench_linehost(
                 result["warning"] = f"Traceback in the gateway log {gateway.log}"
         if args.baud:
             result |= wire_figures(args.baud, url, figures["per_device_s"])
+            if args.swap_jitter:
+                result["ratio"] = None  # per_device_s includes the swaps: no wire ratio
+        result["swap_jitter"] = args.swap_jitter
         if "Traceback" in log.read_text(errors="replace"):
             result["warning"] = f"Traceback in the host log {log}"
         return result
@@ -568,7 +584,7 @@ def bench_thread_per_port(args: argparse.Namespace, work: Path, pki: Path) -> di
     per_jig = math.ceil(args.devices / args.jigs)
     naive_dir = work / "naive"
     naive_dir.mkdir()
-    sim = Simulator(naive_dir, args.jigs, per_jig, args.baud)
+    sim = Simulator(naive_dir, args.jigs, per_jig, args.baud, swap_jitter=args.swap_jitter)
     host: subprocess.Popen[Any] | None = None
     try:
         sim.start()
@@ -770,6 +786,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--baud", type=int, default=None, help="simulator paces both directions at B baud"
+    )
+    parser.add_argument(
+        "--swap-jitter",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="each swap takes 0..S s (uniform) instead of 0: the jigs drift out of step as under "
+        "real operators (0: lockstep, the worst case; no wire ratio when set)",
     )
     parser.add_argument(
         "--thread-per-port",

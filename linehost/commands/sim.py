@@ -33,6 +33,7 @@ def sim_options(args: argparse.Namespace) -> SimOptions:
         record=args.record,
         paa=args.paa,
         swap_seconds=args.swap_seconds,
+        swap_jitter=args.swap_jitter,
         seed=args.seed,
         baud=args.baud,
         reseat_seconds=args.reseat_seconds,

@@ -75,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help=f"an empty jig's time between devices ({DEFAULT_SWAP_SECONDS})",
     )
+    parser.add_argument(
+        "--swap-jitter",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="each swap takes up to S seconds more, uniformly at random (0: every swap alike)",
+    )
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="reproducible plan")
     parser.add_argument(
         "--baud",
@@ -113,6 +120,7 @@ class SimOptions:
     record: str | None = None
     paa: str | None = None
     swap_seconds: float = DEFAULT_SWAP_SECONDS
+    swap_jitter: float = 0.0
     seed: int | None = None
     baud: int | None = None
     reseat_seconds: float | None = None
@@ -135,6 +143,7 @@ async def run_simulator(options: SimOptions) -> int:
         record=options.record,
         paa=options.paa,
         swap_seconds=options.swap_seconds,
+        swap_jitter=options.swap_jitter,
         seed=options.seed,
         baud=options.baud,
         protocol=options.protocol,

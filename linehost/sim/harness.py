@@ -105,6 +105,7 @@ class SimulatedLine:
         record: str | Path | None = None,
         paa: x509.Certificate | str | Path | None = None,
         swap_seconds: float = DEFAULT_SWAP_SECONDS,
+        swap_jitter: float = 0.0,
         seed: int | None = None,
         baud: int | None = None,
         flow_timeout: float = FLOW_TIMEOUT,
@@ -119,6 +120,8 @@ class SimulatedLine:
             raise ConfigError("devices per jig must be >= 0")
         if swap_seconds < 0:
             raise ConfigError("swap seconds must be >= 0")
+        if swap_jitter < 0:
+            raise ConfigError("swap jitter must be >= 0")
         if baud is not None and baud <= 0:
             raise ConfigError("baud must be > 0")
         mix_spec: str | Sequence[str | Personality] = mix if mix is not None else [personality]
@@ -136,6 +139,7 @@ class SimulatedLine:
         self.jig_names = [f"{jig_prefix}{i}" for i in range(1, jigs + 1)]
         self.devices_per_jig = devices_per_jig
         self.swap_seconds = swap_seconds
+        self.swap_jitter = swap_jitter
         self.baud = baud
         self.seed = seed
         self.records: deque[DeviceRecord] = deque(maxlen=LINE_RECORDS_KEPT)  # the most recent
@@ -189,6 +193,10 @@ class SimulatedLine:
                     self.directory,
                     plan,
                     swap_seconds=self.swap_seconds,
+                    swap_jitter=self.swap_jitter,
+                    swap_rng=random.Random(
+                        None if self.seed is None else f"{self.seed}/swap/{name}"
+                    ),
                     baud=self.baud,
                     factory=self.factory,
                     on_record=self._on_record,

@@ -4,6 +4,7 @@ another, with the operator's swap pauses; each device's story becomes a `DeviceR
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -34,17 +35,25 @@ class SimulatedJig:
         plan: Iterable[Personality] = (),
         *,
         swap_seconds: float = DEFAULT_SWAP_SECONDS,
+        swap_jitter: float = 0.0,
+        swap_rng: random.Random | None = None,
         baud: int | None = None,
         factory: DeviceFactory | None = None,
         on_record: Callable[[DeviceRecord], None] | None = None,
     ) -> None:
         if swap_seconds < 0:
             raise ValueError("swap_seconds must be >= 0")
+        if swap_jitter < 0:
+            raise ValueError("swap_jitter must be >= 0")
         if baud is not None and baud <= 0:
             raise ValueError("baud must be > 0")
         self.name = name
         self.path = Path(directory) / name
         self.swap_seconds = swap_seconds
+        # An operator's hands are not a clock: each swap takes swap_seconds plus up to
+        # swap_jitter more (uniform), so the jigs of a line drift out of step as on a real line.
+        self.swap_jitter = swap_jitter
+        self._swap_rng = swap_rng if swap_rng is not None else random.Random()
         self.baud = baud
         self.factory = factory if factory is not None else DeviceFactory()
         self.records: deque[DeviceRecord] = deque(maxlen=JIG_RECORDS_KEPT)  # the most recent
@@ -116,8 +125,10 @@ class SimulatedJig:
         loop = asyncio.get_running_loop()
         first = True
         for personality in self._plan:
-            if not first and not self._skip_swap and self.swap_seconds > 0:
-                await asyncio.sleep(self.swap_seconds)
+            if not first and not self._skip_swap:
+                swap = self.swap_seconds + self._swap_rng.uniform(0.0, self.swap_jitter)
+                if swap > 0:
+                    await asyncio.sleep(swap)
             first = False
             self._skip_swap = False
             await self._plugged.wait()

@@ -41,6 +41,7 @@ def test_defaults() -> None:
     assert args.personality is None  # a good device
     assert args.mix is None
     assert args.swap_seconds == 0.2
+    assert args.swap_jitter == 0.0
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,7 @@ def test_defaults() -> None:
         (["--devices", "-1"], "must not be negative"),
         (["--swap-seconds", "-0.1"], "must not be negative"),
         (["--swap-seconds", "nan"], "must not be negative"),
+        (["--swap-jitter", "-1"], "must not be negative"),
         (["--personality", "good", "--mix", "good"], "not allowed with"),
     ],
 )

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
+import random
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -311,6 +314,34 @@ async def test_cloned_key_presents_a_provisioned_devices_key(tmp_path: Path, pai
     assert clone.public_key_sha256 == original.public_key_sha256
 
 
+async def test_swap_jitter_spreads_the_operators_swaps(tmp_path: Path, pai: Ca) -> None:
+    """Each swap takes swap_seconds plus a uniform draw of up to swap_jitter from the jig's own
+    generator: the drawn pauses, not a fixed one, separate one device's leaving from the next
+    one's arrival (so a line's jigs drift out of step, as under real operators)."""
+    draws = random.Random("swap-test")
+    expected = [0.05 + draws.uniform(0.0, 0.4) for _ in range(3)]
+    assert max(expected) - min(expected) > 0.1  # the seed spreads them: the test can tell
+    plan = [P("good")] * 4
+    rng = random.Random("swap-test")
+    async with SimulatedJig(
+        "j1", tmp_path, plan, swap_seconds=0.05, swap_jitter=0.4, swap_rng=rng
+    ) as jig:
+        runner = asyncio.create_task(jig.run())
+        for _ in plan:
+            conv = await in_thread_host(jig.path, pai)
+            assert conv.finish == "000"
+        await asyncio.wait_for(runner, 5)
+    records = list(jig.records)
+    gaps = [
+        (datetime.fromisoformat(b.arrived_at) - datetime.fromisoformat(a.left_at)).total_seconds()
+        for a, b in itertools.pairwise(records)
+    ]
+    for gap, want in zip(gaps, expected, strict=True):
+        assert want - 0.002 <= gap < want + 0.2, (gaps, expected)
+    with pytest.raises(ValueError, match="swap_jitter"):
+        SimulatedJig("j2", tmp_path, plan, swap_jitter=-0.1)
+
+
 async def test_stays_keeps_answering_until_swapped(
     tmp_path: Path, pai: Ca, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -450,6 +481,8 @@ def test_line_rejects_bad_arguments(tmp_path: Path) -> None:
         SimulatedLine(1, personality="nope")
     with pytest.raises(ConfigError):
         SimulatedLine(1, swap_seconds=-1)
+    with pytest.raises(ConfigError, match="swap jitter"):
+        SimulatedLine(1, swap_jitter=-0.5)
     with pytest.raises(PkiError, match="cannot read PAA"):
         SimulatedLine(1, paa=tmp_path / "missing.pem")
     bad = tmp_path / "bad.pem"
