@@ -42,9 +42,13 @@ def test_every_attempt_reaches_a_durable_subscriber_across_outage_and_sigkill(
     line = "mqtt-line"
     sub = Subscriber(own_broker.url, subscriptions(prefix, line), f"mes-{secrets.token_hex(4)}")
     sub.start()
+    # Paced by the wire (115200 baud), not by this machine's speed: the line is still running
+    # when the host is killed, however fast the host gets through the outage before it.
+    jigs, per_jig = 4, 60
     sim = SimRun(
-        tmp_path, jigs=4, devices=40, mix="good", paa=dev_pki / "paa.pem", swap_seconds=0.15
-    ).start()
+        tmp_path, jigs=jigs, devices=per_jig, mix="good", paa=dev_pki / "paa.pem",
+        swap_seconds=0.15, extra=["--baud", "115200"],
+    ).start()  # fmt: skip
     mqtt = f'[mqtt]\nurl = "{own_broker.url}"\ntopic_prefix = "{prefix}"\ndrain_timeout = 10\n'
     config = write_config(tmp_path / "line.toml", pki=dev_pki, ports=sim.ports, line=line,
                           extra="\n" + mqtt)  # fmt: skip
@@ -61,7 +65,8 @@ def test_every_attempt_reaches_a_durable_subscriber_across_outage_and_sigkill(
         seen = len(attempt_ids(sub.snapshot()))
         sub.wait_for(lambda ms: len(attempt_ids(ms)) >= seen + 8, 60, "the backlog after outage")
 
-        # 2. The host dies without a word; the broker publishes its Will.
+        # 2. The host dies without a word, mid-run; the broker publishes its Will.
+        assert len(sim.devices_seen()) < jigs * per_jig, "the line ended before the kill"
         host.kill()
         sub.wait_for(
             lambda ms: any(
@@ -72,6 +77,7 @@ def test_every_attempt_reaches_a_durable_subscriber_across_outage_and_sigkill(
         )
         time.sleep(1.0)  # devices keep arriving at the jigs meanwhile
         restarted = HostRun(config).start()
+        wait_for(lambda: "line_started" in restarted.output(), 60, "the restarted host")
         sim.wait(timeout=150)
         attempts = recorded_attempts(config)
         expected = {str(a["attempt_id"]) for a in attempts}
