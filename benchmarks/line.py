@@ -12,9 +12,10 @@ host is the real `linehost run` with a generated station config. Figures:
   (from /proc), divided by the devices, and sys_ms_per_device its kernel part (socket writes and
   reads, polling); rss_mb: the host's peak resident set (VmHWM);
 - with --baud B: wire_bound_s (the bytes of one conversation at B baud, 10 bits per byte, both
-  legs in sequence), per_device_s (mean time between two finishes on a jig) and their ratio;
+  legs in sequence), per_device_s (mean time between two finishes on a jig, less the swap
+  between them: empty_jig_s) and their ratio;
 - with --swap-jitter S: each swap takes 0..S seconds (uniform, seeded) instead of 0, so the jigs
-  fall out of the lockstep that identical devices with instant swaps keep (no ratio then);
+  fall out of the lockstep that identical devices with instant swaps keep;
 - with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
   command letters, `letter_gap` pauses, read-back; `[pki] allow_without_pop = true`);
 - with --thread-per-port: a second JSON line for the same devices provisioned by a blocking
@@ -271,24 +272,37 @@ def _ts(value: str) -> float:
 
 
 def run_figures(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Devices, seconds and per-jig cycle times from the simulator's record."""
+    """Devices, seconds and per-jig cycle times from the simulator's record.
+
+    A cycle is the time between two finishes on a jig less the time the jig stood empty in
+    between (the operator's swap, from one device's `left_at` to the next one's `arrived_at`):
+    what the wire, the device and the host take, comparable to the wire bound with or without
+    --swap-jitter. `empty_jig_s` is the mean swap so left out.
+    """
     ok = [r for r in records if r["stored_dac_serial"]]
     starts = [_ts(r["first_sync_at"]) for r in records if r["first_sync_at"]]
     ends = [_ts(r["finished_at"]) for r in ok]
     seconds = max(ends) - min(starts) if ok and starts else float("nan")
-    by_jig: defaultdict[str, list[float]] = defaultdict(list)
-    for r in ok:
-        by_jig[r["jig"]].append(_ts(r["finished_at"]))
+    by_jig: defaultdict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_jig[r["jig"]].append(r)
     cycles: list[float] = []
-    for finishes in by_jig.values():
-        finishes.sort()
-        cycles += [b - a for a, b in itertools.pairwise(finishes)]
+    empty: list[float] = []
+    for devices in by_jig.values():
+        devices.sort(key=lambda r: r["index"])
+        for a, b in itertools.pairwise(devices):
+            if not (a["stored_dac_serial"] and b["stored_dac_serial"]):
+                continue
+            swap = max(0.0, _ts(b["arrived_at"]) - _ts(a["left_at"]))
+            cycles.append(_ts(b["finished_at"]) - _ts(a["finished_at"]) - swap)
+            empty.append(swap)
     return {
         "devices": len(ok),
         "devices_seen": len(records),
         "seconds": round(seconds, 3),
         "devices_per_s": round(len(ok) / seconds, 1) if seconds > 0 else None,
         "per_device_s": round(statistics.fmean(cycles), 5) if cycles else None,
+        "empty_jig_s": round(statistics.fmean(empty), 5) if empty else None,
     }
 
 
@@ -536,8 +550,7 @@ def bench_linehost(
                 result["warning"] = f"Traceback in the gateway log {gateway.log}"
         if args.baud:
             result |= wire_figures(args.baud, url, figures["per_device_s"])
-            if args.swap_jitter:
-                result["ratio"] = None  # per_device_s includes the swaps: no wire ratio
+            result["empty_jig_s"] = figures["empty_jig_s"]
         result["swap_jitter"] = args.swap_jitter
         if "Traceback" in log.read_text(errors="replace"):
             result["warning"] = f"Traceback in the host log {log}"
@@ -793,7 +806,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         metavar="S",
         help="each swap takes 0..S s (uniform) instead of 0: the jigs drift out of step as under "
-        "real operators (0: lockstep, the worst case; no wire ratio when set)",
+        "real operators (0: lockstep, the worst case)",
     )
     parser.add_argument(
         "--thread-per-port",
