@@ -105,6 +105,10 @@ async def run_line(work: Path, pki: Path, *, abuser: bool) -> dict[str, Any]:
     return {"config": config, "records": records, "rss": rss, "good_time": good_time}
 
 
+def within_slowdown_bound(baseline_time: float, abused_time: float) -> bool:
+    return abused_time <= baseline_time * SLOWDOWN_BOUND + 1.0
+
+
 def wait_log(host: HostRun, text: str, timeout: float = 30) -> None:
     eventually_blocking(
         lambda: text in host.output(), within=timeout, what=lambda: host.output()[-3000:]
@@ -135,7 +139,7 @@ async def test_an_abusive_jig_neither_bloats_nor_slows_the_line(
         abuses.append(await run_line(tmp_path / f"abused{pair}", dev_pki, abuser=True))
         baseline_time = min(r["good_time"] for r in baselines)
         abused_time = min(r["good_time"] for r in abuses)
-        if abused_time <= baseline_time * SLOWDOWN_BOUND + 1.0:
+        if within_slowdown_bound(baseline_time, abused_time):
             break
     baseline, abused = baselines[0], abuses[0]
 
@@ -144,7 +148,7 @@ async def test_an_abusive_jig_neither_bloats_nor_slows_the_line(
         growth = abused_run["rss"] - base_run["rss"]
         assert growth <= MEMORY_BOUND_MB, (base_run["rss"], abused_run["rss"])
     # The other jigs did not slow down measurably.
-    assert abused_time <= baseline_time * SLOWDOWN_BOUND + 1.0, (
+    assert within_slowdown_bound(baseline_time, abused_time), (
         [r["good_time"] for r in baselines],
         [r["good_time"] for r in abuses],
     )
