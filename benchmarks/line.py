@@ -175,9 +175,8 @@ def drop_pg_database(name: str) -> None:
     asyncio.run(go())
 
 
-def mean_dac_pem_bytes(url: str) -> float | None:
-    """Mean size of the DAC PEMs the run issued (for the wire bound)."""
-    query = "SELECT avg(length(dac_pem)) FROM assignments"
+def mean_dac_pem_bytes(url: str, query: str) -> float | None:
+    """Mean size of the DAC PEMs the run issued (for the wire bound), by `query`."""
     if url.startswith("sqlite"):
         with sqlite3.connect(url.split(":///", 1)[1]) as conn:
             row = conn.execute(query).fetchone()
@@ -549,7 +548,8 @@ def bench_linehost(
             if "Traceback" in gateway.log.read_text(errors="replace"):
                 result["warning"] = f"Traceback in the gateway log {gateway.log}"
         if args.baud:
-            result |= wire_figures(args.baud, url, figures["per_device_s"])
+            dac_bytes = mean_dac_pem_bytes(url, "SELECT avg(length(dac_pem)) FROM assignments")
+            result |= wire_figures(args.baud, dac_bytes, figures["per_device_s"])
             result["empty_jig_s"] = figures["empty_jig_s"]
         result["swap_jitter"] = args.swap_jitter
         if "Traceback" in log.read_text(errors="replace"):
@@ -582,9 +582,10 @@ def conversation_bytes(dac_pem_bytes: float) -> float:
     return host_to_device + device_to_host
 
 
-def wire_figures(baud: int, url: str, per_device_s: float | None) -> dict[str, Any]:
-    dac = mean_dac_pem_bytes(url) or 0.0
-    bound = conversation_bytes(dac) * 10 / baud
+def wire_figures(
+    baud: int, dac_pem_bytes: float | None, per_device_s: float | None
+) -> dict[str, Any]:
+    bound = conversation_bytes(dac_pem_bytes or 0.0) * 10 / baud
     return {
         "baud": baud,
         "wire_bound_s": round(bound, 5),
@@ -627,7 +628,13 @@ def bench_thread_per_port(args: argparse.Namespace, work: Path, pki: Path) -> di
         host.wait(60)
         figures = run_figures(sim.records())
         devices = figures["devices"]
-        return {
+        wire: dict[str, Any] = {}
+        if args.baud is not None:
+            db_url = f"sqlite:///{naive_dir / 'naive.db'}"
+            dac_bytes = mean_dac_pem_bytes(db_url, "SELECT avg(length(pem)) FROM assignments")
+            wire = wire_figures(args.baud, dac_bytes, figures["per_device_s"])
+            wire["empty_jig_s"] = figures["empty_jig_s"]
+        return wire | {
             "host": "thread-per-port",
             "jigs": args.jigs,
             "devices": devices,

@@ -149,8 +149,11 @@ class JigRunner:
 
     async def _apply(self, effects: list[Effect]) -> None:
         outgoing: list[bytes] = []
-        for effect in effects:
+        sent_ahead = 0  # effects before this index that are sends went out already
+        for index, effect in enumerate(effects):
             if isinstance(effect, SendLine | SendBytes):
+                if index < sent_ahead:
+                    continue
                 outgoing.append(effect.data)
                 continue
             if outgoing:
@@ -167,11 +170,31 @@ class JigRunner:
                 if self._session.in_attempt:  # delivered: the DAC is on its way
                     self._observer.dac_written(attempt.start, self._since_read())
             elif isinstance(effect, AttemptEnded):
+                sent_ahead = self._send_ahead(effects, index + 1)
                 await self._end(effect)
             elif isinstance(effect, DeviceArrived):
                 self._log.info("device_arrived", uid=effect.uid)  # its pre step runs next
         if outgoing:
             self._send(outgoing)
+
+    def _send_ahead(self, effects: list[Effect], start: int) -> int:
+        """Send now what the protocol sends after an attempt's end (the next device's sync),
+        before that end is recorded: the finished device needs nothing more from the host, and
+        the record (a commit) would otherwise stand between every two devices on a jig whose
+        swap is instant. Not with a post step: it may still work on the device in the jig.
+        Returns the index up to which the sends are done."""
+        if self._prep.steps.post is not None:
+            return start
+        ahead: list[bytes] = []
+        end = start
+        while end < len(effects) and isinstance(effects[end], SendLine | SendBytes | StateChanged):
+            effect = effects[end]
+            if isinstance(effect, SendLine | SendBytes):
+                ahead.append(effect.data)
+            end += 1
+        if ahead:
+            self._send(ahead)
+        return end
 
     def _send(self, chunks: list[bytes]) -> None:
         if self._port is not None:

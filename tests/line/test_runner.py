@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -10,6 +13,7 @@ import pytest
 
 from linehost.line.provisioning import Provisioner
 from linehost.line.runner import JigRunner, JigSpec, LineContext
+from linehost.line.steps import JigSteps, StepCommand
 from linehost.line.supervisor import LineSupervisor
 from linehost.mqtt.payloads import result_payload
 from linehost.observers import DB_ASSIGN, DB_END_ATTEMPT, Observer, fan_out
@@ -19,6 +23,7 @@ from linehost.pki.signer import FileKeySigner
 from linehost.protocol.host import Timing
 from linehost.protocol.outcomes import AssignmentStatus, JigState, Outcome
 from linehost.records import AttemptEnd, AttemptStart, JigStatus
+from linehost.sim.devices import DeviceRecord
 from linehost.sim.harness import SimulatedLine
 from linehost.store.store import Store
 
@@ -142,3 +147,77 @@ async def test_a_refused_key_ends_the_attempt_without_a_dac_written(
     assert end.assignment_id is None
     assert (runner.status.ok, runner.status.failed) == (0, 1)
     assert runner.status.last_outcome is Outcome.CSR_REJECTED
+
+
+#: How long each attempt's end record takes in the tests below (a slow database).
+SLOW_END = 0.6
+
+
+async def swap_timeline(
+    tmp_path: Path, dev_pki: DevPki, steps: JigSteps | None
+) -> tuple[list[float], list[DeviceRecord]]:
+    """Two devices on one jig with an instant swap and a slow end record: the wall times at
+    which each end was committed, and the devices' records."""
+    store = await Store.open(
+        f"sqlite+aiosqlite:///{tmp_path / 'line.db'}", line="l1", result_payload=result_payload
+    )
+    committed: list[float] = []
+    both_recorded = asyncio.Event()
+    end_attempt = store.end_attempt
+
+    async def slow_end(start: AttemptStart, end: AttemptEnd) -> None:
+        await asyncio.sleep(SLOW_END)
+        await end_attempt(start, end)
+        committed.append(time.time())
+        if len(committed) == 2:
+            both_recorded.set()
+
+    store.end_attempt = slow_end  # type: ignore[method-assign]
+    issuer = LocalIssuer.load(dev_pki.pai_cert, FileKeySigner.load(dev_pki.pai_key), "FFF1", "8000")
+    try:
+        async with SimulatedLine(
+            1, devices_per_jig=2, directory=tmp_path / "jigs", paa=dev_pki.paa_cert,
+            swap_seconds=0.0, seed=5,
+        ) as sim:  # fmt: skip
+            (name, path), *_ = sim.ports.items()
+            context = LineContext(Provisioner(issuer, store), TIMING, Observer())
+            runner = JigRunner(JigSpec("l1", "st1", name, path), context, steps=steps)
+            stop = asyncio.Event()
+            line = asyncio.create_task(LineSupervisor([runner], shutdown_grace=3).run(stop))
+            await asyncio.wait_for(sim.wait(), 60)
+            await asyncio.wait_for(both_recorded.wait(), 30)
+            stop.set()
+            await line
+            records = sorted(sim.records, key=lambda r: r.index)
+    finally:
+        await issuer.aclose()
+        await store.close()
+    assert [r.stored_dac_serial is not None for r in records] == [True, True]
+    return committed, records
+
+
+def _wall(iso: str | None) -> float:
+    assert iso is not None
+    return dt.datetime.fromisoformat(iso).timestamp()
+
+
+@pytest.mark.timeout(90)
+async def test_the_next_device_syncs_while_the_last_ones_end_is_recorded(
+    tmp_path: Path, dev_pki: DevPki
+) -> None:
+    """The finished device needs nothing more: its record (a commit) does not stand between
+    two devices when the swap is instant."""
+    committed, (_, second) = await swap_timeline(tmp_path, dev_pki, None)
+    assert _wall(second.first_sync_at) < committed[0]
+    assert committed[0] - _wall(second.first_sync_at) > SLOW_END / 2
+
+
+@pytest.mark.timeout(90)
+async def test_with_a_post_step_the_next_device_waits_for_the_record(
+    tmp_path: Path, dev_pki: DevPki
+) -> None:
+    """A post step may still work on the device in the jig: nothing is sent before it and the
+    record are done."""
+    post = StepCommand("post", (sys.executable, "-c", "pass"), timeout=10)
+    committed, (_, second) = await swap_timeline(tmp_path, dev_pki, JigSteps(post=post))
+    assert _wall(second.first_sync_at) > committed[0] - 0.001  # the record has whole ms
