@@ -552,6 +552,7 @@ def bench_linehost(
             result |= wire_figures(args.baud, dac_bytes, figures["per_device_s"])
             result["empty_jig_s"] = figures["empty_jig_s"]
         result["swap_jitter"] = args.swap_jitter
+        result["code"] = code_under_test()
         if "Traceback" in log.read_text(errors="replace"):
             result["warning"] = f"Traceback in the host log {log}"
         return result
@@ -567,6 +568,19 @@ def bench_linehost(
             if name is not None:
                 with contextlib.suppress(Exception):
                     drop_pg_database(name)
+
+
+def code_under_test() -> dict[str, Any]:
+    """Which code the host ran: it is started in ROOT with `-m`, so ROOT's package wins over
+    PYTHONPATH; an A/B of two trees runs each tree's own copy of this script."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"root": str(ROOT), "commit": commit}
 
 
 def conversation_bytes(dac_pem_bytes: float) -> float:
