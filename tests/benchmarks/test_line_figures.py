@@ -4,6 +4,7 @@ them, so the wire ratio means the same with operators' swaps (--swap-jitter) as 
 from __future__ import annotations
 
 import importlib.util
+import sqlite3
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,8 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
+from linehost.pki.devpki import init_dev
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -57,3 +60,30 @@ def test_the_cycle_leaves_out_the_time_the_jig_stood_empty(line_bench: ModuleTyp
     assert figures["empty_jig_s"] == pytest.approx((0.5 + 0.1 + 0.0) / 3, abs=1e-5)
     assert figures["devices"] == 6
     assert figures["devices_seen"] == 7
+
+
+def test_both_hosts_wire_ratio_is_the_cycle_over_the_conversation_at_the_baud(
+    line_bench: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread-per-port host's ratio (its own SQLite table) uses the same wire bound."""
+    pki = init_dev(tmp_path / "pki")
+    monkeypatch.setenv("BENCH_PKI", str(pki.pai_cert.parent))
+    db = tmp_path / "naive.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE assignments (uid TEXT, serial TEXT, pem TEXT)")
+        conn.executemany(
+            "INSERT INTO assignments VALUES (?, ?, ?)",
+            [("A", "1", "x" * 700), ("B", "2", "y" * 702)],
+        )
+    dac = line_bench.mean_dac_pem_bytes(
+        f"sqlite:///{db}", "SELECT avg(length(pem)) FROM assignments"
+    )
+    assert dac == 701.0
+    # Every byte of the DAC travels once, at 10 bits per byte.
+    assert line_bench.conversation_bytes(dac) - line_bench.conversation_bytes(0.0) == 701.0
+    wire = line_bench.wire_figures(115200, dac, 0.2)
+    bound = line_bench.conversation_bytes(dac) * 10 / 115200
+    assert wire["wire_bound_s"] == round(bound, 5)
+    assert wire["ratio"] == round(0.2 / bound, 4)
+    assert 0.1 < bound < 0.3  # a DAC, the PAI and a CSR at 115200 baud
+    assert line_bench.wire_figures(115200, dac, None)["ratio"] is None
