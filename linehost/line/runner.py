@@ -181,9 +181,10 @@ class JigRunner:
         """Send now what the protocol sends after an attempt's end (the next device's sync),
         before that end is recorded: the finished device needs nothing more from the host, and
         the record (a commit) would otherwise stand between every two devices on a jig whose
-        swap is instant. Not with a post step: it may still work on the device in the jig.
+        swap is instant. Not with a post step: it may still work on the device in the jig; nor
+        when the jig is held or stopping: that goes on as before, after the record.
         Returns the index up to which the sends are done."""
-        if self._prep.steps.post is not None:
+        if self._prep.steps.post is not None or self._hold.held or self._stopping:
             return start
         ahead: list[bytes] = []
         end = start
