@@ -513,12 +513,17 @@ def bench_linehost(
             "latency_ms": {
                 "csr_to_dac": percentiles(probe["csr_to_dac"]),
                 "finish_to_commit": percentiles(probe["finish_to_commit"]),
+                # Two parts of CSR -> DAC: signing (and checking) the DAC, committing it.
+                "issue": percentiles(probe.get("issue", [])),
+                "assign_commit": percentiles(probe.get("assign_commit", [])),
             },
             # Without the start, when every jig begins at once (the probe's samples are in the
             # order they were taken: the first `jigs` of each are that first round).
             "latency_ms_after_first_round": {
                 "csr_to_dac": percentiles(probe["csr_to_dac"][args.jigs :]),
                 "finish_to_commit": percentiles(probe["finish_to_commit"][args.jigs :]),
+                "issue": percentiles(probe.get("issue", [])[args.jigs :]),
+                "assign_commit": percentiles(probe.get("assign_commit", [])[args.jigs :]),
             },
             "cpu_ms_per_device": round((cpu1 - cpu0) * 1000 / devices, 3) if devices else None,
             "sys_ms_per_device": round((sys1 - sys0) * 1000 / devices, 3) if devices else None,

@@ -16,7 +16,7 @@ from typing import Any, Final
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from linehost.observers import Observer
+from linehost.observers import DB_ASSIGN, Observer
 from linehost.records import AttemptStart
 
 ENV_VAR: Final = "LINEHOST_LATENCY_FILE"
@@ -25,14 +25,17 @@ MAX_SAMPLES: Final = 1_000_000
 
 
 class LatencyProbe(Observer):
-    """Two series: CSR received -> first DAC byte written; finish received -> attempt committed."""
+    """Two series: CSR received -> first DAC byte written; finish received -> attempt committed;
+    and two parts of the first: the issuer's answer and the assignment's commit."""
 
     __slots__ = (
         "_collecting_since",
+        "assign_commit",
         "commits",
         "csr_to_dac",
         "finish_to_commit",
         "gc_pauses",
+        "issue",
         "path",
         "statements",
     )
@@ -41,6 +44,8 @@ class LatencyProbe(Observer):
         self.path = path
         self.csr_to_dac: list[float] = []
         self.finish_to_commit: list[float] = []
+        self.issue: list[float] = []  # issuer asked -> DAC back (signed and checked)
+        self.assign_commit: list[float] = []  # assignment submitted -> committed
         self.statements = 0  # SQL statements sent (an executemany counts once), BEGIN/COMMIT not
         self.commits = 0
         self.gc_pauses: list[tuple[int, float]] = []  # (generation, seconds) per collection
@@ -84,11 +89,24 @@ class LatencyProbe(Observer):
         if len(self.finish_to_commit) < MAX_SAMPLES:
             self.finish_to_commit.append(seconds)
 
+    def issuer_answered(self, start: AttemptStart, seconds: float) -> None:
+        """The issuer gave a DAC `seconds` after it was asked."""
+        if len(self.issue) < MAX_SAMPLES:
+            self.issue.append(seconds)
+
+    def database_committed(self, start: AttemptStart, operation: str, seconds: float) -> None:
+        """A store call was durably committed `seconds` after it was made (the assignment's
+        commit is the part of CSR -> DAC that waits for the database)."""
+        if operation == DB_ASSIGN and len(self.assign_commit) < MAX_SAMPLES:
+            self.assign_commit.append(seconds)
+
     def dump(self) -> None:
         """Write the samples as JSON (atomically)."""
         data = {
             "csr_to_dac": self.csr_to_dac,
             "finish_to_commit": self.finish_to_commit,
+            "issue": self.issue,
+            "assign_commit": self.assign_commit,
             "statements": self.statements,
             "commits": self.commits,
             "gc_pauses": self.gc_pauses,

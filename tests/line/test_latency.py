@@ -18,6 +18,9 @@ def test_the_probe_writes_its_samples_and_every_collection(tmp_path: Path) -> No
         start = Factory().start()
         probe.dac_written(start, 0.004)
         probe.result_committed(start, 0.007)
+        probe.issuer_answered(start, 0.001)
+        probe.database_committed(start, "assign", 0.002)
+        probe.database_committed(start, "end_attempt", 0.003)  # not a part of CSR -> DAC
         gc.collect()  # one full collection, timed
         probe.dump()
     finally:
@@ -25,6 +28,8 @@ def test_the_probe_writes_its_samples_and_every_collection(tmp_path: Path) -> No
     data = json.loads((tmp_path / "latency.json").read_text())
     assert data["csr_to_dac"] == [0.004]
     assert data["finish_to_commit"] == [0.007]
+    assert data["issue"] == [0.001]
+    assert data["assign_commit"] == [0.002]
     full = [seconds for generation, seconds in data["gc_pauses"] if generation == 2]
     assert len(full) >= 1
     assert all(0 <= s < 10 for s in full)
