@@ -25,8 +25,8 @@ MAX_SAMPLES: Final = 1_000_000
 
 
 class LatencyProbe(Observer):
-    """Two series: CSR received -> first DAC byte written; finish received -> attempt committed;
-    and two parts of the first: the issuer's answer and the assignment's commit."""
+    """CSR received -> first DAC byte written; finish received -> attempt committed; and two
+    parts of the first: the issuer's answer and the assignment's commit."""
 
     __slots__ = (
         "_collecting_since",

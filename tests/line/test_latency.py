@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from linehost.line.latency import LatencyProbe, probe_from_env
+from linehost.observers import DB_ASSIGN, DB_END_ATTEMPT
 from tests.store.conftest import Factory
 
 
@@ -19,8 +20,8 @@ def test_the_probe_writes_its_samples_and_every_collection(tmp_path: Path) -> No
         probe.dac_written(start, 0.004)
         probe.result_committed(start, 0.007)
         probe.issuer_answered(start, 0.001)
-        probe.database_committed(start, "assign", 0.002)
-        probe.database_committed(start, "end_attempt", 0.003)  # not a part of CSR -> DAC
+        probe.database_committed(start, DB_ASSIGN, 0.002)
+        probe.database_committed(start, DB_END_ATTEMPT, 0.003)  # not a part of CSR -> DAC
         gc.collect()  # one full collection, timed
         probe.dump()
     finally:
