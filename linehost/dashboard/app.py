@@ -24,6 +24,7 @@ from linehost.dashboard.board import Board, Event
 from linehost.mqtt.link import BrokerLink, default_client_id, describe, reconnect_backoff
 from linehost.mqtt.payloads import decode, encode
 from linehost.mqtt.topics import LineTopics, ParsedTopic, parse_topic, plant_subscriptions
+from linehost.tasks import cancel_and_wait
 
 FLUSH_EVERY: Final = 0.1  # seconds: browser updates are coalesced per jig and sent in batches
 STATS_EVERY: Final = 10.0  # seconds: the one-hour window slides even when nothing happens
@@ -128,11 +129,7 @@ class Dashboard:
 
     async def close(self) -> None:
         """Stop following the broker, end every browser stream, stop serving."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         for queue in list(self._clients):
             queue.put_nowait(None)
         if self._runner is not None:

@@ -12,6 +12,7 @@ import structlog
 from linehost.config import MqttSection
 from linehost.evidence.checkpoint import Checkpoint
 from linehost.mqtt.link import companion_link, describe, reconnect_backoff
+from linehost.tasks import cancel_and_wait
 
 CHECKPOINT_TOPIC: Final = "audit/checkpoint"
 
@@ -56,9 +57,7 @@ class MqttCheckpoints:
         done, _ = await asyncio.wait({self._task}, timeout=self._settings.drain_timeout)
         if not done:
             _log.warning("checkpoint_not_published", topic=self.topic, reason="drain_timeout")
-            self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = reconnect_backoff()

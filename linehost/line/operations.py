@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import structlog
@@ -16,6 +15,7 @@ from linehost.line.steps import JigSteps, StepCommand
 from linehost.line.workorder import WorkOrder, WorkOrderGate, watch_line
 from linehost.observers import AttemptObserver
 from linehost.store.audit import Audit
+from linehost.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from linehost.metrics import LineMetrics
@@ -117,11 +117,7 @@ class LineOperations:
 
     async def close(self) -> None:
         """Stop the background tasks (the board writes its last rows first)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         if self.metrics is not None:
             self.metrics.close()

@@ -9,7 +9,6 @@ them. A results row is marked sent after the broker's PUBACK, never before (at l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -33,6 +32,7 @@ from linehost.mqtt.publish import PublishFailed, publish_all
 from linehost.mqtt.topics import LineTopics
 from linehost.observers import Observer
 from linehost.records import JigStatus, iso_utc, utcnow
+from linehost.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from linehost.mqtt.progress import LineFacts
@@ -139,9 +139,7 @@ class MqttRelay(Observer):
         done, _ = await asyncio.wait({task}, timeout=self._settings.drain_timeout + CLOSE_MARGIN)
         if not done:
             _log.warning("mqtt_close_timed_out", broker=self._link.where)
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     # --- the connection --------------------------------------------------------------------
 
@@ -188,7 +186,7 @@ class MqttRelay(Observer):
                     await facts
                     await client.publish(self.topics.host_status, HOST_OFFLINE, qos=1, retain=True)
                     _log.info("host_offline_published", topic=self.topics.host_status)
-                    watcher.cancel()
+                    await cancel_and_wait(watcher)
             except ExceptionGroup as group:
                 raise _unwrap(group) from None
             self._connected.clear()

@@ -10,7 +10,6 @@ every call, refused ones too, in the audit chain with the OPC UA user.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
@@ -32,6 +31,7 @@ from linehost.errors import ConfigError, LinehostError
 from linehost.line.controls import Caller, ControlRefused, LineControls, RefusalKind
 from linehost.observers import Observer
 from linehost.records import JigStatus
+from linehost.tasks import cancel_and_wait
 
 NAMESPACE: Final = "urn:linehost"
 CERT_FILE: Final = "server-cert.der"
@@ -163,11 +163,7 @@ class OpcuaServer(Observer):
 
     async def close(self) -> None:
         """Stop the pumps and the server."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
         await self._server.stop()
 

@@ -7,7 +7,6 @@ before nextUpdate minus `crl_refresh_margin`; each CRL takes the next number fro
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from linehost.pki.pai import IssuingPai
 from linehost.pki.signer import Signer
 from linehost.records import CrlState
 from linehost.store.revocations import RevocationLedger
+from linehost.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from linehost.config import PkiSection
@@ -101,9 +101,7 @@ class CrlKeeper:
         """Stop watching (the CRL file stays); close the signer when it is the keeper's own."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         if self._owns_signer:
             await self._signer.signer.aclose()
 

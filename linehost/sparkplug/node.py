@@ -17,7 +17,6 @@ what is queued, a group at a time, and one future waits for all their PUBACKs
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,6 +35,7 @@ from linehost.protocol.outcomes import JigState
 from linehost.records import JigStatus, utcnow
 from linehost.sparkplug import payloads as spb
 from linehost.store.sparkplug import QueuedResult
+from linehost.tasks import cancel_and_wait
 
 RESULTS_BATCH: Final = 256  # outbox rows per query
 # Results awaiting their PUBACKs at once: paho walks every message in flight on each PUBACK.
@@ -178,9 +178,7 @@ class EdgeNode(Observer):
         done, _ = await asyncio.wait({task}, timeout=self._settings.drain_timeout + CLOSE_MARGIN)
         if not done:
             _log.warning("sparkplug_close_timed_out", broker=self._link.where)
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
     # --- the connection --------------------------------------------------------------------
 
@@ -223,7 +221,7 @@ class EdgeNode(Observer):
                     await results
                     await facts
                     await self._die(client)
-                    listener.cancel()
+                    await cancel_and_wait(listener)  # it may be answering a Rebirth
             except BaseExceptionGroup as group:
                 raise _unwrap(group) from None
 
