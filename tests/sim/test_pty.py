@@ -152,6 +152,9 @@ async def test_unplug_personality_vanishes_after_csr_and_returns_with_next_devic
     tmp_path: Path, pai: Ca, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(personalities, "UNPLUG_SECONDS", 0.3)
+    # The host thread must read the CSR before the port vanishes (a hang-up discards what is
+    # unread): 50 ms was too short for a thread starved on a loaded 2-core CI machine.
+    monkeypatch.setattr(personalities, "UNPLUG_AFTER_CSR", 0.5)
     async with SimulatedJig("j1", tmp_path, [P("unplug"), P("good")], swap_seconds=5) as jig:
         runner = asyncio.create_task(jig.run())
 
