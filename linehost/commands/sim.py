@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -44,6 +43,6 @@ def sim_options(args: argparse.Namespace) -> SimOptions:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from linehost.sim.cli import run_simulator
+    from linehost.sim.cli import run
 
-    return asyncio.run(run_simulator(sim_options(args)))
+    return run(sim_options(args))

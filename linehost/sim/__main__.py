@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from linehost.commands.sim import sim_options
 from linehost.errors import LinehostError
-from linehost.sim.cli import add_arguments, run_simulator
+from linehost.sim.cli import add_arguments, run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(run_simulator(sim_options(args)))
+        return run(sim_options(args))
     except LinehostError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

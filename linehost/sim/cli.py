@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import selectors
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,6 +19,11 @@ from linehost.sim.personalities import personality_names, protocol_names
 
 #: Seconds the ports stay open after the last device, so the host can read its last answer.
 DEFAULT_LINGER: Final = 2.0
+#: Up to this many jigs the simulator's loop waits in select(), whose timeout is exact to the
+#: microsecond: epoll rounds every timeout up to a whole millisecond, so each paced answer
+#: (with `--baud`) reached the host up to 1 ms after a UART would have delivered it. select()
+#: takes only descriptors below 1024 (FD_SETSIZE), and each jig holds two.
+PRECISE_TIMERS_UP_TO: Final = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,6 +134,21 @@ class SimOptions:
     linger: float = DEFAULT_LINGER
     protocol: str = "v1"  # the jig protocol the simulated firmware speaks
     plans: list[list[str]] | None = None  # exactly these devices, one list per jig
+
+
+def loop_factory(jigs: int) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for a simulated line of `jigs`: select() up to PRECISE_TIMERS_UP_TO
+    jigs, else asyncio's default (epoll)."""
+    if jigs > PRECISE_TIMERS_UP_TO:
+        return None
+    return lambda: asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+
+def run(options: SimOptions) -> int:
+    """Run the simulated line on the loop `loop_factory` chooses; return the exit code."""
+    jigs = len(options.plans) if options.plans else options.jigs
+    with asyncio.Runner(loop_factory=loop_factory(jigs)) as runner:
+        return runner.run(run_simulator(options))
 
 
 async def run_simulator(options: SimOptions) -> int:

@@ -65,13 +65,18 @@ class SimulatedJig:
         self._skip_swap = False
         self._closed = False
         self._left: asyncio.Future[str] | None = None
-        self._ops: deque[Action] = deque()
+        # Each queued action with the loop time it was due: the device's answer is timed from
+        # when the host's bytes would have arrived on a real wire, not from when this loop's
+        # timer fired (epoll rounds timeouts up to a whole millisecond, and the error would
+        # otherwise add up hop after hop).
+        self._ops: deque[tuple[Action, float]] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._replug: asyncio.TimerHandle | None = None
         self._reseat: asyncio.TimerHandle | None = None
         self._rx_free = 0.0  # loop time the receive wire is busy until (with `baud`)
+        self._tx_free = 0.0  # loop time the send wire is busy until (with `baud`)
         self._arrived_wall = 0.0
         self._cloned_from: str | None = None
         self._index = 0
@@ -164,15 +169,18 @@ class SimulatedJig:
             # The host's bytes take their wire time too: the device sees them once all arrived.
             loop = asyncio.get_running_loop()
             self._rx_free = max(self._rx_free, loop.time()) + len(data) * 10 / self.baud
-            loop.call_at(self._rx_free, self._received, data)
+            loop.call_at(self._rx_free, self._received, data, self._rx_free)
             return
         self._received(data)
 
-    def _received(self, data: bytes) -> None:
+    def _received(self, data: bytes, at: float | None = None) -> None:
+        """The host's `data` reached the device; `at`: when it did on the wire (default now)."""
         device = self.current
         if device is None:
             return  # an empty jig: the host's bytes are lost
-        self._perform(device.receive(data, asyncio.get_running_loop().time()))
+        if at is None:
+            at = asyncio.get_running_loop().time()
+        self._perform(device.receive(data, at), at)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -180,10 +188,12 @@ class SimulatedJig:
         if self.current is not None:
             self._perform(self.current.poll(asyncio.get_running_loop().time()))
 
-    def _perform(self, actions: list[Action]) -> None:
+    def _perform(self, actions: list[Action], at: float | None = None) -> None:
+        if at is None:
+            at = asyncio.get_running_loop().time()
         for action in actions:
             if self._ops or self._is_slow(action):
-                self._ops.append(action)
+                self._ops.append((action, at))
                 if self._drainer is None:
                     self._drainer = asyncio.get_running_loop().create_task(
                         self._drain(), name=f"sim-jig-{self.name}-writer"
@@ -206,9 +216,9 @@ class SimulatedJig:
     async def _drain(self) -> None:
         try:
             while self._ops:
-                action = self._ops[0]
+                action, at = self._ops[0]
                 if isinstance(action, Write):
-                    await self._write_paced(action)
+                    await self._write_paced(action, at)
                 elif isinstance(action, Unplug):
                     await asyncio.sleep(action.after)
                     self._unplug_for(action.down)
@@ -223,18 +233,26 @@ class SimulatedJig:
             if self._drainer is asyncio.current_task():
                 self._drainer = None
 
-    async def _write_paced(self, action: Write) -> None:
+    async def _write_paced(self, action: Write, due: float) -> None:
         data = action.data
-        if action.pause > 0:
-            await asyncio.sleep(action.pause)
         if action.byte_delay > 0:
+            if action.pause > 0:
+                await asyncio.sleep(action.pause)
             per_byte = action.byte_delay + (10 / self.baud if self.baud else 0.0)
             for i in range(len(data)):
                 self._port.write(data[i : i + 1])
                 await asyncio.sleep(per_byte)
             return
+        loop = asyncio.get_running_loop()
         if self.baud:
-            await asyncio.sleep(len(data) * 10 / self.baud)
+            # The last byte is out once the wire has carried everything before it: timed from
+            # when the write was due (and its pause after the wire fell idle), never earlier
+            # than on a real UART.
+            start = max(self._tx_free, due) + action.pause
+            self._tx_free = start + len(data) * 10 / self.baud
+            await asyncio.sleep(max(0.0, self._tx_free - loop.time()))
+        elif action.pause > 0:
+            await asyncio.sleep(action.pause)
         self._port.write(data)
 
     def _take_out(self, down: float) -> None:
@@ -282,6 +300,7 @@ class SimulatedJig:
             self._drainer.cancel()
             self._drainer = None
         self._ops.clear()
+        self._tx_free = 0.0  # what was still on its way is not sent
         if self._reseat is not None:
             self._reseat.cancel()
             self._reseat = None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from linehost.commands.sim import sim_options
-from linehost.sim.cli import add_arguments, run_simulator
+from linehost.sim.cli import PRECISE_TIMERS_UP_TO, add_arguments, loop_factory, run_simulator
 from tests.waiting import eventually
 
 from .helpers import Ca, MiniHost
@@ -158,3 +158,35 @@ def test_subprocess_bad_paa_is_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert err.startswith("error: cannot read PAA certificate")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_small_lines_wait_in_select_for_exact_timers() -> None:
+    """epoll rounds a paced answer's timer up to a whole millisecond; select() does not, but
+    takes only descriptors below 1024, so a big line stays on epoll."""
+    import selectors
+
+    factory = loop_factory(PRECISE_TIMERS_UP_TO)
+    assert factory is not None
+    loop = factory()
+    try:
+        assert isinstance(loop._selector, selectors.SelectSelector)  # type: ignore[attr-defined]
+    finally:
+        loop.close()
+    assert loop_factory(PRECISE_TIMERS_UP_TO + 1) is None
+
+
+def test_subprocess_past_the_select_limit_runs_on_epoll(tmp_path: Path, pai: Ca) -> None:
+    jigs = 520  # two descriptors each: the last jigs' are past select()'s 1024
+    proc = sim_process("--jigs", str(jigs), "--dir", str(tmp_path / "d"), "--swap-seconds", "0")
+    try:
+        assert proc.stdout is not None
+        ports = dict(proc.stdout.readline().split() for _ in range(jigs))
+        assert provision(ports[f"j{jigs}"], pai) == "000"  # the last jig's descriptors are high
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert f"{jigs + 1} devices, 1 provisioned" in err

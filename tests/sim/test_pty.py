@@ -301,6 +301,43 @@ async def test_baud_pacing(tmp_path: Path) -> None:
     assert fast < paced / 2
 
 
+async def test_paced_answer_is_timed_from_when_the_hosts_bytes_arrived(tmp_path: Path) -> None:
+    """A late timer does not delay the device's answer: it leaves the wire when a UART would.
+
+    The host's `Init` is handed to the device as if it had arrived 0.2 s ago (a timer that fired
+    late, in the extreme). The answer's last byte then comes 0.2 s sooner than its wire time
+    from now, and never before its wire time from when the `Init` arrived.
+    """
+    baud, lag = 9600, 0.2
+    async with SimulatedJig("j1", tmp_path, [P("good")], baud=baud) as jig:
+        runner = asyncio.create_task(jig.run())
+        await wait_for(lambda: jig.current is not None)
+        opened = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def read() -> tuple[float, int]:
+            ser = serial.serial_for_url(str(jig.path), timeout=5)
+            try:
+                loop.call_soon_threadsafe(opened.set)
+                data = ser.read_until(CSR_END.encode() + b"\n")
+                return time.monotonic(), len(data)
+            finally:
+                ser.close()
+
+        reader = asyncio.create_task(asyncio.to_thread(read))
+        try:
+            await opened.wait()
+            start = time.monotonic()
+            jig._received(b"Init\n", loop.time() - lag)
+            done, size = await reader
+        finally:
+            runner.cancel()
+    wire = size * 10 / baud
+    elapsed = done - start
+    assert size > 300  # Start_provisioning, the UID and the CSR: 0.3 s and more on the wire
+    assert wire - lag - 0.01 <= elapsed < wire - lag / 2
+
+
 async def test_cloned_key_presents_a_provisioned_devices_key(tmp_path: Path, pai: Ca) -> None:
     plan = [P("good"), P("cloned_key")]
     async with SimulatedJig("j1", tmp_path, plan, swap_seconds=0) as jig:
