@@ -229,8 +229,9 @@ class Simulator:
         self._offset = 0
 
     def start(self) -> None:
+        # In ROOT, as the host: an A/B of two trees runs each tree's own simulator too.
         self.proc = subprocess.Popen(
-            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
         )
         assert self.proc.stdout is not None
         while len(self.ports) < self.jigs:
