@@ -13,7 +13,9 @@ host is the real `linehost run` with a generated station config. Figures:
   reads, polling); rss_mb: the host's peak resident set (VmHWM);
 - with --baud B: wire_bound_s (the bytes of one conversation at B baud, 10 bits per byte, both
   legs in sequence), per_device_s (mean time between two finishes on a jig, less the swap
-  between them: empty_jig_s) and their ratio;
+  between them: empty_jig_s) and their ratio; the simulator times each answer from when the
+  host's last byte would have arrived and, up to 256 jigs, waits in select() (exact timeouts),
+  so the ratio is the hosts', not the simulator's timers';
 - with --swap-jitter S: each swap takes 0..S seconds (uniform, seeded) instead of 0, so the jigs
   fall out of the lockstep that identical devices with instant swaps keep;
 - with --protocol ecc608-letters: the same on ECC608 letter-protocol jigs and devices (single
