@@ -100,7 +100,7 @@ async def test_a_devices_record_is_three_round_trips_once_the_line_runs(
 async def test_an_idle_line_gives_its_begun_transaction_back(
     pg_url: str, make: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(writer, "SPARE_IDLE", 0.5)
+    monkeypatch.setattr(writer, "SPARE_IDLE", 1.5)
     store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     try:
         assert (await store.assign(make.request())).kind == "issued"
@@ -111,7 +111,7 @@ async def test_an_idle_line_gives_its_begun_transaction_back(
             return len(idle_in_transaction) == 1
 
         await eventually_async(begun, within=5)
-        # Half a second without work: rolled back, and the session is plain idle.
+        # 1.5 s without work: rolled back, and the session is plain idle.
         await eventually_async(lambda: no_sessions(pg_url, "idle in transaction"), within=5)
         assert idle_in_transaction[0] in await sessions(pg_url, "idle")
         # The next device begins anew and is recorded.
