@@ -154,3 +154,32 @@ class Raw:
 @pytest.fixture
 def raw(store: Store) -> Raw:
     return Raw(store.engine)
+
+
+def record_statements(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """From now on, every statement an asyncpg connection sends, as (id of the connection,
+    statement) in order: BEGIN, COMMIT, ROLLBACK and the ping through the connection's own
+    methods, SQLAlchemy's statements through prepared statements."""
+    import asyncpg.connection
+    import asyncpg.prepared_stmt
+
+    sent: list[tuple[int, str]] = []
+
+    def recording(cls: Any, name: str, of: Any) -> None:
+        original = getattr(cls, name)
+
+        async def record(self: Any, *args: Any, **kwargs: Any) -> Any:
+            sent.append(of(self, args))
+            return await original(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, name, record)
+
+    for name in ("execute", "fetch", "fetchrow", "fetchval"):
+        recording(asyncpg.connection.Connection, name, lambda c, a: (id(c), str(a[0])))
+    for name in ("fetch", "fetchrow", "fetchval", "executemany"):
+        recording(
+            asyncpg.prepared_stmt.PreparedStatement,
+            name,
+            lambda p, _a: (id(p._connection), p.get_query()),
+        )
+    return sent

@@ -15,7 +15,7 @@ from linehost.mqtt.payloads import result_payload
 from linehost.store import writer
 from linehost.store.store import Store
 from tests.conftest import _pg_params, _postgres_database
-from tests.store.conftest import LINE, Factory
+from tests.store.conftest import LINE, Factory, record_statements
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(60)]
 
@@ -57,35 +57,12 @@ async def terminate(pids: list[int]) -> None:
 async def test_a_devices_record_is_three_round_trips_once_the_line_runs(
     pg_url: str, make: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncpg.connection
-    import asyncpg.prepared_stmt
-
-    sent: list[tuple[int, str]] = []  # (asyncpg connection, statement), in order
-
-    def recording(cls: Any, name: str, of: Any) -> None:
-        original = getattr(cls, name)
-
-        async def record(self: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(of(self, args))
-            return await original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, name, record)
-
     store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     try:
         assert (await store.assign(make.request())).kind == "issued"
         # The next device's transaction is begun while the line waits.
         await eventually_async(lambda: has_sessions(pg_url, "idle in transaction"), within=5)
-        # Everything a connection sends goes through these (BEGIN and COMMIT through execute,
-        # SQLAlchemy's statements through prepared statements).
-        for name in ("execute", "fetch", "fetchrow", "fetchval"):
-            recording(asyncpg.connection.Connection, name, lambda c, a: (id(c), str(a[0])))
-        for name in ("fetch", "fetchrow", "fetchval", "executemany"):
-            recording(
-                asyncpg.prepared_stmt.PreparedStatement,
-                name,
-                lambda p, _a: (id(p._connection), p.get_query()),
-            )
+        sent = record_statements(monkeypatch)
         assert (await store.assign(make.request())).kind == "issued"
         committed = [c for c, q in sent if q.strip().upper().startswith("COMMIT")]
         assert len(committed) == 1, sent
@@ -104,16 +81,10 @@ async def test_an_idle_line_gives_its_begun_transaction_back(
     store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     try:
         assert (await store.assign(make.request())).kind == "issued"
-        idle_in_transaction: list[int] = []
-
-        async def begun() -> bool:
-            idle_in_transaction[:] = await sessions(pg_url, "idle in transaction")
-            return len(idle_in_transaction) == 1
-
-        await eventually_async(begun, within=5)
+        begun = await the_begun_session(pg_url)
         # 1.5 s without work: rolled back, and the session is plain idle.
         await eventually_async(lambda: no_sessions(pg_url, "idle in transaction"), within=5)
-        assert idle_in_transaction[0] in await sessions(pg_url, "idle")
+        assert begun in await sessions(pg_url, "idle")
         # The next device begins anew and is recorded.
         assert (await store.assign(make.request())).kind == "issued"
     finally:
@@ -127,14 +98,8 @@ async def test_a_begun_transaction_the_server_killed_costs_no_record(
     store = await Store.open(pg_url, line=LINE, result_payload=result_payload)
     try:
         assert (await store.assign(make.request())).kind == "issued"
-        spare: list[int] = []
-
-        async def begun() -> bool:
-            spare[:] = await sessions(pg_url, "idle in transaction")
-            return len(spare) == 1
-
-        await eventually_async(begun, within=5)
-        await terminate(spare)  # a DBA's kill, or idle_in_transaction_session_timeout
+        begun = await the_begun_session(pg_url)
+        await terminate([begun])  # a DBA's kill, or idle_in_transaction_session_timeout
         request = make.request()
         result = await store.assign(request)
         assert result.kind == "issued"
@@ -143,6 +108,18 @@ async def test_a_begun_transaction_the_server_killed_costs_no_record(
         assert await store.audit().verify_audit_chain() == []
     finally:
         await store.close()
+
+
+async def the_begun_session(url: str) -> int:
+    """The pid of the one session `idle in transaction` (the writer's next transaction)."""
+    found: list[int] = []
+
+    async def one() -> bool:
+        found[:] = await sessions(url, "idle in transaction")
+        return len(found) == 1
+
+    await eventually_async(one, within=5)
+    return found[0]
 
 
 async def no_sessions(url: str, state: str) -> bool:

@@ -26,7 +26,7 @@ from linehost.store.engine import create_engine
 from linehost.store.rows import AssignmentRow, AttemptRow
 from linehost.store.store import Store
 from tests.conftest import _postgres_database
-from tests.store.conftest import LINE, T0, Factory
+from tests.store.conftest import LINE, T0, Factory, record_statements
 
 TABLES = {
     "assignments": "SELECT * FROM assignments ORDER BY id",
@@ -337,32 +337,13 @@ async def test_an_outbox_poll_is_one_round_trip(
 ) -> None:
     """The relay polls the outbox after every ended attempt. In a transaction behind a pool
     ping, one poll was six statements (BEGIN ; ROLLBACK, BEGIN SELECT ROLLBACK)."""
-    import asyncpg.connection
-    import asyncpg.prepared_stmt
-
-    sent: list[str] = []
-
-    def recording(cls: Any, name: str, query_of: Any) -> None:
-        original = getattr(cls, name)
-
-        async def record(self: Any, *args: Any, **kwargs: Any) -> Any:
-            sent.append(query_of(self, args))
-            return await original(self, *args, **kwargs)
-
-        monkeypatch.setattr(cls, name, record)
-
     store = await Store.open(two_urls[0], line=LINE, result_payload=result_payload)
     try:
         await store.pending_results(10)  # its connection is made (the dialect asks its questions)
-        # Everything a connection sends goes through these (a transaction's BEGIN and
-        # ROLLBACK through execute, the ping through fetchrow, SQLAlchemy's statements through
-        # prepared statements).
-        for name in ("execute", "fetch", "fetchrow", "fetchval"):
-            recording(asyncpg.connection.Connection, name, lambda _c, a: str(a[0]))
-        for name in ("fetch", "fetchrow", "fetchval", "executemany"):
-            recording(asyncpg.prepared_stmt.PreparedStatement, name, lambda p, _a: p.get_query())
+        recorded = record_statements(monkeypatch)
         for _ in range(3):
             assert await store.pending_results(10) == []
+        sent = [query for _conn, query in recorded]
         assert len(sent) == 3, sent
         assert all(q.lstrip().upper().startswith("SELECT") for q in sent), sent
     finally:
