@@ -516,7 +516,9 @@ def bench_linehost(
             "latency_ms": {
                 "csr_to_dac": percentiles(probe["csr_to_dac"]),
                 "finish_to_commit": percentiles(probe["finish_to_commit"]),
-                # Two parts of CSR -> DAC: signing (and checking) the DAC, committing it.
+                # Three parts of CSR -> DAC: waiting for the event loop (the other jigs' work
+                # ahead of it), signing (and checking) the DAC, committing it.
+                "csr_wait": percentiles(probe.get("csr_wait", [])),
                 "issue": percentiles(probe.get("issue", [])),
                 "assign_commit": percentiles(probe.get("assign_commit", [])),
             },
@@ -525,6 +527,7 @@ def bench_linehost(
             "latency_ms_after_first_round": {
                 "csr_to_dac": percentiles(probe["csr_to_dac"][args.jigs :]),
                 "finish_to_commit": percentiles(probe["finish_to_commit"][args.jigs :]),
+                "csr_wait": percentiles(probe.get("csr_wait", [])[args.jigs :]),
                 "issue": percentiles(probe.get("issue", [])[args.jigs :]),
                 "assign_commit": percentiles(probe.get("assign_commit", [])[args.jigs :]),
             },

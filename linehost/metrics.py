@@ -29,6 +29,7 @@ METRIC_NAMES: Final = frozenset(
         "linehost_devices_confirmed_total",
         "linehost_attempt_duration_seconds",
         "linehost_host_latency_seconds",
+        "linehost_host_wait_seconds",
         "linehost_issuer_latency_seconds",
         "linehost_db_commit_seconds",
         "linehost_step_duration_seconds",
@@ -67,6 +68,13 @@ class LineMetrics(Observer):
             "linehost_host_latency_seconds",
             "Host-added latency: CSR read to DAC written (issuer, database, port)",
             jig, buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        # The host's own queue: a CSR read while the loop works for other jigs waits here. It
+        # grows when the line PC is short of CPU (many jigs handing in CSRs at once).
+        self.host_wait = Histogram(
+            "linehost_host_wait_seconds",
+            "CSR read until the host begins checking it (other jigs' work ahead on the loop)",
+            buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.issuer_latency = Histogram(
             "linehost_issuer_latency_seconds", "Time the issuer took for one DAC", jig,
@@ -138,6 +146,10 @@ class LineMetrics(Observer):
         seconds = (end.ended_at - start.started_at).total_seconds()
         confirmed = end.assignment_status is AssignmentStatus.CONFIRMED
         self.jig(start.station, start.jig).attempt_ended(end.outcome, seconds, confirmed)
+
+    def key_taken_up(self, start: AttemptStart, seconds: float) -> None:
+        """The wait for the host's event loop before a CSR is checked."""
+        self.host_wait.observe(seconds)
 
     def dac_written(self, start: AttemptStart, seconds: float) -> None:
         """Host-added latency: CSR read to DAC written."""

@@ -35,6 +35,11 @@ class AttemptObserver(Protocol):
         """The attempt is over and (when the database allowed) recorded."""
         return None
 
+    def key_taken_up(self, start: AttemptStart, seconds: float) -> None:
+        """The host began checking the key (CSR) `seconds` after it was read: the time it
+        waited for the event loop, behind the other jigs' work."""
+        return None
+
     def dac_written(self, start: AttemptStart, seconds: float) -> None:
         """Host-added latency: the key (CSR) was read `seconds` before its DAC was written."""
         return None
@@ -85,6 +90,10 @@ class Observers:
     def attempt_ended(self, start: AttemptStart, end: AttemptEnd) -> None:
         for observer in self._all:
             observer.attempt_ended(start, end)
+
+    def key_taken_up(self, start: AttemptStart, seconds: float) -> None:
+        for observer in self._all:
+            observer.key_taken_up(start, seconds)
 
     def dac_written(self, start: AttemptStart, seconds: float) -> None:
         for observer in self._all:

@@ -25,14 +25,16 @@ MAX_SAMPLES: Final = 1_000_000
 
 
 class LatencyProbe(Observer):
-    """CSR received -> first DAC byte written; finish received -> attempt committed; and two
-    parts of the first: the issuer's answer and the assignment's commit."""
+    """CSR received -> first DAC byte written; finish received -> attempt committed; and three
+    parts of the first: the wait for the event loop, the issuer's answer and the assignment's
+    commit."""
 
     __slots__ = (
         "_collecting_since",
         "assign_commit",
         "commits",
         "csr_to_dac",
+        "csr_wait",
         "finish_to_commit",
         "gc_pauses",
         "issue",
@@ -44,6 +46,7 @@ class LatencyProbe(Observer):
         self.path = path
         self.csr_to_dac: list[float] = []
         self.finish_to_commit: list[float] = []
+        self.csr_wait: list[float] = []  # CSR received -> the host begins checking it
         self.issue: list[float] = []  # issuer asked -> DAC back (signed and checked)
         self.assign_commit: list[float] = []  # assignment submitted -> committed
         self.statements = 0  # SQL statements sent (an executemany counts once), BEGIN/COMMIT not
@@ -79,6 +82,11 @@ class LatencyProbe(Observer):
         event.listen(engine.sync_engine, "before_cursor_execute", on_execute)
         event.listen(engine.sync_engine, "commit", on_commit)
 
+    def key_taken_up(self, start: AttemptStart, seconds: float) -> None:
+        """The host began checking a CSR `seconds` after it was read (the loop's queue)."""
+        if len(self.csr_wait) < MAX_SAMPLES:
+            self.csr_wait.append(seconds)
+
     def dac_written(self, start: AttemptStart, seconds: float) -> None:
         """The DAC of a CSR went to the port `seconds` after the CSR was read."""
         if len(self.csr_to_dac) < MAX_SAMPLES:
@@ -105,6 +113,7 @@ class LatencyProbe(Observer):
         data = {
             "csr_to_dac": self.csr_to_dac,
             "finish_to_commit": self.finish_to_commit,
+            "csr_wait": self.csr_wait,
             "issue": self.issue,
             "assign_commit": self.assign_commit,
             "statements": self.statements,

@@ -166,6 +166,7 @@ class JigRunner:
             elif isinstance(effect, KeyPresented):
                 attempt = self._attempt
                 assert attempt is not None
+                self._observer.key_taken_up(attempt.start, self._since_read())
                 await self._apply(await self._provision(attempt, effect))
                 if self._session.in_attempt:  # delivered: the DAC is on its way
                     self._observer.dac_written(attempt.start, self._since_read())

@@ -115,6 +115,8 @@ def test_work_order_stops_at_quantity_with_metrics_scraped_during_the_run(
     assert value(confirmed, "linehost_devices_confirmed_total") == 5
     latency = scraped["linehost_host_latency_seconds"]
     assert value(latency, "linehost_host_latency_seconds_count") >= 5
+    waits = scraped["linehost_host_wait_seconds"]  # one per CSR taken up
+    assert value(waits, "linehost_host_wait_seconds_count") >= 5
     assert value(scraped["linehost_issuer_latency_seconds"],
                  "linehost_issuer_latency_seconds_count") >= 5  # fmt: skip
     commits = scraped["linehost_db_commit_seconds"]

@@ -23,6 +23,7 @@ def exported() -> set[str]:
     jig.step("pre", True, 0.1)
     jig.host_latency(0.001)
     jig.issuer_latency(0.001)
+    metrics.host_wait.observe(0.0005)
     jig.attempt_ended(Outcome.PROVISIONED, 3.0, confirmed=True)
     jig.set_state(JigState.PROVISIONING)
     jig.db_assign.observe(0.002)

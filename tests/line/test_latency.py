@@ -17,6 +17,7 @@ def test_the_probe_writes_its_samples_and_every_collection(tmp_path: Path) -> No
     assert isinstance(probe, LatencyProbe)
     try:
         start = Factory().start()
+        probe.key_taken_up(start, 0.0005)
         probe.dac_written(start, 0.004)
         probe.result_committed(start, 0.007)
         probe.issuer_answered(start, 0.001)
@@ -29,6 +30,7 @@ def test_the_probe_writes_its_samples_and_every_collection(tmp_path: Path) -> No
     data = json.loads((tmp_path / "latency.json").read_text())
     assert data["csr_to_dac"] == [0.004]
     assert data["finish_to_commit"] == [0.007]
+    assert data["csr_wait"] == [0.0005]
     assert data["issue"] == [0.001]
     assert data["assign_commit"] == [0.002]
     full = [seconds for generation, seconds in data["gc_pauses"] if generation == 2]

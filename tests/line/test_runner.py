@@ -50,6 +50,10 @@ class Recorder(Observer):
     def attempt_started(self, start: AttemptStart) -> None:
         self.events[start.attempt_id].append("started")
 
+    def key_taken_up(self, start: AttemptStart, seconds: float) -> None:
+        self.events[start.attempt_id].append("key_taken_up")
+        self.latencies.append(seconds)
+
     def issuer_answered(self, start: AttemptStart, seconds: float) -> None:
         self.events[start.attempt_id].append("issuer")
         self.latencies.append(seconds)
@@ -117,6 +121,7 @@ async def test_each_provisioned_device_is_told_to_every_observer_in_order(
     for attempt_id, events in first.events.items():
         assert events == [
             "started",
+            "key_taken_up",  # the CSR read, before it is checked
             "issuer",
             DB_ASSIGN,  # committed before the DAC is written
             "dac_written",
@@ -141,7 +146,8 @@ async def test_a_refused_key_ends_the_attempt_without_a_dac_written(
     seen = Recorder()
     runner = await run_line(tmp_path, dev_pki, seen, mix="p384", devices=1)
     [(attempt_id, events)] = seen.events.items()
-    assert events == ["started", DB_END_ATTEMPT, "ended"]  # no issuer, no assignment, no DAC
+    # Taken up and refused: no issuer, no assignment, no DAC.
+    assert events == ["started", "key_taken_up", DB_END_ATTEMPT, "ended"]
     end = seen.ends[attempt_id]
     assert end.outcome is Outcome.CSR_REJECTED
     assert end.assignment_id is None
