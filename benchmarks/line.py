@@ -6,6 +6,8 @@ host is the real `linehost run` with a generated station config. Figures:
 - devices_per_s: provisioned devices / (last finish - first sync), from the simulator's record;
 - latency_ms: host-added latency from the host's own probe (LINEHOST_LATENCY_FILE):
   CSR fully received -> first DAC byte written, and finish: received -> attempt committed;
+  three parts of the first: csr_wait (CSR read -> the host begins checking it: the wait behind
+  other jigs' work on the event loop), issue (signed and checked) and assign_commit;
   latency_ms_after_first_round: the same without the first N samples of each (the start, when
   all N jigs begin at once);
 - cpu_ms_per_device: user+system CPU of the host process while the devices were provisioned
